@@ -1,0 +1,7 @@
+"""``python -m batchscribe``."""
+
+import sys
+
+from batchscribe.cli import main
+
+sys.exit(main())

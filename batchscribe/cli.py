@@ -1,0 +1,273 @@
+"""The command line: argparse subcommands over the public API; exit codes; terminal concerns.
+
+Exit codes (a contract; see README.md): 0 all ok, 1 some items failed or lines were invalid,
+2 usage or configuration error, 3 aborted, 4 budget reached with work left, 75 results file busy,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import stat
+import sys
+import traceback
+from collections.abc import Sequence
+
+from batchscribe import __version__
+from batchscribe.engine import RunOptions, run_batch
+from batchscribe.errors import (
+    EXIT_ABORTED,
+    EXIT_INTERRUPTED,
+    BatchscribeError,
+    ConfigError,
+)
+from batchscribe.progress import Console, Progress, Redactor
+from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+
+KEY_ENV = "SMALLEST_API_KEY"
+ENDPOINT_ENV = "BATCHSCRIBE_ENDPOINT"
+
+EPILOG = """\
+exit codes:
+  0    all items ok
+  1    some items failed (now or in an earlier run) or manifest lines were invalid
+  2    usage or configuration error (bad flag, missing key, unreadable source)
+  3    aborted: the run cannot go on (key rejected, wrong endpoint, disk full)
+  4    budget reached with work left
+  75   results file busy: another run holds it
+  130  interrupted (SIGINT/SIGTERM); run again to resume
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _param(name: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> object:
+        try:
+            return coerce_param(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``batchscribe`` argument parser (its help texts are the README's usage blocks)."""
+    parser = argparse.ArgumentParser(
+        prog="batchscribe",
+        description="Bulk-transcribe audio archives through the Pulse speech-to-text API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"batchscribe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_run(sub)
+    _add_emulate(sub)
+    return parser
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="transcribe every item of manifests or directories into a results file",
+        description=(
+            "Transcribe every item of the SOURCEs into RESULTS (JSONL). Running the same "
+            "command again skips what is done: a crash, a kill or a nightly cron job just "
+            "continues."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "sources", nargs="+", metavar="SOURCE",
+        help="a JSONL, CSV or text-list manifest, an archive directory, or - for stdin",
+    )  # fmt: skip
+    run.add_argument("--out", "-o", required=True, metavar="RESULTS", help="results JSONL file")
+    conn = run.add_argument_group("connection")
+    conn.add_argument(
+        "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
+        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV})",
+    )  # fmt: skip
+    conn.add_argument(
+        "--api-key-file", metavar="PATH",
+        help=f"read the API key from this file (default: env {KEY_ENV})",
+    )  # fmt: skip
+    conn.add_argument(
+        "--emulate", action="store_true",
+        help="run against the bundled Pulse emulator on loopback (offline, no key needed)",
+    )  # fmt: skip
+    pulse = run.add_argument_group("Pulse parameters (manifest fields override them per item)")
+    pulse.add_argument("--model", type=_param("model"), default="pulse", help="pulse | pulse-pro")
+    pulse.add_argument(
+        "--language", type=_param("language"), default="en",
+        help="en (default), hi, de, es, ..., or multi-eu | multi-asian | multi-indic",
+    )  # fmt: skip
+    pulse.add_argument(
+        "--word-timestamps", action=argparse.BooleanOptionalAction, default=True,
+        help="word timings in results (default: on)",
+    )  # fmt: skip
+    for name in BOOL_PARAMS:
+        if name != "word_timestamps":
+            flag = "--" + name.replace("_", "-")
+            pulse.add_argument(flag, action="store_true", help=f"send {name}=true")
+    pace = run.add_argument_group("pace and retries")
+    pace.add_argument(
+        "--concurrency", "-j", type=_positive_int, default=8, metavar="N",
+        help="requests in flight never exceed N (default: 8)",
+    )  # fmt: skip
+    pace.add_argument(
+        "--max-attempts", type=_positive_int, default=6, metavar="N",
+        help="attempts per item, the first included (default: 6)",
+    )  # fmt: skip
+    pace.add_argument(
+        "--timeout", type=_seconds, default=900.0, metavar="S",
+        help="seconds per request, upload and response (default: 900)",
+    )  # fmt: skip
+    pace.add_argument(
+        "--max-retry-wait", type=_seconds, default=300.0, metavar="S",
+        help="a server delay longer than this fails the item instead of waiting (default: 300)",
+    )  # fmt: skip
+    pace.add_argument(
+        "--retry-failed", action="store_true",
+        help="also re-attempt items whose last record is failed",
+    )  # fmt: skip
+    out = run.add_argument_group("output")
+    out.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bar or periodic progress lines",
+    )  # fmt: skip
+    run.set_defaults(handler=_cmd_run)
+
+
+def _add_emulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from batchscribe import emulator
+
+    parser = sub.add_parser(
+        "emulate",
+        help="serve the bundled Pulse emulator (both endpoint paths) until stopped",
+        description=(
+            "Serve a faithful Pulse emulator on loopback: auth, parameter validation, "
+            "transcripts, faults, rate limits and GET /_emulator/stats. Point "
+            "`batchscribe run --endpoint URL` (or your own client) at the URL it prints."
+        ),
+    )
+    emulator.add_arguments(parser)
+    parser.set_defaults(handler=_cmd_emulate)
+
+
+def read_api_key(path: str | None, console: Console) -> str | None:
+    """The API key from ``--api-key-file`` or the environment (None when neither has one)."""
+    if path is None:
+        return os.environ.get(KEY_ENV) or None
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as handle:
+            key = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read API key file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: API key file is not UTF-8 text") from None
+    if not key:
+        raise ConfigError(f"{path}: API key file is empty")
+    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        console.line(
+            f"batchscribe: warning: {path} is readable by other users; "
+            f"restrict it with: chmod 600 {path}"
+        )
+    return key
+
+
+def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
+    key = None if ns.emulate else read_api_key(ns.api_key_file, console)
+    console.redact.add(key)
+    flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
+    options = RunOptions(
+        sources=ns.sources,
+        out=ns.out,
+        api_key=key,
+        endpoint=ns.endpoint,
+        params=PulseParams(model=ns.model, language=ns.language, **flags),
+        concurrency=ns.concurrency,
+        max_attempts=ns.max_attempts,
+        timeout=ns.timeout,
+        max_retry_wait=ns.max_retry_wait,
+        retry_failed=ns.retry_failed,
+        emulate=ns.emulate,
+    )
+    options.validate()
+    progress = Progress(console, bar=False if ns.no_progress else None)
+    if ns.no_progress:
+        progress.interval = float("inf")
+    stdin = sys.stdin.buffer if "-" in ns.sources else None
+    summary = run_batch(options, subscribers=[progress], stdin=stdin)
+    out = Console(sys.stdout, console.redact)
+    for line in summary.lines():
+        out.line(line)
+    return summary.exit_code
+
+
+def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:
+    from batchscribe import emulator
+
+    config = emulator.config_from_args(ns)
+
+    def ready(url: str) -> None:
+        out = Console(sys.stdout, console.redact)
+        out.line(f"Pulse emulator listening on {url}")
+        out.line(f"  legacy endpoint:  {url}/api/v1/pulse/get_text")
+        out.line(f"  current endpoint: {url}/waves/v1/stt/")
+        out.line(f"  stats:            {url}/_emulator/stats")
+        out.line("Press Ctrl-C to stop.")
+
+    try:
+        asyncio.run(emulator.serve_forever(config, ns.host, ns.port, on_ready=ready))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``batchscribe`` command; returns the exit code."""
+    redact = Redactor([os.environ.get(KEY_ENV)])
+    console = Console(sys.stderr, redact)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        code: int = ns.handler(ns, console)
+        return code
+    except BatchscribeError as exc:
+        console.line(f"batchscribe: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.line("batchscribe: interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so, without leaking anything
+        if os.environ.get("BATCHSCRIBE_DEBUG"):
+            console.line("".join(traceback.format_exception(exc)))
+        console.line(
+            f"batchscribe: internal error: {type(exc).__name__}: {exc} "
+            "(set BATCHSCRIBE_DEBUG=1 for a traceback)"
+        )
+        return EXIT_ABORTED

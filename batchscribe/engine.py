@@ -1,0 +1,690 @@
+"""The engine: a streaming reader feeds a bounded queue; a pool of workers sends each item to
+Pulse with retries; one writer appends every outcome to the results file. Emits events.
+
+Shutdown: the first SIGINT/SIGTERM stops taking items and lets requests in flight finish within
+a short grace; a second one stops at once. Nothing finished is ever lost: each record is written
+the moment its item ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import stat
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, BinaryIO
+
+import aiofiles
+import aiohttp
+import orjson
+
+from batchscribe import manifest
+from batchscribe.clock import Clock, LoopClock
+from batchscribe.control import ConcurrencyLimit, PoolPause
+from batchscribe.errors import (
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    RetryableError,
+    RunAborted,
+)
+from batchscribe.events import (
+    Event,
+    EventBus,
+    InvalidLine,
+    ItemFinished,
+    ItemRetried,
+    ItemsSkipped,
+    Notice,
+    PoolPaused,
+    RunFinished,
+    RunStarted,
+    Subscriber,
+    Summary,
+    TotalKnown,
+)
+from batchscribe.manifest import Item, Problem
+from batchscribe.pulse import (
+    DEFAULT_ENDPOINT,
+    MAX_PAYLOAD,
+    Outcome,
+    PulseParams,
+    Verdict,
+    build_query,
+    check_combination,
+    classify,
+    content_type_for,
+)
+from batchscribe.results import ResultsStore, ResumeState
+from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
+
+UPLOAD_CHUNK = 256 * 1024
+_READ_BATCH = 256  # manifest entries read per hop to the reader thread
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run needs. The CLI builds one from its flags; Python callers may too.
+
+    Args:
+        sources: manifests (JSONL, CSV, text list), directories, or ``-`` for stdin.
+        out: the results JSONL file (created if missing; resumed if present).
+        api_key: the Pulse API key (not needed with ``emulate``).
+        endpoint: the Pulse URL (either documented endpoint shape).
+        params: Pulse parameters for every item (manifest fields override them per item).
+        concurrency: requests in flight never exceed this.
+        max_attempts: attempts per item, the first included.
+        timeout: seconds per request (connect, upload and response).
+        max_retry_wait: a server-requested delay longer than this fails the item.
+        retry_failed: also re-attempt items whose last record is ``failed``.
+        emulate: run against the bundled emulator, in-process on a free loopback port.
+        grace: seconds requests in flight may take to finish after a stop request.
+        sync_interval: seconds between fsyncs of the results file.
+    """
+
+    sources: Sequence[str]
+    out: str
+    api_key: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    params: PulseParams = field(default_factory=PulseParams)
+    concurrency: int = 8
+    max_attempts: int = 6
+    timeout: float = 900.0
+    max_retry_wait: float = 300.0
+    retry_failed: bool = False
+    emulate: bool = False
+    grace: float = 10.0
+    sync_interval: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ConfigError for options that cannot work, before anything is opened."""
+        if not self.sources:
+            raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.max_attempts < 1:
+            raise ConfigError("--max-attempts must be at least 1")
+        if self.timeout <= 0:
+            raise ConfigError("--timeout must be positive")
+        if self.max_retry_wait < 0:
+            raise ConfigError("--max-retry-wait must not be negative")
+        if not self.emulate:
+            if not self.endpoint.startswith(("http://", "https://")):
+                raise ConfigError(f"--endpoint must be an http(s) URL, not {self.endpoint!r}")
+            if not self.api_key:
+                raise ConfigError(
+                    "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
+                    "use --emulate to try batchscribe without one"
+                )
+        problem = check_combination(self.params, url_input=False)
+        if problem:
+            raise ConfigError(problem)
+
+
+class FileChanged(Exception):
+    """The file's size changed while it was being uploaded."""
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T00:00:00.000Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@lru_cache(maxsize=256)
+def _query(params: PulseParams) -> dict[str, str]:
+    return build_query(params)
+
+
+_RESERVED = frozenset({"transcription", "words", "utterances", "request_id"})
+
+
+class Engine:
+    """One run. Create, then ``await run()``; returns the :class:`Summary`."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        bus: EventBus | None = None,
+        clock: Clock | None = None,
+        stdin: BinaryIO | None = None,
+    ) -> None:
+        self.options = options
+        self.bus = bus or EventBus()
+        self.clock: Clock = clock or LoopClock()
+        self.stdin = stdin
+        self.summary = Summary(run_id=uuid.uuid4().hex[:12], concurrency=options.concurrency)
+        self.policy = RetryPolicy(
+            max_attempts=options.max_attempts, max_retry_wait=options.max_retry_wait
+        )
+        self.limit = ConcurrencyLimit(options.concurrency)
+        self.pause = PoolPause(self.clock)
+        self._rng = random.Random()
+        self._stopping = False
+        self._abort: RunAborted | None = None
+        self._store: ResultsStore | None = None
+        self._resume: ResumeState | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._endpoint = options.endpoint
+        self._queue: asyncio.Queue[Item | None] = asyncio.Queue(
+            maxsize=max(16, options.concurrency * 2)
+        )
+        self._workers: list[asyncio.Task[None]] = []
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self._started_at = ""
+
+    # ----------------------------------------------------------------------------- running
+    async def run(self) -> Summary:
+        """Run to completion (or until stopped); never raises for item failures."""
+        options = self.options
+        options.validate()
+        try:
+            manifest.check_sources(options.sources)
+        except manifest.ManifestError as exc:
+            raise ConfigError(str(exc)) from None
+        store = ResultsStore(options.out)
+        self._resume = store.open()  # ResultsBusy / ConfigError propagate: nothing written
+        self._store = store
+        if store.repaired_bytes:
+            self._notice(
+                "warning",
+                f"{options.out}: cut a torn last line ({store.repaired_bytes} bytes) "
+                "left by an interrupted run",
+            )
+        if self._resume.corrupt_lines:
+            self._notice(
+                "warning",
+                f"{options.out}: ignored {self._resume.corrupt_lines} unreadable line(s)",
+            )
+        started = time.monotonic()
+        self._started_at = utc_now()
+        emulator = None
+        try:
+            if options.emulate:
+                from batchscribe.emulator import EmulatorConfig, start_emulator
+
+                emulator = await start_emulator(EmulatorConfig())
+                self._endpoint = emulator.endpoint()
+            self._emit(
+                RunStarted(self.summary.run_id, options.out, len(self._resume), options.concurrency)
+            )
+            await self._run_pool()
+        finally:
+            self.summary.wall_seconds = time.monotonic() - started
+            self._finish_summary()
+            await self._close(emulator)
+        self._emit(RunFinished(self.summary))
+        return self.summary
+
+    async def _run_pool(self) -> None:
+        options = self.options
+        connector = aiohttp.TCPConnector(
+            limit=options.concurrency, limit_per_host=0, keepalive_timeout=30
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=options.timeout, sock_connect=min(30.0, options.timeout)
+        )
+        headers = {"Authorization": f"Bearer {options.api_key or 'emulated'}"}
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        syncer = asyncio.create_task(self._sync_loop())
+        try:
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=timeout, headers=headers, raise_for_status=False
+            ) as session:
+                self._session = session
+                self._workers = [
+                    asyncio.create_task(self._work()) for _ in range(options.concurrency)
+                ]
+                producer = asyncio.create_task(self._produce())
+                try:
+                    await asyncio.gather(*self._workers, return_exceptions=True)
+                finally:
+                    if not producer.done():
+                        producer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([producer])
+                for task in (producer, *self._workers):
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncer
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            if self._grace_handle is not None:
+                self._grace_handle.cancel()
+
+    # ----------------------------------------------------------------------------- reading
+    async def _produce(self) -> None:
+        """Stream items from the sources (in a thread) into the queue; skip what is done."""
+        loop = asyncio.get_running_loop()
+        entries = manifest.iter_sources(self.options.sources, stdin=self.stdin)
+        resume = self._resume
+        assert resume is not None
+        retry_failed = self.options.retry_failed
+        summary = self.summary
+        total = 0
+        queue = self._queue
+        try:
+            while not self._stopping:
+                batch = await loop.run_in_executor(None, _take, entries, _READ_BATCH)
+                if not batch:
+                    summary.total = total
+                    pending = total - summary.skipped_ok - summary.skipped_failed
+                    self._emit(TotalKnown(total, pending))
+                    break
+                skipped = 0
+                for entry in batch:
+                    if isinstance(entry, Problem):
+                        summary.invalid_lines += 1
+                        self._emit(InvalidLine(str(entry)))
+                        continue
+                    total += 1
+                    state = resume.status(resume.key(entry.id)) if len(resume) else None
+                    if state == "ok":
+                        summary.skipped_ok += 1
+                        skipped += 1
+                    elif state == "failed" and not retry_failed:
+                        summary.skipped_failed += 1
+                        skipped += 1
+                    else:
+                        await queue.put(entry)
+                        if self._stopping:
+                            break
+                if skipped and self.bus:
+                    self.bus.emit(ItemsSkipped(skipped))
+        finally:
+            close = getattr(entries, "close", None)
+            if close is not None:
+                with contextlib.suppress(ValueError):  # still running in the reader thread
+                    close()
+            if not self._stopping:
+                for _ in self._workers:
+                    await queue.put(None)
+
+    # ----------------------------------------------------------------------------- working
+    async def _work(self) -> None:
+        queue = self._queue
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if self._stopping:
+                continue
+            await self._process(item)
+
+    async def _process(self, item: Item) -> None:
+        """Send one item (with retries) and write its record."""
+        params = self.options.params.with_overrides(item.params)
+        record: dict[str, Any] = {"id": item.id, "status": "failed", "source": item.source}
+        attempts = 0
+        size = 0
+        problem = check_combination(params, url_input=item.is_url)
+        if problem:
+            return self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
+        if not item.is_url:
+            try:
+                st = os.stat(item.source)
+            except FileNotFoundError:
+                return self._finish(
+                    item, record, 0, Outcome(Verdict.FAIL, None, "missing", "file not found")
+                )
+            except OSError as exc:
+                return self._finish(
+                    item, record, 0,
+                    Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}"),
+                )  # fmt: skip
+            size = st.st_size
+            record["size"] = size
+            record["mtime"] = st.st_mtime
+            unfit = _file_problem(item.source, st)
+            if unfit is not None:
+                return self._finish(item, record, 0, unfit)
+
+        async def attempt() -> Outcome:
+            nonlocal attempts
+            await self._acquire()
+            try:
+                attempts += 1
+                outcome = await self._send(item, params, size)
+            finally:
+                self.limit.release()
+            if outcome.verdict is Verdict.RETRY:
+                delay = outcome.delay
+                if (
+                    delay is not None
+                    and delay <= self.policy.max_retry_wait
+                    and self.pause.pause(delay)
+                ):
+                    self._emit(PoolPaused(delay, outcome.cause))
+                raise RetryableError(outcome)
+            if outcome.verdict is Verdict.ABORT:
+                self._abort_run(RunAborted(f"{item.id}: {outcome.error}"))
+            return outcome
+
+        try:
+            outcome = await call_with_retry(
+                attempt, self.policy, self.clock, rng=self._rng,
+                on_retry=lambda n, err, delay: self._on_retry(item, n, err, delay),
+            )  # fmt: skip
+        except GiveUp as give_up:
+            last = give_up.error.outcome
+            outcome = Outcome(
+                Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})"
+            )
+        if outcome.verdict is Verdict.ABORT:
+            return  # not this item's fault; the next run sends it again
+        self._finish(item, record, attempts, outcome)
+
+    async def _acquire(self) -> None:
+        """Wait for a pool-wide pause to end and for a free slot (re-checking the pause)."""
+        while True:
+            await self.pause.wait()
+            await self.limit.acquire()
+            if self.pause.remaining <= 0:
+                return
+            self.limit.release()
+
+    async def _send(self, item: Item, params: PulseParams, size: int) -> Outcome:
+        """One HTTP exchange, classified. Transport failures become retryable outcomes."""
+        session = self._session
+        assert session is not None
+        data: Any
+        if item.is_url:
+            data = orjson.dumps({"url": item.source})
+            headers = {"Content-Type": "application/json"}
+        else:
+            data = _file_chunks(item.source, size)
+            headers = {
+                "Content-Type": content_type_for(item.source),
+                "Content-Length": str(size),
+            }
+        try:
+            async with session.post(
+                self._endpoint, params=_query(params), data=data, headers=headers
+            ) as response:
+                body = await response.read()
+                return classify(response.status, response.headers, body, now=self.clock.wall())
+        except asyncio.TimeoutError:
+            return Outcome(
+                Verdict.RETRY, None, "timeout", f"no response within {self.options.timeout:g} s"
+            )
+        except FileNotFoundError:
+            return Outcome(Verdict.FAIL, None, "missing", "file disappeared before upload")
+        except FileChanged:
+            return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
+        except aiohttp.ClientPayloadError:
+            return Outcome(Verdict.RETRY, None, "network", "response body cut short")
+        except aiohttp.ClientError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, FileChanged):
+                return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
+            return Outcome(Verdict.RETRY, None, "network", _network_error(exc))
+        except OSError as exc:
+            return Outcome(Verdict.RETRY, None, "network", f"{type(exc).__name__}: {exc.strerror}")
+
+    def _on_retry(self, item: Item, attempt: int, error: RetryableError, delay: float) -> None:
+        self.summary.retries += 1
+        if self.bus:
+            outcome = error.outcome
+            self.bus.emit(ItemRetried(item.id, attempt, outcome.cause, outcome.error or "", delay))
+
+    def _finish(self, item: Item, record: dict[str, Any], attempts: int, outcome: Outcome) -> None:
+        """Complete the record, write it, count it, emit it."""
+        summary = self.summary
+        audio = 0.0
+        record["attempts"] = attempts
+        record["http_status"] = outcome.http_status
+        if outcome.verdict is Verdict.OK:
+            record["status"] = "ok"
+            record["error"] = None
+            record["cause"] = None
+        else:
+            record["error"] = outcome.error or outcome.cause
+            record["cause"] = outcome.cause
+        record["finished_at"] = utc_now()
+        record["run"] = summary.run_id
+        payload = outcome.payload
+        if payload is not None:
+            meta = payload.get("metadata")
+            duration = meta.get("duration") if isinstance(meta, dict) else None
+            if isinstance(duration, (int, float)):
+                audio = float(duration)
+            record["transcription"] = payload.get("transcription")
+            record["words"] = payload.get("words")
+            record["utterances"] = payload.get("utterances")
+            record["duration"] = duration
+            record["request_id"] = payload.get("request_id")
+            record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
+        if item.metadata:
+            record["metadata"] = item.metadata
+        store = self._store
+        assert store is not None
+        try:
+            store.append(record)
+        except RunAborted as exc:
+            self._abort_run(exc)
+            return
+        if outcome.verdict is Verdict.OK:
+            summary.ok += 1
+            summary.audio_seconds += audio
+            if summary.sample is None and record.get("transcription"):
+                summary.sample = f"{item.id}: {str(record['transcription'])[:120]!r}"
+        else:
+            summary.failed += 1
+            summary.failed_by_cause[outcome.cause] += 1
+        if self.bus:
+            self.bus.emit(ItemFinished(item.id, record["status"], outcome.cause, attempts, audio))
+
+    # ----------------------------------------------------------------------------- stopping
+    def request_stop(self) -> None:
+        """Stop taking items; requests in flight get ``grace`` seconds to finish."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.summary.interrupted = True
+        self._notice(
+            "warning",
+            f"stopping: finishing requests in flight (up to {self.options.grace:g} s; "
+            "interrupt again to stop at once)",
+        )
+        self._release_workers()
+        loop = asyncio.get_running_loop()
+        self._grace_handle = loop.call_later(self.options.grace, self._cancel_workers)
+
+    def _release_workers(self) -> None:
+        queue = self._queue
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in self._workers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    def _cancel_workers(self) -> None:
+        for task in self._workers:
+            task.cancel()
+
+    def _abort_run(self, exc: RunAborted) -> None:
+        if self._abort is None:
+            self._abort = exc
+            self.summary.aborted = str(exc)
+            self._notice("error", f"aborting: {exc}")
+        self._stopping = True
+        self._release_workers()
+        self._cancel_workers()
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal)
+            except (RuntimeError, ValueError, NotImplementedError):
+                continue  # not the main thread: the caller handles signals
+            installed.append(sig)
+        return installed
+
+    def _on_signal(self) -> None:
+        if self._stopping and self._abort is None:
+            self._notice("warning", "stopping now")
+            self._cancel_workers()
+        else:
+            self.request_stop()
+
+    # ----------------------------------------------------------------------------- edges
+    async def _sync_loop(self) -> None:
+        store = self._store
+        assert store is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.options.sync_interval)
+            if store.dirty:
+                try:
+                    await loop.run_in_executor(None, store.sync)
+                except RunAborted as exc:
+                    self._abort_run(exc)
+                    return
+
+    def _finish_summary(self) -> None:
+        summary = self.summary
+        if self._abort is not None:
+            summary.exit_code = EXIT_ABORTED
+        elif summary.interrupted:
+            summary.exit_code = EXIT_INTERRUPTED
+        elif summary.budget_reached:
+            summary.exit_code = EXIT_BUDGET
+        elif summary.failed or summary.invalid_lines or summary.skipped_failed:
+            summary.exit_code = EXIT_FAILED
+        else:
+            summary.exit_code = EXIT_OK
+
+    async def _close(self, emulator: Any) -> None:
+        store = self._store
+        if store is not None:
+            record = {
+                "event": "run",
+                "started_at": self._started_at,
+                "finished_at": utc_now(),
+                **self.summary.as_dict(),
+            }
+            with contextlib.suppress(RunAborted):
+                if self._abort is None:
+                    store.append(record)
+            try:
+                store.close()
+            except OSError as exc:
+                if self._abort is None:
+                    self._abort = RunAborted(f"{store.path}: cannot sync results: {exc.strerror}")
+                    self.summary.aborted = str(self._abort)
+                    self.summary.exit_code = EXIT_ABORTED
+        if emulator is not None:
+            await emulator.close()
+
+    def _emit(self, event: Event) -> None:
+        if self.bus:
+            self.bus.emit(event)
+
+    def _notice(self, level: str, message: str) -> None:
+        self._emit(Notice(level, message))
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return (
+            f"<Engine run={s.run_id} ok={s.ok} failed={s.failed} skipped={s.skipped_ok} "
+            f"retries={s.retries} {self.limit!r} stopping={self._stopping}>"
+        )
+
+
+def _take(entries: Iterator[Item | Problem], count: int) -> list[Item | Problem]:
+    """Up to ``count`` entries from the reader (runs in a thread: the reader does blocking I/O)."""
+    batch: list[Item | Problem] = []
+    for entry in entries:
+        batch.append(entry)
+        if len(batch) >= count:
+            break
+    return batch
+
+
+def _file_problem(path: str, st: os.stat_result) -> Outcome | None:
+    """Why a local file must not be sent (None when it can be)."""
+    if not stat.S_ISREG(st.st_mode):
+        return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
+    if st.st_size == 0:
+        return Outcome(Verdict.FAIL, None, "invalid", "empty file")
+    if st.st_size > MAX_PAYLOAD:
+        return Outcome(
+            Verdict.FAIL, None, "too_large",
+            f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
+        )  # fmt: skip
+    if not os.access(path, os.R_OK):
+        return Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
+    return None
+
+
+async def _file_chunks(path: str, size: int) -> AsyncIterator[bytes]:
+    """Stream a file in chunks, reopened for each attempt; FileChanged if its size moved."""
+    sent = 0
+    async with aiofiles.open(path, "rb") as stream:
+        while True:
+            chunk = await stream.read(UPLOAD_CHUNK)
+            if not chunk:
+                break
+            sent += len(chunk)
+            if sent > size:
+                raise FileChanged(path)
+            yield chunk
+    if sent != size:
+        raise FileChanged(path)
+
+
+def _network_error(exc: aiohttp.ClientError) -> str:
+    """A one-line description of a transport failure (never includes request headers)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"connection error: {exc.strerror or type(exc).__name__}"
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def run_batch_async(
+    options: RunOptions,
+    *,
+    subscribers: Sequence[Subscriber] = (),
+    clock: Clock | None = None,
+    stdin: BinaryIO | None = None,
+) -> Summary:
+    """Run a batch in the current event loop; see :func:`run_batch`."""
+    bus = EventBus()
+    for subscriber in subscribers:
+        bus.subscribe(subscriber)
+    return await Engine(options, bus=bus, clock=clock, stdin=stdin).run()
+
+
+def run_batch(
+    options: RunOptions,
+    *,
+    subscribers: Sequence[Subscriber] = (),
+    stdin: BinaryIO | None = None,
+) -> Summary:
+    """Transcribe every item of ``options.sources`` into ``options.out``; return the summary.
+
+    Raises :class:`~batchscribe.errors.ConfigError` (exit 2) and
+    :class:`~batchscribe.errors.ResultsBusy` (exit 75) before anything is sent; item failures
+    and aborts are reported in the summary's counts and ``exit_code``.
+    """
+    return asyncio.run(run_batch_async(options, subscribers=subscribers, stdin=stdin))

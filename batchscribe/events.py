@@ -1,0 +1,200 @@
+"""Frozen event records the engine emits, and the run summary.
+
+The progress bar, the log, the summary and the tests are subscribers; the engine never prints.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """The run is about to read its sources (``resumed``: ids already in the results file)."""
+
+    run_id: str
+    out: str
+    resumed: int
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFinished:
+    """An item ended and its record is written."""
+
+    item_id: str
+    status: str  # "ok" or "failed"
+    cause: str
+    attempts: int
+    audio_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRetried:
+    """An attempt failed and the item will be tried again after ``delay`` seconds."""
+
+    item_id: str
+    attempt: int
+    cause: str
+    error: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsSkipped:
+    """``count`` items were skipped because the results file already has their final state."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    """A manifest line could not be used (``message`` is ``FILE:LINE: problem``)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TotalKnown:
+    """The reader has seen every source: ``total`` items to consider, ``pending`` to send."""
+
+    total: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPaused:
+    """The server asked for a pause; no request starts for ``seconds``."""
+
+    seconds: float
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A one-line message for the operator (warnings, stop requests)."""
+
+    level: str  # "info" | "warning" | "error"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run ended; ``summary`` holds every count."""
+
+    summary: Summary
+
+
+Event = (
+    RunStarted
+    | ItemFinished
+    | ItemRetried
+    | ItemsSkipped
+    | InvalidLine
+    | TotalKnown
+    | PoolPaused
+    | Notice
+    | RunFinished
+)
+Subscriber = Callable[[Event], None]
+
+
+@dataclass
+class Summary:
+    """Every count of a run, in one place."""
+
+    run_id: str = ""
+    ok: int = 0
+    failed: int = 0
+    failed_by_cause: Counter[str] = field(default_factory=Counter)
+    skipped_ok: int = 0
+    skipped_failed: int = 0
+    invalid_lines: int = 0
+    retries: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    total: int | None = None
+    interrupted: bool = False
+    aborted: str | None = None
+    budget_reached: bool = False
+    concurrency: int = 0
+    exit_code: int = 0
+    sample: str | None = None  # the first transcript of the run, for people to see it work
+
+    @property
+    def done(self) -> int:
+        """Items finished in this run (ok or failed)."""
+        return self.ok + self.failed
+
+    @property
+    def items_per_second(self) -> float:
+        return self.done / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (for ``--log-format json`` and the results file's run record)."""
+        return {
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "failed": self.failed,
+            "failed_by_cause": dict(self.failed_by_cause),
+            "skipped_ok": self.skipped_ok,
+            "skipped_failed": self.skipped_failed,
+            "invalid_lines": self.invalid_lines,
+            "retries": self.retries,
+            "audio_seconds": round(self.audio_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "items_per_second": round(self.items_per_second, 3),
+            "total": self.total,
+            "interrupted": self.interrupted,
+            "aborted": self.aborted,
+            "budget_reached": self.budget_reached,
+            "concurrency": self.concurrency,
+            "exit_code": self.exit_code,
+        }
+
+    def lines(self) -> list[str]:
+        """The human summary printed at the end of a run."""
+        causes = ", ".join(f"{c}: {n}" for c, n in sorted(self.failed_by_cause.items()))
+        out = [
+            f"ok: {self.ok}  failed: {self.failed}" + (f" ({causes})" if causes else ""),
+            f"skipped (done earlier): {self.skipped_ok}  skipped (failed earlier): "
+            f"{self.skipped_failed}  invalid lines: {self.invalid_lines}",
+            f"retries: {self.retries}  audio: {self.audio_seconds / 3600:.3f} h "
+            f"({self.audio_seconds:.1f} s)  wall: {self.wall_seconds:.1f} s  "
+            f"rate: {self.items_per_second:.1f} items/s",
+        ]
+        if self.sample:
+            out.append(f"first transcript: {self.sample}")
+        if self.skipped_failed:
+            out.append(
+                f"{self.skipped_failed} item(s) failed in an earlier run: rerun with --retry-failed"
+            )
+        if self.aborted:
+            out.append(f"aborted: {self.aborted}")
+        if self.interrupted:
+            out.append("interrupted: run the same command again to resume")
+        if self.budget_reached:
+            out.append("budget reached with work left: run the same command again to continue")
+        return out
+
+
+class EventBus:
+    """Fan-out of events to subscribers; free when nobody listens."""
+
+    __slots__ = ("_subscribers",)
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def emit(self, event: Event) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event)

@@ -1,0 +1,622 @@
+"""Manifest reading: sources (JSONL, CSV, text list, directory, stdin) -> items and problems.
+
+:func:`iter_sources` streams every source in order and yields an :class:`Item` for each usable
+entry and a :class:`Problem` (``FILE:LINE: message``) for each bad one; a bad line never stops the
+run. A source that cannot be read at all raises :class:`ManifestError`; call
+:func:`check_sources` first to fail before any work starts.
+
+Everything streams: files are read in binary one line at a time (decoded per line, so one bad
+byte spoils one line), directories are walked lazily one level at a time, and the only state
+that grows with the input is the shared set of id digests used to spot duplicate ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import stat
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+import orjson
+
+from batchscribe.ids import DigestSet, id_digest
+from batchscribe.pulse import AUDIO_EXTENSIONS, PARAM_NAMES, PulseParams, check_combination
+from batchscribe.pulse import coerce_param as _coerce_param
+
+__all__ = ["Item", "ManifestError", "Problem", "check_sources", "iter_sources"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One piece of audio to transcribe.
+
+    ``source`` is an absolute file path (relative manifest paths resolved against the manifest's
+    folder) or the URL; ``params`` holds the item's validated Pulse parameter overrides (empty
+    when none); ``metadata`` every other manifest field (None when none); ``origin`` says where
+    the item came from (``FILE:LINE``, or the file's path for directory items).
+    """
+
+    id: str
+    source: str
+    is_url: bool
+    params: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A manifest entry that cannot become an item; ``line`` is 1-based (0 for directories)."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ManifestError(Exception):
+    """A source that cannot be read at all (missing, unreadable, or not a file or directory)."""
+
+
+Kind = Literal["jsonl", "csv", "text", "sniff"]
+
+_KINDS: dict[str, Kind] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".txt": "text",
+    ".lst": "text",
+    ".list": "text",
+}
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+
+MAX_LINE = 16 * 1024 * 1024  # longest line read; a longer one is skipped with a problem
+_READ_LIMIT = MAX_LINE + 1  # room for the newline
+_SKIP_CHUNK = 1024 * 1024
+_BUFFER = 256 * 1024
+_BOM = b"\xef\xbb\xbf"
+_QUOTE_MAX = 200  # characters of user content quoted in a message
+_MESSAGE_MAX = 500
+
+_OWN_FIELDS = frozenset({"id", "path", "url"})
+_PARAM_FIELDS = frozenset(PARAM_NAMES)
+_TOO_LONG = f"line is longer than {MAX_LINE // (1024 * 1024)} MiB; skipped"
+_INVALID_UTF8 = "invalid UTF-8"
+
+Line = tuple[int, bytes | None]  # (1-based line number, raw bytes or None when too long)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def check_sources(sources: Sequence[str]) -> None:
+    """Raise :class:`ManifestError` unless every source can be read.
+
+    Args:
+        sources: manifest paths, directories, or ``-`` for stdin (at most once).
+    """
+    stdin_seen = False
+    for source in sources:
+        if source == STDIN:
+            if stdin_seen:
+                raise ManifestError("- (stdin) is given more than once")
+            stdin_seen = True
+            continue
+        name = _printable(source)
+        try:
+            mode = os.stat(source).st_mode
+        except OSError as exc:
+            raise ManifestError(f"{name}: cannot read: {_reason(exc)}") from exc
+        if stat.S_ISDIR(mode):
+            try:
+                with os.scandir(source):
+                    pass
+            except OSError as exc:
+                raise ManifestError(f"{name}: cannot read directory: {_reason(exc)}") from exc
+        elif stat.S_ISREG(mode):
+            try:
+                with open(source, "rb"):
+                    pass
+            except OSError as exc:
+                raise ManifestError(f"{name}: cannot read manifest: {_reason(exc)}") from exc
+        elif stat.S_ISFIFO(mode):
+            # A pipe such as bash's <(...): opening it here could block or eat its data.
+            if not os.access(source, os.R_OK):
+                raise ManifestError(f"{name}: cannot read manifest: permission denied")
+        else:
+            raise ManifestError(f"{name}: not a manifest file or a directory")
+
+
+def iter_sources(
+    sources: Sequence[str], *, stdin: BinaryIO | None = None, seen: DigestSet | None = None
+) -> Iterator[Item | Problem]:
+    """Stream the items and problems of every source, in order.
+
+    Sources are checked with :func:`check_sources` when iteration starts. A source that fails
+    while being read raises :class:`ManifestError`.
+
+    Args:
+        sources: manifest files (``.jsonl``/``.ndjson``/``.json``, ``.csv``, ``.txt``/``.lst``/
+            ``.list``, anything else sniffed), directories (scanned for audio), or ``-``.
+        stdin: the stream to read for ``-`` (default: ``sys.stdin.buffer``).
+        seen: id digests already taken, shared across sources; an item whose id is in it is a
+            duplicate (a problem). Created when None; valid items' ids are added to it.
+    """
+    check_sources(sources)
+    if seen is None:
+        seen = DigestSet()
+    for source in sources:
+        if source == STDIN:
+            stream = stdin if stdin is not None else sys.stdin.buffer
+            yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen)
+        elif os.path.isdir(source):
+            yield from _read_directory(source, seen)
+        else:
+            yield from _read_file(source, seen)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _read_file(source: str, seen: DigestSet) -> Iterator[Item | Problem]:
+    name = _printable(source)
+    kind = _KINDS.get(os.path.splitext(source)[1].lower(), "sniff")
+    base = os.path.dirname(os.path.abspath(source))
+    try:
+        stream = open(source, "rb", buffering=_BUFFER)  # noqa: SIM115 (closed below; a generator)
+    except OSError as exc:
+        raise ManifestError(f"{name}: cannot read manifest: {_reason(exc)}") from exc
+    with stream:
+        try:
+            yield from _read_stream(stream, name, base, kind, seen)
+        except OSError as exc:
+            raise ManifestError(f"{name}: read failed: {_reason(exc)}") from exc
+
+
+def _read_stream(
+    stream: BinaryIO, file: str, base: str, kind: Kind, seen: DigestSet
+) -> Iterator[Item | Problem]:
+    lines: Iterator[Line] = _read_lines(stream)
+    if kind == "csv":
+        yield from _parse_csv(lines, file, base, seen)
+        return
+    first, lines = _first_content(lines)
+    if first is None:
+        return
+    head = first[1]
+    if kind == "sniff":
+        kind = "jsonl" if head is not None and head.lstrip()[:1] == b"{" else "text"
+    if kind == "jsonl":
+        if head is not None and head.lstrip()[:1] == b"[":
+            yield _problem(
+                file,
+                first[0],
+                "this is a JSON array, not JSON Lines: write one JSON object per line",
+            )
+            return
+        yield from _parse_jsonl(lines, file, base, seen)
+    else:
+        yield from _parse_text(lines, file, base, seen)
+
+
+def _read_lines(stream: BinaryIO) -> Iterator[Line]:
+    """Physical lines as raw bytes (newline kept, a leading BOM dropped), None for overlong ones."""
+    readline = stream.readline
+    lineno = 0
+    while True:
+        raw = readline(_READ_LIMIT)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) == _READ_LIMIT and raw[-1] != 0x0A:
+            # Skip the rest of the line in bounded chunks rather than holding it.
+            while True:
+                rest = readline(_SKIP_CHUNK)
+                if not rest or rest[-1] == 0x0A:
+                    break
+            yield lineno, None
+            continue
+        if lineno == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]
+        yield lineno, raw
+
+
+def _first_content(lines: Iterator[Line]) -> tuple[Line | None, Iterator[Line]]:
+    """The first non-blank line, and an iterator that still yields it."""
+    for line in lines:
+        raw = line[1]
+        if raw is None or (raw and not raw.isspace()):
+            return line, itertools.chain((line,), lines)
+    return None, lines
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _parse_jsonl(
+    lines: Iterator[Line], file: str, base: str, seen: DigestSet
+) -> Iterator[Item | Problem]:
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    for lineno, raw in lines:
+        if raw is None:
+            yield Problem(file, lineno, _TOO_LONG)
+            continue
+        try:
+            doc = loads(raw)
+        except decode_error as exc:
+            # Blank lines land here too: checking only on failure keeps the common path short.
+            if raw.strip():
+                yield _problem(file, lineno, _json_error(raw, exc))
+            continue
+        if type(doc) is not dict:
+            yield Problem(file, lineno, f"expected a JSON object, got {_json_type(doc)}")
+            continue
+        result = _item_from_fields(doc, base, f"{file}:{lineno}", seen, from_json=True)
+        yield _problem(file, lineno, result) if isinstance(result, str) else result
+
+
+def _parse_text(
+    lines: Iterator[Line], file: str, base: str, seen: DigestSet
+) -> Iterator[Item | Problem]:
+    for lineno, raw in lines:
+        if raw is None:
+            yield Problem(file, lineno, _TOO_LONG)
+            continue
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            yield Problem(file, lineno, _INVALID_UTF8)
+            continue
+        if not text or text[0] == "#":
+            continue
+        if _looks_like_url(text):
+            result = _make_item(None, text, None, {}, None, base, f"{file}:{lineno}", seen)
+        else:
+            result = _make_item(text, None, None, {}, None, base, f"{file}:{lineno}", seen)
+        yield _problem(file, lineno, result) if isinstance(result, str) else result
+
+
+class _CsvFeed:
+    """Decoded lines for ``csv.reader``; remembers the line number and the first bad line."""
+
+    __slots__ = ("bad", "lineno", "lines")
+
+    def __init__(self, lines: Iterator[Line]) -> None:
+        self.lines = lines
+        self.lineno = 0
+        self.bad: tuple[int, str] | None = None
+
+    def __iter__(self) -> _CsvFeed:
+        return self
+
+    def __next__(self) -> str:
+        self.lineno, raw = next(self.lines)
+        if raw is None:
+            if self.bad is None:
+                self.bad = (self.lineno, _TOO_LONG)
+            return "\n"
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if self.bad is None:
+                self.bad = (self.lineno, _INVALID_UTF8)
+            return raw.decode("utf-8", "replace")
+
+
+def _parse_csv(
+    lines: Iterator[Line], file: str, base: str, seen: DigestSet
+) -> Iterator[Item | Problem]:
+    feed = _CsvFeed(lines)
+    reader = csv.reader(feed)
+    names: list[str] | None = None
+    unnamed: list[int] = []
+    while True:
+        start = feed.lineno + 1
+        feed.bad = None
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield _problem(file, feed.lineno, f"invalid CSV: {exc}")
+            continue
+        if feed.bad is not None:
+            yield Problem(file, *feed.bad)
+            if names is None:
+                return  # without a readable header no row can be understood
+            continue
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
+            continue
+        if names is None:
+            header_problem = _csv_header_problem(cells)
+            if header_problem is not None:
+                yield _problem(file, start, header_problem)
+                return
+            names = cells
+            unnamed = [i for i, name in enumerate(names) if not name]
+            continue
+        if len(cells) > len(names) and any(cells[len(names) :]):
+            yield Problem(
+                file, start, f"row has {len(cells)} cells but the header has {len(names)}"
+            )
+            continue
+        if unnamed:
+            stray = next((i for i in unnamed if i < len(cells) and cells[i]), None)
+            if stray is not None:
+                yield Problem(file, start, f"value in column {stray + 1}, which has no header name")
+                continue
+        # A short row is fine: its missing cells are absent, like empty ones.
+        fields = {name: cell for name, cell in zip(names, cells, strict=False) if cell}
+        result = _item_from_fields(fields, base, f"{file}:{start}", seen, from_json=False)
+        yield _problem(file, start, result) if isinstance(result, str) else result
+
+
+def _csv_header_problem(names: list[str]) -> str | None:
+    if "path" not in names and "url" not in names:
+        found = ", ".join(_quote(name) for name in names if name)
+        return f"the CSV header needs a path or a url column (found: {found})"
+    named = [name for name in names if name]
+    if len(set(named)) != len(named):
+        repeated = next(name for name in named if named.count(name) > 1)
+        return f"the CSV header repeats the column {_quote(repeated)}"
+    return None
+
+
+def _read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:
+    base = os.path.abspath(root)
+    for found in _walk(base, root):
+        if isinstance(found, Problem):
+            yield found
+            continue
+        rel = found
+        origin = _printable(os.path.join(root, rel))
+        result = _make_item(rel, None, rel, {}, None, base, origin, seen)
+        yield Problem(origin, 0, result) if isinstance(result, str) else result
+
+
+def _walk(base: str, shown: str) -> Iterator[str | Problem]:
+    """Relative posix paths of audio files under ``base``, in sorted order, lazily.
+
+    Each directory level is listed and sorted on its own (a directory sorts as ``name/`` so the
+    order equals sorting the full relative paths); hidden entries are skipped; a directory
+    reached twice (a symlink loop or alias) is walked once.
+    """
+    root_stat = os.stat(base)
+    visited = {(root_stat.st_dev, root_stat.st_ino)}
+    stack: list[tuple[str, Iterator[tuple[str, str, bool]]]] = []
+    level = _list_level(base, "")
+    if isinstance(level, Problem):  # the root vanished after check_sources
+        raise ManifestError(f"{_printable(shown)}: {level.message}")
+    stack.append(("", iter(level)))
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        _key, name, is_dir = entry
+        rel = prefix + name
+        if not is_dir:
+            yield rel
+            continue
+        path = os.path.join(base, rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # vanished since listed
+        ident = (st.st_dev, st.st_ino)
+        if ident in visited:
+            continue
+        visited.add(ident)
+        sub = _list_level(path, rel)
+        if isinstance(sub, Problem):
+            yield Problem(_printable(os.path.join(shown, rel)), 0, sub.message)
+            continue
+        stack.append((rel + "/", iter(sub)))
+
+
+def _list_level(path: str, rel: str) -> list[tuple[str, str, bool]] | Problem:
+    """One directory's visible subdirectories and audio files as (sort key, name, is_dir)."""
+    found: list[tuple[str, str, bool]] = []
+    try:
+        with os.scandir(path) as scan:
+            for entry in scan:
+                name = entry.name
+                if name[0] == ".":
+                    continue
+                try:
+                    if entry.is_dir():
+                        found.append((name + "/", name, True))
+                    elif os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and entry.is_file():
+                        found.append((name, name, False))
+                except OSError:
+                    continue  # e.g. a dangling symlink that cannot be followed
+    except OSError as exc:
+        return Problem(rel, 0, f"cannot read directory: {_reason(exc)}")
+    found.sort()
+    return found
+
+
+# --------------------------------------------------------------------------- fields -> item
+
+
+def _item_from_fields(
+    fields: Mapping[str, Any], base: str, origin: str, seen: DigestSet, *, from_json: bool
+) -> Item | str:
+    """Build an item from one manifest record, or return the problem with it."""
+    params: dict[str, Any] = {}
+    metadata: dict[str, Any] | None = None
+    for key, value in fields.items():
+        if key in _OWN_FIELDS:
+            continue
+        if key in _PARAM_FIELDS:
+            if value is None:  # JSON null: no override
+                continue
+            try:
+                params[key] = _coerce_param(key, value)
+            except ValueError as exc:
+                return str(exc)
+        elif metadata is None:
+            metadata = {key: value}
+        else:
+            metadata[key] = value
+    item_id = fields.get("id")
+    if item_id is not None and type(item_id) is not str:
+        if not from_json or type(item_id) is not int:
+            return f'"id" must be a string or an integer, not {_json_type(item_id)}'
+        item_id = str(item_id)
+    return _make_item(
+        fields.get("path"), fields.get("url"), item_id, params, metadata, base, origin, seen
+    )
+
+
+def _make_item(
+    path: Any,
+    url: Any,
+    item_id: str | None,
+    params: dict[str, Any],
+    metadata: dict[str, Any] | None,
+    base: str,
+    origin: str,
+    seen: DigestSet,
+) -> Item | str:
+    """Validate a record's source and id and make the item, or return the problem with it.
+
+    ``base`` is the absolute folder relative paths resolve against.
+    """
+    if path is not None:
+        if url is not None:
+            return 'give either "path" or "url", not both'
+        if type(path) is not str:
+            return f'"path" must be a string, not {_json_type(path)}'
+        if not path:
+            return '"path" is empty'
+        if "\x00" in path:
+            return f'"path" contains a NUL character: {_quote(path)}'
+        source = _resolve(base, path)
+        is_url = False
+        if item_id is None:
+            item_id = path
+    else:
+        if url is None:
+            return 'needs a "path" or a "url" field'
+        if type(url) is not str:
+            return f'"url" must be a string, not {_json_type(url)}'
+        url_problem = _url_problem(url)
+        if url_problem is not None:
+            return url_problem
+        source = url
+        is_url = True
+        if item_id is None:
+            item_id = url
+    if not item_id:
+        return '"id" is empty'
+    if "model" in params:
+        # Only what the item sets itself; the engine re-checks against the run's defaults.
+        combination = check_combination(PulseParams().with_overrides(params), url_input=is_url)
+        if combination is not None:
+            return combination
+    if not seen.add(id_digest(item_id)):
+        return f"duplicate id {_quote(item_id)} (first seen earlier)"
+    return Item(item_id, source, is_url, params, metadata, origin)
+
+
+def _resolve(base: str, path: str) -> str:
+    """``path`` made absolute against ``base`` and normalised (without touching the disk)."""
+    if os.sep == "/":
+        # Fast path for the common case: plain concatenation, normpath only when needed.
+        joined = path if path[0] == "/" else f"{base}/{path}"
+        if "/." in joined or "//" in joined:
+            return os.path.normpath(joined)
+        return joined
+    return os.path.normpath(os.path.join(base, path))  # pragma: no cover (not POSIX)
+
+
+def _url_problem(url: str) -> str | None:
+    head = url[:8].lower()
+    if head.startswith("https://"):
+        rest = url[8:]
+    elif head.startswith("http://"):
+        rest = url[7:]
+    else:
+        return f"url must start with http:// or https://, not {_quote(url)}"
+    if not rest or rest[0] in "/?#":
+        return f"url has no host: {_quote(url)}"
+    if not url.isprintable():
+        return f"url contains unprintable characters: {_quote(url)}"
+    return None
+
+
+def _looks_like_url(text: str) -> bool:
+    """Whether a text-list line is a URL (``scheme://...``) rather than a path."""
+    scheme, sep, _ = text.partition("://")
+    return (
+        bool(sep)
+        and len(scheme) > 1  # not a drive letter
+        and scheme.isascii()
+        and scheme[0].isalpha()
+        and all(c.isalnum() or c in "+-." for c in scheme)
+    )
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _problem(file: str, line: int, message: str) -> Problem:
+    """A problem whose message is one printable line of bounded length."""
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    if len(message) > _MESSAGE_MAX:
+        message = message[:_MESSAGE_MAX] + "..."
+    return Problem(file, line, message)
+
+
+def _quote(value: str) -> str:
+    """``repr`` of user content (escapes control characters), cut to a readable length."""
+    if len(value) > _QUOTE_MAX:
+        return repr(value[:_QUOTE_MAX]) + "..."
+    return repr(value)
+
+
+def _printable(name: str) -> str:
+    """A file name safe to print on one line."""
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
+
+
+def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _INVALID_UTF8
+    if exc.lineno == 1:  # otherwise the error is past the end of the line: no useful column
+        return f"invalid JSON: {exc.msg} (column {exc.colno})"
+    return f"invalid JSON: {exc.msg}"
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)

@@ -1,0 +1,258 @@
+"""The Pulse request/response contract: parameters, request building, outcome classification.
+
+Everything here is pure (no network, no disk) so it can be tested on plain data. The engine
+builds a request with :func:`build_query` / :func:`content_type_for`, sends it, and hands the
+status, headers and body to :func:`classify` which says what the outcome means for the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+
+import orjson
+
+LEGACY_ENDPOINT = "https://waves-api.smallest.ai/api/v1/pulse/get_text"
+CURRENT_ENDPOINT = "https://api.smallest.ai/waves/v1/stt/"
+DEFAULT_ENDPOINT = LEGACY_ENDPOINT
+LEGACY_PATH = "/api/v1/pulse/get_text"
+CURRENT_PATH = "/waves/v1/stt/"
+ENDPOINT_PATHS = (LEGACY_PATH, CURRENT_PATH)
+
+MAX_PAYLOAD = 250 * 1000 * 1000  # "Max payload 250 MB"; the decimal reading is the stricter one
+
+MODELS = ("pulse", "pulse-pro")
+LANGUAGES = (
+    "en", "hi", "de", "es", "ru", "it", "fr", "nl", "pt", "uk", "pl", "cs", "sk", "lv", "et",
+    "ro", "fi", "sv", "bg", "hu", "da", "lt", "mt", "zh", "ja", "ko",
+    "multi-eu", "multi-asian", "multi-indic",
+)  # fmt: skip
+BOOL_PARAMS = (
+    "word_timestamps", "diarize", "redact_pii", "redact_pci", "emotion_detection",
+    "gender_detection",
+)  # fmt: skip
+WEBHOOK_METHODS = ("POST", "PUT")
+#: Every query parameter the service knows; manifest fields with these names override the CLI.
+PARAM_NAMES = ("model", "language", *BOOL_PARAMS, "webhook_url", "webhook_method", "webhook_extra")
+
+AUDIO_MIME = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".m4a": "audio/mp4",
+    ".aac": "audio/aac",
+    ".webm": "audio/webm",
+    ".mp4": "audio/mp4",
+    ".amr": "audio/amr",
+}
+AUDIO_EXTENSIONS = frozenset(AUDIO_MIME)
+
+
+def content_type_for(path: str) -> str:
+    """The audio MIME type for a file name, by extension (octet-stream when unknown)."""
+    return AUDIO_MIME.get(PurePath(path).suffix.lower(), "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class PulseParams:
+    """The per-request Pulse query parameters (see shared/pulse-api.md)."""
+
+    model: str = "pulse"
+    language: str = "en"
+    word_timestamps: bool = True
+    diarize: bool = False
+    redact_pii: bool = False
+    redact_pci: bool = False
+    emotion_detection: bool = False
+    gender_detection: bool = False
+    webhook_url: str | None = None
+    webhook_method: str | None = None
+    webhook_extra: str | None = None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> PulseParams:
+        """A copy with per-item overrides applied (values already validated by :func:`coerce`)."""
+        if not overrides:
+            return self
+        return dataclasses.replace(self, **overrides)
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def coerce_param(name: str, value: Any) -> Any:
+    """Validate and normalise one parameter value; raise ValueError with a readable message."""
+    if name == "model":
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r} (expected one of: {', '.join(MODELS)})")
+        return value
+    if name == "language":
+        if value not in LANGUAGES:
+            raise ValueError(
+                f"unknown language {value!r} (expected one of: {', '.join(LANGUAGES)})"
+            )
+        return value
+    if name in BOOL_PARAMS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    if name == "webhook_method":
+        if not isinstance(value, str) or value.upper() not in WEBHOOK_METHODS:
+            raise ValueError(f"webhook_method must be POST or PUT, not {value!r}")
+        return value.upper()
+    if name == "webhook_url":
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be an http(s) URL, not {value!r}")
+        return value
+    if name == "webhook_extra":
+        if not isinstance(value, str) or not all(":" in pair for pair in value.split(",") if pair):
+            raise ValueError(f"webhook_extra must look like key:value,key2:value2, not {value!r}")
+        return value
+    raise ValueError(f"unknown Pulse parameter {name!r}")
+
+
+def check_combination(params: PulseParams, *, url_input: bool) -> str | None:
+    """Return a problem with a combination of parameters, or None when they fit together."""
+    if url_input and params.model != "pulse":
+        return f"URL input works with model=pulse only, not {params.model}"
+    if params.model != "pulse-pro" and (
+        params.webhook_url or params.webhook_method or params.webhook_extra
+    ):
+        return "webhook parameters need model=pulse-pro"
+    return None
+
+
+def build_query(params: PulseParams) -> dict[str, str]:
+    """The query string for a request: booleans as true/false, unset webhook fields left out."""
+    query = {"model": params.model, "language": params.language}
+    for name in BOOL_PARAMS:
+        query[name] = "true" if getattr(params, name) else "false"
+    for name in ("webhook_url", "webhook_method", "webhook_extra"):
+        value = getattr(params, name)
+        if value:
+            query[name] = value
+    return query
+
+
+class Verdict(Enum):
+    """What an outcome means for the run."""
+
+    OK = "ok"  # the item is done
+    RETRY = "retry"  # try this item again (after the server's delay or a backoff)
+    FAIL = "fail"  # record this item as failed; the run goes on
+    ABORT = "abort"  # the whole run cannot go on (e.g. the key is rejected)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The meaning of one HTTP exchange (or of a transport failure)."""
+
+    verdict: Verdict
+    http_status: int | None
+    cause: str  # ok | 4xx | 429 | 5xx | network | timeout | invalid | missing | too_large | ...
+    error: str | None = None
+    payload: dict[str, Any] | None = None
+    delay: float | None = None  # seconds the server asked us to wait, if it said
+
+
+_RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def _error_text(status: int, body: bytes) -> str:
+    """A short, single-line description of an error response."""
+    detail = ""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and doc.get("error"):
+            detail = str(doc["error"])
+    except orjson.JSONDecodeError:
+        if body.strip():
+            detail = "non-JSON error body"
+    detail = " ".join(detail.split())[:200]
+    return f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Outcome:
+    """Classify a complete HTTP response. ``now`` is the wall-clock epoch (for HTTP-date delays)."""
+    if status == 200:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with an incomplete body")
+        if not isinstance(doc, dict):
+            return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with a non-object body")
+        return Outcome(Verdict.OK, status, "ok", None, doc)
+    error = _error_text(status, body)
+    if status == 401:
+        return Outcome(Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)")
+    if status == 404:
+        return Outcome(
+            Verdict.ABORT, status, "4xx", f"{error} (wrong endpoint URL: check --endpoint)"
+        )
+    if status in _RETRY_STATUSES or 500 <= status <= 599:
+        cause = "429" if status == 429 else ("5xx" if status >= 500 else "4xx")
+        return Outcome(Verdict.RETRY, status, cause, error, delay=server_delay(headers, now=now))
+    if status == 413:
+        return Outcome(Verdict.FAIL, status, "too_large", error)
+    return Outcome(Verdict.FAIL, status, "4xx", error)
+
+
+def server_delay(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds the server asked us to wait, from any of its delay headers (the longest wins).
+
+    ``Retry-After`` (delta-seconds or an HTTP date), ``retry-after-ms`` (milliseconds) and
+    ``X-RateLimit-Reset`` (delta-seconds, or an epoch timestamp when it is that large).
+    ``headers`` must be case-insensitive (aiohttp's are) or use the canonical names.
+    """
+    delays: list[float] = []
+    value = _header(headers, "Retry-After")
+    if value is not None:
+        seconds = _parse_seconds(value)
+        if seconds is None:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                seconds = when.timestamp() - now
+        if seconds is not None:
+            delays.append(seconds)
+    value = _header(headers, "retry-after-ms")
+    if value is not None:
+        ms = _parse_seconds(value)
+        if ms is not None:
+            delays.append(ms / 1000.0)
+    value = _header(headers, "X-RateLimit-Reset")
+    if value is not None:
+        seconds = _parse_seconds(value)
+        if seconds is not None:
+            # Some services send an absolute epoch time here; anything past 2001 must be one.
+            delays.append(seconds - now if seconds > 1e9 else seconds)
+    if not delays:
+        return None
+    return max(0.0, max(delays))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    return value.strip() if isinstance(value, str) else None
+
+
+def _parse_seconds(value: str) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None

@@ -1,0 +1,135 @@
+"""Retry policy on top of tenacity: backoff, the server's delay, the give-up rules.
+
+The server's delay always wins: when a response names a delay (``Retry-After``,
+``retry-after-ms``, ``X-RateLimit-Reset``), the next attempt waits at least that long; a delay
+longer than ``max_retry_wait`` fails the item instead of waiting. Otherwise the wait is an
+exponential backoff with jitter (1 s doubling, capped at 60 s), as the official SDK does.
+
+The first attempt runs outside tenacity: most items succeed at once and should not pay for the
+retry machinery on the per-item path.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from batchscribe.clock import Clock
+from batchscribe.errors import RetryableError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry.
+
+    Args:
+        max_attempts: attempts per item, the first included.
+        initial: the first backoff, in seconds (doubling each attempt).
+        maximum: the backoff cap, in seconds.
+        max_retry_wait: a server-requested delay longer than this fails the item.
+    """
+
+    max_attempts: int = 6
+    initial: float = 1.0
+    maximum: float = 60.0
+    max_retry_wait: float = 300.0
+
+
+class GiveUp(Exception):
+    """The item is not retried any more; ``error`` is the last retryable failure."""
+
+    def __init__(self, error: RetryableError, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
+def backoff(policy: RetryPolicy, failures: int, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, 1 s * 2^(n-1))."""
+    base = min(policy.maximum, policy.initial * 2.0 ** (failures - 1))
+    return base / 2 + rng.random() * base / 2
+
+
+def wait_for(
+    policy: RetryPolicy, failures: int, server_delay: float | None, rng: random.Random
+) -> float:
+    """Seconds to wait before the next attempt, after ``failures`` failed attempts.
+
+    A server delay is honoured exactly, plus up to 5% jitter so a paused pool does not
+    restart in one burst (never less than the server asked).
+    """
+    if server_delay is not None:
+        return server_delay * (1.0 + 0.05 * rng.random())
+    return backoff(policy, failures, rng)
+
+
+OnRetry = Callable[[int, RetryableError, float], None]
+
+
+async def call_with_retry(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    clock: Clock,
+    *,
+    rng: random.Random | None = None,
+    on_retry: OnRetry | None = None,
+) -> T:
+    """Run ``attempt`` until it returns, retrying on :class:`RetryableError`.
+
+    Raises :class:`GiveUp` when attempts run out or the server asks for too long a delay;
+    any other exception propagates at once.
+    """
+    rng = rng or random.Random()
+    try:
+        return await attempt()
+    except RetryableError as first:
+        if policy.max_attempts <= 1:
+            raise GiveUp(first, "no attempts left") from None
+        delay = _checked_wait(policy, 1, first, rng)
+        if on_retry is not None:
+            on_retry(1, first, delay)
+        await clock.sleep(delay)
+
+    def wait(state: RetryCallState) -> float:
+        error = _failure(state)
+        delay = _checked_wait(policy, state.attempt_number + 1, error, rng)
+        if on_retry is not None:
+            on_retry(state.attempt_number + 1, error, delay)
+        return delay
+
+    retrying: AsyncRetrying = AsyncRetrying(
+        stop=lambda state: state.attempt_number >= policy.max_attempts - 1,
+        wait=wait,
+        retry=retry_if_exception_type(RetryableError),
+        sleep=clock.sleep,
+        reraise=True,
+    )
+    try:
+        return await retrying(attempt)
+    except RetryableError as last:
+        raise GiveUp(last, f"gave up after {policy.max_attempts} attempts") from None
+
+
+def _failure(state: RetryCallState) -> RetryableError:
+    assert state.outcome is not None
+    error = state.outcome.exception()
+    assert isinstance(error, RetryableError)
+    return error
+
+
+def _checked_wait(
+    policy: RetryPolicy, failures: int, error: RetryableError, rng: random.Random
+) -> float:
+    delay = error.outcome.delay
+    if delay is not None and delay > policy.max_retry_wait:
+        raise GiveUp(
+            error,
+            f"server asked to wait {delay:.0f} s, over --max-retry-wait {policy.max_retry_wait:g}",
+        )
+    return wait_for(policy, failures, delay, rng)

@@ -1,0 +1,192 @@
+"""The results store: fast head parsing, last-record-wins scan, torn-tail repair, the lock."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchscribe.errors import ConfigError, ResultsBusy
+from batchscribe.ids import DigestSet, id_digest
+from batchscribe.results import ResultsStore, ResumeState, parse_head, scan, torn_tail_length
+
+
+def _line(item_id: str, status: str, **extra: object) -> bytes:
+    return orjson.dumps({"id": item_id, "status": status, **extra}) + b"\n"
+
+
+@given(st.text(), st.sampled_from(["ok", "failed"]))
+def test_parse_head_reads_any_id_the_writer_can_write(item_id: str, status: str) -> None:
+    """The fast head parser returns exactly the id and status of every record we write."""
+    line = _line(item_id, status, transcription='","status":"ok"', words=[1, 2])[:-1]
+    assert parse_head(line) == (item_id, status)
+
+
+def test_parse_head_falls_back_for_other_layouts() -> None:
+    """Records written by other tools (spaces, other key order) still parse."""
+    assert parse_head(b'{ "status": "ok", "id": "a b" }') == ("a b", "ok")
+    assert parse_head(b'{"event":"run"}') is None
+    assert parse_head(b"not json") is None
+    assert parse_head(b'{"id":"x","stat') is None
+
+
+def test_last_record_of_an_id_is_its_state() -> None:
+    """failed then ok is ok; ok then failed is failed; ids never seen are None."""
+    data = b"".join(
+        [_line("a", "failed"), _line("b", "ok"), _line("a", "ok"), _line("c", "ok"),
+         _line("c", "failed"), _line("d", "failed"), b'{"event":"run","ok":1}\n', b"garbage\n"]
+    )  # fmt: skip
+    state = scan(io.BytesIO(data))
+    assert state.status(ResumeState.key("a")) == "ok"
+    assert state.status(ResumeState.key("b")) == "ok"
+    assert state.status(ResumeState.key("c")) == "failed"
+    assert state.status(ResumeState.key("d")) == "failed"
+    assert state.status(ResumeState.key("e")) is None
+    assert state.records == 6
+    assert state.corrupt_lines == 1
+    assert len(state) == 4
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans()), max_size=40))
+def test_scan_matches_a_dict_of_last_states(records: list[tuple[str, bool]]) -> None:
+    """The compact resume state agrees with the obvious dict model on any history."""
+    data = b"".join(_line(i, "ok" if ok else "failed") for i, ok in records)
+    state = scan(io.BytesIO(data))
+    model = {i: ("ok" if ok else "failed") for i, ok in records}
+    for item_id in "abcdefghz":
+        assert state.status(ResumeState.key(item_id)) == model.get(item_id)
+
+
+def test_torn_tail_is_cut_back_to_the_last_newline(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Opening a file with a torn last line cuts only the torn bytes."""
+    path = tmp_path / "r.jsonl"
+    good = _line("a", "ok") + _line("b", "failed")
+    path.write_bytes(good + b'{"id":"c","status":"o')
+    store = ResultsStore(str(path))
+    state = store.open()
+    store.close()
+    assert path.read_bytes() == good
+    assert store.repaired_bytes == len(b'{"id":"c","status":"o')
+    assert state.status(ResumeState.key("c")) is None
+
+
+def test_truncation_sweep_keeps_exactly_the_complete_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Cut the last record at every byte offset: repair keeps exactly the lines before it."""
+    head = _line("first", "ok", transcription="x" * 50)
+    last = _line("second", "ok", transcription="hé" * 40, words=[{"w": 1}])
+    path = tmp_path / "r.jsonl"
+    for cut in range(len(last)):
+        path.write_bytes(head + last[:cut])
+        store = ResultsStore(str(path))
+        state = store.open()
+        store.close()
+        assert path.read_bytes() == head, cut
+        assert state.status(ResumeState.key("first")) == "ok"
+        assert state.status(ResumeState.key("second")) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       tail=st.binary(min_size=1, max_size=1024))  # fmt: skip
+def test_repair_never_drops_a_complete_line(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], tail: bytes
+) -> None:
+    """Any bytes after the last newline are cut; every byte before it is kept."""
+    path = tmp_path_factory.mktemp("r") / "r.jsonl"
+    complete = b"".join(line + b"\n" for line in lines)
+    torn = tail.replace(b"\n", b"\x00")
+    path.write_bytes(complete + torn)
+    store = ResultsStore(str(path))
+    store.open()
+    store.close()
+    assert path.read_bytes() == complete
+
+
+def test_torn_tail_length_reads_across_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A torn line longer than the read chunk is measured exactly."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"a\n" + b"x" * 200_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert torn_tail_length(fd) == 200_000
+    finally:
+        os.close(fd)
+
+
+def test_append_writes_one_line_per_record_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Appended records land as whole lines, id and status first."""
+    path = tmp_path / "r.jsonl"
+    store = ResultsStore(str(path))
+    store.open()
+    store.append({"id": "a", "status": "ok", "transcription": "hi\nthere"})
+    store.append({"id": "b", "status": "failed", "error": "HTTP 400"})
+    store.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(b'{"id":"a","status":"ok"')
+    assert orjson.loads(lines[1])["error"] == "HTTP 400"
+
+
+def test_second_store_on_the_same_file_is_busy_and_writes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only one writer at a time: a second open raises ResultsBusy and leaves the file alone."""
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_line("a", "ok") + b'{"id":"torn')
+    first = ResultsStore(str(path))
+    first.open()
+    before = path.read_bytes()
+    with pytest.raises(ResultsBusy, match="another batchscribe run"):
+        ResultsStore(str(path)).open()
+    assert path.read_bytes() == before
+    first.close()
+    second = ResultsStore(str(path))
+    second.open()
+    second.close()
+
+
+def test_lock_is_released_when_the_holder_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A kill -9 of the holder never leaves the file locked."""
+    path = tmp_path / "r.jsonl"
+    code = (
+        "import sys, time; from batchscribe.results import ResultsStore;"
+        f"s = ResultsStore({str(path)!r}); s.open(); print('locked', flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"locked"
+            with pytest.raises(ResultsBusy):
+                ResultsStore(str(path)).open()
+            proc.kill()
+            proc.wait(timeout=10)
+            store = ResultsStore(str(path))
+            store.open()
+            store.close()
+        finally:
+            proc.kill()
+
+
+def test_unwritable_results_path_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A results path in a missing folder fails with a message naming it."""
+    target = tmp_path / "missing" / "r.jsonl"
+    with pytest.raises(ConfigError, match=str(target)):
+        ResultsStore(str(target)).open()
+
+
+def test_digest_set_behaves_like_a_set() -> None:
+    """The compact digest set agrees with a Python set, across growth."""
+    ours, model = DigestSet(), set()
+    for i in range(5000):
+        d = id_digest(str(i % 3000))
+        assert ours.add(d) == (d not in model)
+        model.add(d)
+    assert len(ours) == len(model) == 3000
+    assert all(d in ours for d in model)
+    assert id_digest("nope") not in ours
+    assert ours.add(0) and 0 not in model  # zero is a valid digest too
