@@ -14,16 +14,21 @@ import stat
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from batchscribe import __version__
 from batchscribe.engine import RunOptions, run_batch
 from batchscribe.errors import (
     EXIT_ABORTED,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_OK,
     BatchscribeError,
     ConfigError,
 )
-from batchscribe.progress import Console, Progress, Redactor
+from batchscribe.events import Subscriber
+from batchscribe.plan import dry_run
+from batchscribe.progress import Console, EventLog, Progress, Redactor
 from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -56,6 +61,50 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``45s``, ``30m``, ``6h``, ``1h30m`` or ``2d``; ValueError otherwise."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, number, seen = 0.0, "", False
+    for char in text:
+        if char.isdigit() or char == ".":
+            number += char
+        elif char in _UNITS and number:
+            total += float(number) * _UNITS[char]
+            number, seen = "", True
+        else:
+            raise ValueError(f"not a duration: {text!r} (try 90s, 30m, 6h or 1h30m)")
+    if number or not seen:
+        raise ValueError(f"not a duration: {text!r} (try 90s, 30m, 6h or 1h30m)")
+    return total
+
+
+def _duration(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
@@ -153,10 +202,40 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--retry-failed", action="store_true",
         help="also re-attempt items whose last record is failed",
     )  # fmt: skip
+    jobs = run.add_argument_group("nightly jobs and budgets")
+    jobs.add_argument(
+        "--rescan-changed", action="store_true",
+        help="re-transcribe ok files whose size or mtime changed since their record",
+    )  # fmt: skip
+    jobs.add_argument(
+        "--max-items", type=int, metavar="N",
+        help="send at most N items, then stop (exit 4 when work is left)",
+    )  # fmt: skip
+    jobs.add_argument(
+        "--max-runtime", type=_duration, metavar="DURATION",
+        help="stop taking items after DURATION (90s, 30m, 6h, 1h30m), finish those in flight "
+        "(exit 4 when work is left)",
+    )  # fmt: skip
+    jobs.add_argument(
+        "--dry-run", action="store_true",
+        help="scan the sources and print what would be done: send nothing, write nothing",
+    )  # fmt: skip
+    jobs.add_argument(
+        "--price-per-hour", type=_price, metavar="X",
+        help="with --dry-run: the price of one audio hour, for a cost estimate",
+    )  # fmt: skip
     out = run.add_argument_group("output")
     out.add_argument(
         "--no-progress", action="store_true",
         help="no progress bar or periodic progress lines",
+    )  # fmt: skip
+    out.add_argument(
+        "--log-file", metavar="PATH",
+        help="append a log of the run (bad lines, retries, failures, progress, summary) to PATH",
+    )  # fmt: skip
+    out.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="log line format for --log-file (default: text); json: one object per line",
     )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
@@ -200,32 +279,76 @@ def read_api_key(path: str | None, console: Console) -> str | None:
 
 
 def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
-    key = None if ns.emulate else read_api_key(ns.api_key_file, console)
-    console.redact.add(key)
-    flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
-    options = RunOptions(
-        sources=ns.sources,
-        out=ns.out,
-        api_key=key,
-        endpoint=ns.endpoint,
-        params=PulseParams(model=ns.model, language=ns.language, **flags),
-        concurrency=ns.concurrency,
-        max_attempts=ns.max_attempts,
-        timeout=ns.timeout,
-        max_retry_wait=ns.max_retry_wait,
-        retry_failed=ns.retry_failed,
-        emulate=ns.emulate,
-    )
-    options.validate()
-    progress = Progress(console, bar=False if ns.no_progress else None)
-    if ns.no_progress:
-        progress.interval = float("inf")
     stdin = sys.stdin.buffer if "-" in ns.sources else None
-    summary = run_batch(options, subscribers=[progress], stdin=stdin)
+    if ns.max_items is not None and ns.max_items < 0:
+        raise ConfigError("--max-items must not be negative")
+    if ns.dry_run:
+        return _dry_run(ns, console, stdin)
+    if ns.price_per_hour is not None:
+        raise ConfigError("--price-per-hour goes with --dry-run")
+    log = _open_log(ns, console)
+    try:
+        key = None if ns.emulate else read_api_key(ns.api_key_file, console)
+        console.redact.add(key)
+        flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
+        options = RunOptions(
+            sources=ns.sources,
+            out=ns.out,
+            api_key=key,
+            endpoint=ns.endpoint,
+            params=PulseParams(model=ns.model, language=ns.language, **flags),
+            concurrency=ns.concurrency,
+            max_attempts=ns.max_attempts,
+            timeout=ns.timeout,
+            max_retry_wait=ns.max_retry_wait,
+            retry_failed=ns.retry_failed,
+            emulate=ns.emulate,
+            rescan_changed=ns.rescan_changed,
+            max_items=ns.max_items,
+            max_runtime=ns.max_runtime,
+        )
+        options.validate()
+        progress = Progress(console, bar=False if ns.no_progress else None)
+        if ns.no_progress:
+            progress.interval = float("inf")
+        subscribers: list[Subscriber] = [progress]
+        if log is not None:
+            subscribers.append(log)
+        summary = run_batch(options, subscribers=subscribers, stdin=stdin)
+    except BatchscribeError as exc:
+        if log is not None:
+            log.log("error", "error", str(exc), exit_code=exc.exit_code)
+        raise
+    finally:
+        if log is not None:
+            log.stream.close()
     out = Console(sys.stdout, console.redact)
     for line in summary.lines():
         out.line(line)
     return summary.exit_code
+
+
+def _open_log(ns: argparse.Namespace, console: Console) -> EventLog | None:
+    if not ns.log_file:
+        return None
+    try:
+        stream = open(ns.log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed by _cmd_run)
+    except OSError as exc:
+        raise ConfigError(f"{ns.log_file}: cannot open log file: {exc.strerror}") from None
+    return EventLog(stream, console.redact, fmt=ns.log_format)
+
+
+def _dry_run(ns: argparse.Namespace, console: Console, stdin: BinaryIO | None) -> int:
+    plan = dry_run(
+        ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
+        stdin=stdin,
+    )  # fmt: skip
+    for problem in plan.problems:
+        console.line(problem)
+    out = Console(sys.stdout, console.redact)
+    for line in plan.lines(concurrency=ns.concurrency, price_per_hour=ns.price_per_hour):
+        out.line(line)
+    return EXIT_FAILED if plan.invalid else EXIT_OK
 
 
 def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:

@@ -352,37 +352,40 @@ _EMOTIONS = ("happiness", "sadness", "disgust", "fear", "anger")
 def _transcript_body(
     text: str, duration: float, digest: bytes, params: PulseParams
 ) -> dict[str, Any]:
-    """words / utterances (and gender / emotions) for a transcript spread over ``duration``."""
-    sentences = _SENTENCE_END.split(text)
-    tokens = [(index, word) for index, s in enumerate(sentences) for word in s.split()]
+    """words / utterances (and gender / emotions) for a transcript spread over ``duration``:
+    one utterance per sentence, word times in proportion to word length, a short lead-in."""
+    sentences = [sentence.split() for sentence in _SENTENCE_END.split(text)]
     lead = min(0.25, duration * 0.06)
-    span = max(duration - 2 * lead, 0.0)
-    total = sum(len(word) + 2 for _, word in tokens) or 1
+    total = sum(len(word) + 2 for sentence in sentences for word in sentence) or 1
+    scale = max(duration - 2 * lead, 0.0) / total
+    diarize = params.diarize
     words: list[dict[str, Any]] = []
-    clock = lead
-    for position, (sentence, word) in enumerate(tokens):
-        share = span * (len(word) + 2) / total
-        entry: dict[str, Any] = {
-            "start": round(clock, 3),
-            "end": round(min(clock + share * 0.88, duration), 3),
-            "word": word,
-            "confidence": round(0.8 + digest[position % len(digest)] % 20 / 100, 2),
-        }
-        if params.diarize:
-            entry["speaker"] = sentence % 2
-        words.append(entry)
-        clock += share
     utterances: list[dict[str, Any]] = []
-    for index, sentence_text in enumerate(sentences):
-        mine = [w for (s, _), w in zip(tokens, words, strict=True) if s == index]
-        if not mine:
+    clock = lead
+    position = 0
+    for index, sentence in enumerate(sentences):
+        if not sentence:
             continue
+        first = len(words)
+        for word in sentence:
+            share = scale * (len(word) + 2)
+            entry: dict[str, Any] = {
+                "start": round(clock, 3),
+                "end": round(min(clock + share * 0.88, duration), 3),
+                "word": word,
+                "confidence": (80 + digest[position & 31] % 20) / 100,
+            }
+            if diarize:
+                entry["speaker"] = index % 2
+            words.append(entry)
+            clock += share
+            position += 1
         utterance: dict[str, Any] = {
-            "start": mine[0]["start"],
-            "end": mine[-1]["end"],
-            "text": sentence_text,
+            "start": words[first]["start"],
+            "end": words[-1]["end"],
+            "text": " ".join(sentence),
         }
-        if params.diarize:
+        if diarize:
             utterance["speaker"] = index % 2
         utterances.append(utterance)
     answer: dict[str, Any] = {}
@@ -666,9 +669,7 @@ class _Emulator:
         if status:
             self.stats.requests += 1
             self.stats.answered(status)
-            response = self._error(status, message, self._request_id())
-            response.force_close()
-            return response
+            return await _refuse(request, self._error(status, message, self._request_id()))
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
@@ -719,13 +720,12 @@ class _Emulator:
             )
             return self._error(400, message, request_id), ""
         limit = JSON_BODY_LIMIT if url_input else config.max_payload
-        too_large = self._error(413, f"payload over {limit} bytes", request_id)
-        too_large.force_close()  # do not drain the rest of a body we refuse
-        if (request.content_length or 0) > limit:
-            return too_large, ""
-        body = await _read_body(request, limit)
+        body = None
+        if (request.content_length or 0) <= limit:
+            body = await _read_body(request, limit)
         if body is None:
-            return too_large, ""
+            too_large = self._error(413, f"payload over {limit} bytes", request_id)
+            return await _refuse(request, too_large), ""
         if body.size == 0:
             return self._error(400, "empty body: no audio", request_id), ""
 
@@ -803,11 +803,12 @@ class _Emulator:
         if fault == "stall":
             self.stats.stalls += 1
             await asyncio.sleep(config.stall_seconds)
-        if latency > 0:
+        if latency > 0 and not params.webhook_url:  # a webhook call is acknowledged at once
             await asyncio.sleep(latency)
         if fault == "429":
             self.stats.rate_limited["fault"] += 1
-            kind = DELAY_HEADER_KINDS[(n + roll[12]) % len(DELAY_HEADER_KINDS)]
+            # Successive 429s for one content rotate through every header form.
+            kind = DELAY_HEADER_KINDS[(n + digest[29]) % len(DELAY_HEADER_KINDS)]
             message = "too many requests, slow down"
             return self._ask_delay(429, message, request_id, short, kind, config.retry_delay_s), ""
         if fault == "5xx":
@@ -892,6 +893,16 @@ class _Emulator:
         self.stats.answered(404)
         message = f"no endpoint at {request.path}; Pulse paths are {', '.join(ENDPOINT_PATHS)}"
         return self._error(404, message, self._request_id())
+
+
+async def _refuse(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection without reading the rest of the body
+    (aiohttp would otherwise drain up to 10 s of it to keep the connection alive)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # closes after the response is flushed; no draining
+    return response
 
 
 def _reset(request: web.Request) -> None:

@@ -16,7 +16,7 @@ import signal
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -27,6 +27,7 @@ import aiohttp
 import orjson
 
 from batchscribe import manifest
+from batchscribe.audio import audio_duration
 from batchscribe.clock import Clock, LoopClock
 from batchscribe.control import ConcurrencyLimit, PoolPause
 from batchscribe.errors import (
@@ -55,6 +56,7 @@ from batchscribe.events import (
     TotalKnown,
 )
 from batchscribe.manifest import Item, Problem
+from batchscribe.plan import decide
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
     MAX_PAYLOAD,
@@ -91,6 +93,9 @@ class RunOptions:
         emulate: run against the bundled emulator, in-process on a free loopback port.
         grace: seconds requests in flight may take to finish after a stop request.
         sync_interval: seconds between fsyncs of the results file.
+        rescan_changed: re-send ok items whose file's size or mtime changed since.
+        max_items: send at most this many items, then stop (exit 4 if work is left).
+        max_runtime: stop taking items after this many seconds (exit 4 if work is left).
     """
 
     sources: Sequence[str]
@@ -106,6 +111,9 @@ class RunOptions:
     emulate: bool = False
     grace: float = 10.0
     sync_interval: float = 1.0
+    rescan_changed: bool = False
+    max_items: int | None = None
+    max_runtime: float | None = None
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work, before anything is opened."""
@@ -119,6 +127,10 @@ class RunOptions:
             raise ConfigError("--timeout must be positive")
         if self.max_retry_wait < 0:
             raise ConfigError("--max-retry-wait must not be negative")
+        if self.max_items is not None and self.max_items < 0:
+            raise ConfigError("--max-items must not be negative")
+        if self.max_runtime is not None and self.max_runtime <= 0:
+            raise ConfigError("--max-runtime must be positive")
         if not self.emulate:
             if not self.endpoint.startswith(("http://", "https://")):
                 raise ConfigError(f"--endpoint must be an http(s) URL, not {self.endpoint!r}")
@@ -182,7 +194,12 @@ class Engine:
         )
         self._workers: list[asyncio.Task[None]] = []
         self._grace_handle: asyncio.TimerHandle | None = None
+        self._runtime_handle: asyncio.TimerHandle | None = None
         self._started_at = ""
+        self._sources_done = False  # the reader reached the end of every source
+        self._work_left = False  # a stop left items unsent
+        self._runtime_stop = False
+        self._in_process = 0
 
     # ----------------------------------------------------------------------------- running
     async def run(self) -> Summary:
@@ -194,7 +211,8 @@ class Engine:
         except manifest.ManifestError as exc:
             raise ConfigError(str(exc)) from None
         store = ResultsStore(options.out)
-        self._resume = store.open()  # ResultsBusy / ConfigError propagate: nothing written
+        # ResultsBusy / ConfigError propagate from here: nothing is written.
+        self._resume = store.open(fingerprints=options.rescan_changed)
         self._store = store
         if store.repaired_bytes:
             self._notice(
@@ -238,6 +256,8 @@ class Engine:
         headers = {"Authorization": f"Bearer {options.api_key or 'emulated'}"}
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
+        if options.max_runtime is not None:
+            self._runtime_handle = loop.call_later(options.max_runtime, self._runtime_up)
         syncer = asyncio.create_task(self._sync_loop())
         try:
             async with aiohttp.ClientSession(
@@ -264,45 +284,76 @@ class Engine:
                 await syncer
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            if self._grace_handle is not None:
-                self._grace_handle.cancel()
+            for handle in (self._grace_handle, self._runtime_handle):
+                if handle is not None:
+                    handle.cancel()
+            if self._runtime_stop and (self._work_left or not self._sources_done):
+                self.summary.budget_reached = True
 
     # ----------------------------------------------------------------------------- reading
     async def _produce(self) -> None:
-        """Stream items from the sources (in a thread) into the queue; skip what is done."""
+        """Stream items from the sources (in a thread) into the queue; skip what is done.
+
+        With ``max_items``, stops after queueing that many items, and marks the budget reached
+        only if a further item was waiting to be sent.
+        """
         loop = asyncio.get_running_loop()
-        entries = manifest.iter_sources(self.options.sources, stdin=self.stdin)
+        options = self.options
+        entries = manifest.iter_sources(options.sources, stdin=self.stdin)
         resume = self._resume
         assert resume is not None
-        retry_failed = self.options.retry_failed
+
+        def take() -> list[tuple[Item | Problem, str]]:
+            # Runs in the reader thread: parsing and resume look-ups stay off the event loop.
+            batch: list[tuple[Item | Problem, str]] = []
+            for entry in entries:
+                if isinstance(entry, Problem):
+                    batch.append((entry, "invalid"))
+                else:
+                    action = decide(
+                        resume, entry, retry_failed=options.retry_failed,
+                        rescan_changed=options.rescan_changed,
+                    )  # fmt: skip
+                    batch.append((entry, action))
+                if len(batch) >= _READ_BATCH:
+                    break
+            return batch
+
         summary = self.summary
-        total = 0
+        budget = options.max_items
+        total = queued = 0
         queue = self._queue
         try:
             while not self._stopping:
-                batch = await loop.run_in_executor(None, _take, entries, _READ_BATCH)
+                batch = await loop.run_in_executor(None, take)
                 if not batch:
+                    self._sources_done = True
                     summary.total = total
                     pending = total - summary.skipped_ok - summary.skipped_failed
                     self._emit(TotalKnown(total, pending))
                     break
                 skipped = 0
-                for entry in batch:
+                for entry, action in batch:
                     if isinstance(entry, Problem):
                         summary.invalid_lines += 1
                         self._emit(InvalidLine(str(entry)))
                         continue
                     total += 1
-                    state = resume.status(resume.key(entry.id)) if len(resume) else None
-                    if state == "ok":
+                    if action == "done":
                         summary.skipped_ok += 1
                         skipped += 1
-                    elif state == "failed" and not retry_failed:
+                    elif action == "failed":
                         summary.skipped_failed += 1
                         skipped += 1
+                    elif budget is not None and queued >= budget:
+                        summary.budget_reached = True
+                        self._notice("info", f"--max-items {budget} reached; work is left")
+                        return
                     else:
                         await queue.put(entry)
+                        queued += 1
                         if self._stopping:
+                            self._work_left = True
                             break
                 if skipped and self.bus:
                     self.bus.emit(ItemsSkipped(skipped))
@@ -323,8 +374,13 @@ class Engine:
             if item is None:
                 return
             if self._stopping:
+                self._work_left = True
                 continue
-            await self._process(item)
+            self._in_process += 1
+            try:
+                await self._process(item)
+            finally:
+                self._in_process -= 1
 
     async def _process(self, item: Item) -> None:
         """Send one item (with retries) and write its record."""
@@ -387,7 +443,15 @@ class Engine:
             )
         if outcome.verdict is Verdict.ABORT:
             return  # not this item's fault; the next run sends it again
-        self._finish(item, record, attempts, outcome)
+        header_duration = None
+        if (
+            outcome.verdict is Verdict.OK
+            and not item.is_url
+            and _payload_duration(outcome.payload) is None
+        ):
+            loop = asyncio.get_running_loop()
+            header_duration = await loop.run_in_executor(None, audio_duration, item.source)
+        self._finish(item, record, attempts, outcome, header_duration)
 
     async def _acquire(self) -> None:
         """Wait for a pool-wide pause to end and for a free slot (re-checking the pause)."""
@@ -442,7 +506,14 @@ class Engine:
             outcome = error.outcome
             self.bus.emit(ItemRetried(item.id, attempt, outcome.cause, outcome.error or "", delay))
 
-    def _finish(self, item: Item, record: dict[str, Any], attempts: int, outcome: Outcome) -> None:
+    def _finish(
+        self,
+        item: Item,
+        record: dict[str, Any],
+        attempts: int,
+        outcome: Outcome,
+        header_duration: float | None = None,
+    ) -> None:
         """Complete the record, write it, count it, emit it."""
         summary = self.summary
         audio = 0.0
@@ -459,10 +530,12 @@ class Engine:
         record["run"] = summary.run_id
         payload = outcome.payload
         if payload is not None:
-            meta = payload.get("metadata")
-            duration = meta.get("duration") if isinstance(meta, dict) else None
-            if isinstance(duration, (int, float)):
-                audio = float(duration)
+            duration = _payload_duration(payload)
+            if duration is None and header_duration is not None:
+                duration = round(header_duration, 3)
+                record["duration_from"] = "header"
+            if duration is not None:
+                audio = duration
             record["transcription"] = payload.get("transcription")
             record["words"] = payload.get("words")
             record["utterances"] = payload.get("utterances")
@@ -494,13 +567,23 @@ class Engine:
         """Stop taking items; requests in flight get ``grace`` seconds to finish."""
         if self._stopping:
             return
-        self._stopping = True
         self.summary.interrupted = True
-        self._notice(
-            "warning",
+        self._begin_stop(
             f"stopping: finishing requests in flight (up to {self.options.grace:g} s; "
-            "interrupt again to stop at once)",
+            "interrupt again to stop at once)"
         )
+
+    def _runtime_up(self) -> None:
+        if self._stopping:
+            return
+        self._runtime_stop = True
+        self._begin_stop(
+            f"--max-runtime reached: finishing requests in flight (up to {self.options.grace:g} s)"
+        )
+
+    def _begin_stop(self, message: str) -> None:
+        self._stopping = True
+        self._notice("warning", message)
         self._release_workers()
         loop = asyncio.get_running_loop()
         self._grace_handle = loop.call_later(self.options.grace, self._cancel_workers)
@@ -508,12 +591,15 @@ class Engine:
     def _release_workers(self) -> None:
         queue = self._queue
         while not queue.empty():
-            queue.get_nowait()
+            if queue.get_nowait() is not None:
+                self._work_left = True
         for _ in self._workers:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
 
     def _cancel_workers(self) -> None:
+        if self._in_process:
+            self._work_left = True
         for task in self._workers:
             task.cancel()
 
@@ -607,14 +693,13 @@ class Engine:
         )
 
 
-def _take(entries: Iterator[Item | Problem], count: int) -> list[Item | Problem]:
-    """Up to ``count`` entries from the reader (runs in a thread: the reader does blocking I/O)."""
-    batch: list[Item | Problem] = []
-    for entry in entries:
-        batch.append(entry)
-        if len(batch) >= count:
-            break
-    return batch
+def _payload_duration(payload: dict[str, Any] | None) -> float | None:
+    """Audio seconds from a response's metadata, if it says."""
+    meta = payload.get("metadata") if payload else None
+    duration = meta.get("duration") if isinstance(meta, dict) else None
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        return float(duration)
+    return None
 
 
 def _file_problem(path: str, st: os.stat_result) -> Outcome | None:

@@ -327,7 +327,7 @@ def _parse_csv(
         except StopIteration:
             return
         except csv.Error as exc:
-            yield _problem(file, feed.lineno, f"invalid CSV: {exc}")
+            yield _problem(file, feed.lineno, _csv_error(exc))
             continue
         if feed.bad is not None:
             yield Problem(file, *feed.bad)
@@ -359,6 +359,16 @@ def _parse_csv(
         fields = {name: cell for name, cell in zip(names, cells, strict=False) if cell}
         result = _item_from_fields(fields, base, f"{file}:{start}", seen, from_json=False)
         yield _problem(file, start, result) if isinstance(result, str) else result
+
+
+def _csv_error(exc: csv.Error) -> str:
+    text = str(exc)
+    if text.startswith("new-line character"):
+        # The csv module's advice (about how the file was opened) is not for our users.
+        return "invalid CSV: a carriage return inside an unquoted cell (quote the cell)"
+    if text.startswith("field larger than field limit"):
+        return f"invalid CSV: a cell is longer than {csv.field_size_limit()} characters"
+    return f"invalid CSV: {text}"
 
 
 def _csv_header_problem(names: list[str]) -> str | None:

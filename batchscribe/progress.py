@@ -69,22 +69,30 @@ class Progress:
         self._last_log = self._started
         self._last_refresh = 0.0
 
-    def __call__(self, event: Event) -> None:
+    def count(self, event: Event) -> None:
+        """Update the counters only (for other subscribers that reuse them)."""
         if isinstance(event, ItemFinished):
             self.done += 1
             if event.status == "ok":
                 self.ok += 1
             else:
                 self.failed += 1
-            self._tick()
         elif isinstance(event, ItemsSkipped):
             self.skipped += event.count
         elif isinstance(event, ItemRetried):
             self.retries += 1
+        elif isinstance(event, TotalKnown):
+            self._total = event.pending
+
+    def __call__(self, event: Event) -> None:
+        self.count(event)
+        if isinstance(event, ItemFinished):
+            self._tick()
+        elif isinstance(event, (ItemsSkipped, ItemRetried)):
+            pass
         elif isinstance(event, InvalidLine):
             self._write(event.message)
         elif isinstance(event, TotalKnown):
-            self._total = event.pending
             if self._bar is not None:
                 self._bar.total = event.pending
                 self._bar.refresh()
@@ -152,3 +160,71 @@ class Progress:
 
 def stderr_console(redact: Redactor) -> Console:
     return Console(sys.stderr, redact)
+
+
+class EventLog:
+    """A log for unattended runs: one line per notable event, as text or JSON lines.
+
+    Logs the run's start, bad lines, retries, pauses, failed items, notices, a progress line
+    every ``interval`` seconds, and the final summary. Lines are redacted like all output.
+    """
+
+    def __init__(
+        self, stream: TextIO, redact: Redactor, *, fmt: str = "text", interval: float = 30.0
+    ) -> None:
+        self.stream = stream
+        self.redact = redact
+        self.json = fmt == "json"
+        self.interval = interval
+        self._progress = Progress(Console(stream, redact), bar=False, interval=float("inf"))
+        self._last = time.monotonic()
+
+    def __call__(self, event: Event) -> None:
+        self._progress.count(event)
+        if isinstance(event, ItemFinished):
+            if event.status != "ok":
+                self.log("warning", "item_failed", f"{event.item_id}: failed ({event.cause})",
+                         id=event.item_id, cause=event.cause, attempts=event.attempts)  # fmt: skip
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                self._last = now
+                p = self._progress
+                self.log("info", "progress", p.status_line(now).removeprefix("batchscribe: "),
+                         done=p.done, ok=p.ok, failed=p.failed, retries=p.retries)  # fmt: skip
+        elif isinstance(event, ItemRetried):
+            self.log("info", "retry",
+                     f"{event.item_id}: attempt {event.attempt} failed ({event.error}); "
+                     f"retrying in {event.delay:.1f} s",
+                     id=event.item_id, attempt=event.attempt, cause=event.cause,
+                     delay=round(event.delay, 3))  # fmt: skip
+        elif isinstance(event, InvalidLine):
+            self.log("warning", "invalid_line", event.message)
+        elif isinstance(event, PoolPaused):
+            self.log("info", "pause", f"server asked to pause {event.seconds:.1f} s",
+                     seconds=round(event.seconds, 3), cause=event.cause)  # fmt: skip
+        elif isinstance(event, Notice):
+            self.log(event.level, "notice", event.message)
+        elif isinstance(event, RunStarted):
+            self.log("info", "run_started",
+                     f"run {event.run_id} started: results {event.out}, "
+                     f"{event.resumed} item(s) already recorded, concurrency {event.concurrency}",
+                     run=event.run_id, out=event.out, resumed=event.resumed)  # fmt: skip
+        elif isinstance(event, TotalKnown):
+            text = f"{event.total} item(s) in the sources, {event.pending} to send"
+            self.log("info", "total", text, total=event.total, pending=event.pending)
+        elif isinstance(event, RunFinished):
+            summary = event.summary
+            self.log("info", "run_finished", " | ".join(summary.lines()), summary=summary.as_dict())
+
+    def log(self, level: str, kind: str, message: str, **fields: Any) -> None:
+        """Write one log line."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if self.json:
+            import orjson
+
+            doc = {"ts": stamp, "level": level, "event": kind, "message": message, **fields}
+            line = orjson.dumps(doc).decode()
+        else:
+            line = f"{stamp} {level.upper():7} {message}"
+        self.stream.write(self.redact(line) + "\n")
+        self.stream.flush()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -70,14 +71,36 @@ def iter_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line[:-1] if line.endswith(b"\n") else line
 
 
+def fingerprint(size: object, version: object) -> int:
+    """A 32-bit fingerprint of a source's size and version (mtime, or a cloud ETag).
+
+    ``--rescan-changed`` compares it with the fingerprint of the item's last ok record.
+    """
+    return zlib.crc32(f"{size}:{version!r}".encode())
+
+
+def record_fingerprint(record: dict[str, Any]) -> int:
+    """The fingerprint of the source as a record saw it (0 when it recorded neither)."""
+    size = record.get("size")
+    version = record.get("etag", record.get("mtime"))
+    if size is None or version is None:
+        return 0
+    return fingerprint(size, version)
+
+
 @dataclass(frozen=True)
 class ResumeState:
-    """The last status of every id in a results file, as sorted arrays of 63-bit digests."""
+    """The last status of every id in a results file, as sorted arrays of 63-bit digests.
+
+    With ``fingerprints`` (``--rescan-changed``), ``ok_fingerprints[i]`` is the source
+    fingerprint of the last ok record of ``ok[i]``.
+    """
 
     ok: array[int]
     failed: array[int]
     records: int = 0
     corrupt_lines: int = 0
+    ok_fingerprints: array[int] | None = None
 
     @staticmethod
     def key(item_id: str) -> int:
@@ -92,6 +115,15 @@ class ResumeState:
             return "failed"
         return None
 
+    def ok_fingerprint(self, key: int) -> int | None:
+        """The source fingerprint of an ok id's last ok record (None if unknown or not ok)."""
+        if self.ok_fingerprints is None:
+            return None
+        i = bisect_left(self.ok, key)
+        if i < len(self.ok) and self.ok[i] == key:
+            return self.ok_fingerprints[i] or None
+        return None
+
     def __len__(self) -> int:
         return len(self.ok) + len(self.failed)
 
@@ -104,13 +136,16 @@ def _contains(values: array[int], key: int) -> bool:
 class _StateBuilder:
     """Collects (digest, status) in file order, then keeps the last status of each digest."""
 
-    def __init__(self) -> None:
+    def __init__(self, fingerprints: bool = False) -> None:
         self._entries = array("Q")  # (digest63 << 1) | is_ok, in file order
+        self._fingerprints = array("I") if fingerprints else None  # parallel to _entries
         self.records = 0
         self.corrupt = 0
 
-    def add(self, item_id: str, status: str) -> None:
+    def add(self, item_id: str, status: str, fp: int = 0) -> None:
         self._entries.append((id_digest(item_id) >> 1) << 1 | (status == "ok"))
+        if self._fingerprints is not None:
+            self._fingerprints.append(fp)
         self.records += 1
 
     def build(self) -> ResumeState:
@@ -134,14 +169,35 @@ class _StateBuilder:
             previous = key
             is_ok = last[key] if key in last else value & 1
             (ok if is_ok else failed).append(key)
-        return ResumeState(ok, failed, self.records, self.corrupt)
+        fps = None
+        if self._fingerprints is not None:
+            fps = array("I", [0]) * len(ok)
+            for value, fp in zip(entries, self._fingerprints, strict=True):
+                if value & 1:  # an ok record: the last one in file order wins
+                    i = bisect_left(ok, value >> 1)
+                    if i < len(ok) and ok[i] == value >> 1:
+                        fps[i] = fp
+        return ResumeState(ok, failed, self.records, self.corrupt, fps)
 
 
-def scan(stream: BinaryIO) -> ResumeState:
-    """Build the resume state from a results stream (only complete, parseable lines count)."""
-    builder = _StateBuilder()
+def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
+    """Build the resume state from a results stream (only complete, parseable lines count).
+
+    ``fingerprints`` also keeps each ok record's source fingerprint (a full parse per line).
+    """
+    builder = _StateBuilder(fingerprints)
     for line in iter_lines(stream):
         if not line.strip():
+            continue
+        if fingerprints:
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("id"), str) and "status" in doc:
+                builder.add(doc["id"], str(doc["status"]), record_fingerprint(doc))
+            elif not line.startswith(b'{"event":'):
+                builder.corrupt += 1
             continue
         head = parse_head(line)
         if head is None:
@@ -176,7 +232,7 @@ class ResultsStore:
         self.written = 0
         self.repaired_bytes = 0
 
-    def open(self) -> ResumeState:
+    def open(self, *, fingerprints: bool = False) -> ResumeState:
         """Lock the file, repair a torn tail, and scan it. Raises ResultsBusy, ConfigError."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -204,7 +260,7 @@ class ResultsStore:
                 os.fsync(fd)
                 self.repaired_bytes = torn
             with open(self.path, "rb", buffering=_READ_CHUNK) as stream:
-                return scan(stream)
+                return scan(stream, fingerprints=fingerprints)
         except BaseException:
             self.close()
             raise

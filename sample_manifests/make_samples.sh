@@ -4,13 +4,15 @@
 # language), the table the emulator uses to answer sample clips with their real sentence.
 #
 # Needs: espeak-ng, sox, ffmpeg/ffprobe, python3 (apt-get install -y espeak-ng sox ffmpeg).
+# Usage: sample_manifests/make_samples.sh   (ARCHIVE_DIR / SAMPLES_JSON override the outputs)
 # Every clip is 16 kHz mono. Encoders run with bitexact flags and no metadata so a rerun with the
 # same tool versions gives byte-identical files (samples.json is rewritten either way).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-archive="$here/archive"
-table="$here/../batchscribe/data/samples.json"
+# Overridable so a test can regenerate into a scratch folder and compare.
+archive="${ARCHIVE_DIR:-$here/archive}"
+table="${SAMPLES_JSON:-$here/../batchscribe/data/samples.json}"
 python="${PYTHON:-python3}"
 
 for tool in espeak-ng sox ffmpeg ffprobe "$python"; do

@@ -1,0 +1,170 @@
+"""What a run will do with each item, and ``--dry-run``: the plan without sending anything.
+
+:func:`decide` is the one place that turns an item and the resume state into an action; the
+engine and the dry run both use it, so a dry run predicts exactly what a run sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from batchscribe import manifest
+from batchscribe.audio import audio_duration
+from batchscribe.errors import ConfigError
+from batchscribe.manifest import Item, Problem
+from batchscribe.results import ResumeState, fingerprint, scan
+
+#: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
+#: changed since, with --rescan-changed): these are sent. done / failed: skipped.
+SEND_ACTIONS = frozenset({"new", "retry", "changed"})
+
+
+def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_changed: bool) -> str:
+    """The action for one item: ``new``, ``retry``, ``changed``, ``done`` or ``failed``."""
+    if not len(resume):
+        return "new"
+    key = resume.key(item.id)
+    state = resume.status(key)
+    if state is None:
+        return "new"
+    if state == "failed":
+        return "retry" if retry_failed else "failed"
+    if rescan_changed and not item.is_url:
+        stored = resume.ok_fingerprint(key)
+        if stored is not None:
+            try:
+                st = os.stat(item.source)
+            except OSError:
+                return "done"  # gone since: keep its transcript, nothing to send
+            if fingerprint(st.st_size, st.st_mtime) != stored:
+                return "changed"
+    return "done"
+
+
+def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
+    """The resume state of a results file, read-only and without its lock (for dry runs)."""
+    from array import array
+
+    try:
+        with open(path, "rb", buffering=1 << 20) as stream:
+            return scan(stream, fingerprints=fingerprints)
+    except FileNotFoundError:
+        return ResumeState(array("Q"), array("Q"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read results file: {exc.strerror}") from None
+
+
+@dataclass
+class Plan:
+    """The counts of a dry run."""
+
+    actions: dict[str, int] = field(default_factory=dict)
+    invalid: int = 0
+    problems: list[str] = field(default_factory=list)
+    bytes_to_send: int = 0
+    audio_seconds: float = 0.0
+    unknown_duration: int = 0
+    url_items: int = 0
+
+    @property
+    def to_send(self) -> int:
+        return sum(n for action, n in self.actions.items() if action in SEND_ACTIONS)
+
+    def estimate_seconds(self, concurrency: int, rate: float | None = None) -> float:
+        """A rough wall time: per request ~0.5 s plus audio/20 (Pulse runs ~20x real time)."""
+        known = self.to_send - self.unknown_duration
+        mean_audio = self.audio_seconds / known if known > 0 else 60.0
+        per_request = 0.5 + mean_audio / 20.0
+        seconds = self.to_send * per_request / max(1, concurrency)
+        if rate:
+            seconds = max(seconds, self.to_send / rate)
+        return seconds
+
+    def lines(
+        self, *, concurrency: int, price_per_hour: float | None, rate: float | None = None
+    ) -> list[str]:
+        a = self.actions
+        out = [
+            "dry run: nothing sent, nothing written",
+            f"items: {sum(a.values())}  to send: {self.to_send} (new: {a.get('new', 0)}, "
+            f"retry failed: {a.get('retry', 0)}, changed: {a.get('changed', 0)})",
+            f"skipped: done: {a.get('done', 0)}  failed earlier: {a.get('failed', 0)}  "
+            f"invalid lines: {self.invalid}",
+            f"audio to send: {self.audio_seconds / 3600:.3f} h ({self.audio_seconds:.1f} s, "
+            f"{self.bytes_to_send / 1e6:.1f} MB)"
+            + (f"; duration unknown for {self.unknown_duration} item(s)" if self.unknown_duration
+               else ""),
+        ]  # fmt: skip
+        if price_per_hour is not None:
+            cost = self.audio_seconds / 3600 * price_per_hour
+            out.append(f"estimated cost: {cost:.2f} at {price_per_hour:g} per audio hour")
+        seconds = self.estimate_seconds(concurrency, rate)
+        out.append(f"rough time at concurrency {concurrency}: {_human(seconds)}")
+        return out
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def dry_run(
+    sources: list[str],
+    out: str,
+    *,
+    retry_failed: bool,
+    rescan_changed: bool,
+    stdin: BinaryIO | None = None,
+    workers: int = 8,
+) -> Plan:
+    """Scan the sources against the results file and count what a run would do."""
+    try:
+        manifest.check_sources(sources)
+    except manifest.ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    resume = read_resume_state(out, fingerprints=rescan_changed)
+    plan = Plan()
+    to_measure: list[str] = []
+
+    def items() -> Iterator[Item]:
+        for entry in manifest.iter_sources(sources, stdin=stdin):
+            if isinstance(entry, Problem):
+                plan.invalid += 1
+                plan.problems.append(str(entry))
+                continue
+            yield entry
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in items():
+            action = decide(resume, item, retry_failed=retry_failed, rescan_changed=rescan_changed)
+            plan.actions[action] = plan.actions.get(action, 0) + 1
+            if action not in SEND_ACTIONS:
+                continue
+            if item.is_url:
+                plan.url_items += 1
+                plan.unknown_duration += 1
+                continue
+            with contextlib.suppress(OSError):
+                plan.bytes_to_send += os.stat(item.source).st_size
+            to_measure.append(item.source)
+            if len(to_measure) >= 1024:
+                _measure(pool, to_measure, plan)
+        _measure(pool, to_measure, plan)
+    return plan
+
+
+def _measure(pool: ThreadPoolExecutor, paths: list[str], plan: Plan) -> None:
+    for duration in pool.map(audio_duration, paths):
+        if duration is None:
+            plan.unknown_duration += 1
+        else:
+            plan.audio_seconds += duration
+    paths.clear()

@@ -1,0 +1,1019 @@
+"""The Pulse emulator on a real loopback server: contract, validation, faults, limits, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import socket
+import time
+import wave
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from audio_fixtures import make_wav, wav_bytes
+
+from batchscribe.emulator import (
+    DELAY_HEADER_KINDS,
+    PROFILES,
+    EmulatorConfig,
+    EmulatorThread,
+    FaultRates,
+    RunningEmulator,
+    add_arguments,
+    config_from_args,
+    content_key,
+    serve_forever,
+    start_emulator,
+    transcript_for,
+    transcript_for_url,
+)
+from batchscribe.pulse import (
+    BOOL_PARAMS,
+    CURRENT_PATH,
+    LANGUAGES,
+    LEGACY_PATH,
+    MAX_PAYLOAD,
+    MODELS,
+    content_type_for,
+    server_delay,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ARCHIVE = ROOT / "sample_manifests" / "archive"
+SAMPLES: dict[str, dict[str, Any]] = json.loads(
+    (ROOT / "batchscribe" / "data" / "samples.json").read_text("utf-8")
+)
+PULSE = {"model": "pulse"}
+
+# Minimal heads of each container the service accepts; only the sniffing looks at them.
+AUDIO_HEADS = {
+    "mp3-id3": b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(200),
+    "mp3-frame": b"\xff\xfb\x90\x64" + bytes(400),
+    "aac-adts": b"\xff\xf1\x50\x80" + bytes(400),
+    "flac": b"fLaC" + bytes(200),
+    "ogg": b"OggS\x00\x02" + bytes(200),
+    "mp4": b"\x00\x00\x00\x20ftypM4A " + bytes(200),
+    "webm": b"\x1a\x45\xdf\xa3" + bytes(200),
+    "amr": b"#!AMR\n" + bytes(320),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningEmulator]:
+    """A fresh emulator with the default configuration; tests change ``.config`` as needed."""
+    running = await start_emulator(EmulatorConfig())
+    yield running
+    await running.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session without retries of its own."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+class Answer:
+    """What one exchange ended with: a status and body, or a transport failure."""
+
+    def __init__(
+        self, status: int | str, headers: Mapping[str, str], body: bytes, elapsed: float
+    ) -> None:
+        self.status = status  # an HTTP status, or "reset" / "truncated"
+        self.headers = headers
+        self.body = body
+        self.elapsed = elapsed
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def outcome(self) -> str:
+        """The status, with a 200 carrying incomplete JSON reported as truncated."""
+        if self.status == 200:
+            try:
+                self.json()
+            except ValueError:
+                return "truncated"
+        return str(self.status)
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Any = None,
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    json_body: Any = None,
+    timeout: float = 10.0,
+) -> Answer:
+    """POST and capture the outcome, turning transport failures into a status string."""
+    started = time.monotonic()
+    try:
+        async with session.post(
+            url,
+            params=PULSE if params is None else params,
+            data=body,
+            json=json_body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            data = await response.read()
+            return Answer(
+                response.status, response.headers.copy(), data, time.monotonic() - started
+            )
+    except aiohttp.ClientPayloadError:
+        return Answer("truncated", {}, b"", time.monotonic() - started)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return Answer("reset", {}, b"", time.monotonic() - started)
+
+
+def distinct_wavs(count: int, seconds: float = 0.1) -> list[bytes]:
+    """``count`` different tiny WAV bodies."""
+    return [wav_bytes(seconds, 200 + index, 8000) for index in range(count)]
+
+
+def sample_path(sha: str) -> Path:
+    return ARCHIVE / SAMPLES[sha]["file"]
+
+
+async def outcomes(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> dict[str, str]:
+    """Send each body once, concurrently; content key -> outcome."""
+    answers = await asyncio.gather(*(post(session, url, body) for body in bodies))
+    return {content_key(body): answer.outcome for body, answer in zip(bodies, answers, strict=True)}
+
+
+# --------------------------------------------------------------------------------------------
+# The success contract
+
+
+async def test_legacy_path_answers_the_contract_shape(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A WAV on the legacy path gets the documented 200 body, metadata included."""
+    body = wav_bytes(0.5)
+    answer = await post(session, server.endpoint("legacy"), body)
+    assert answer.status == 200
+    doc = answer.json()
+    assert doc["status"] == "success"
+    assert doc["transcription"] == transcript_for(body)
+    assert hashlib.sha256(body).hexdigest()[:8] in doc["transcription"]
+    assert doc["language"] == "en"
+    assert doc["request_id"] == answer.headers["X-Request-Id"]
+    assert set(doc["metadata"]) == {
+        "duration", "fileSize", "filename", "processing_time_ms", "rtfx", "num_chunks"
+    }  # fmt: skip
+    assert doc["metadata"]["duration"] == 0.5
+    assert doc["metadata"]["fileSize"] == len(body)
+    assert doc["utterances"]
+    assert " ".join(u["text"] for u in doc["utterances"]) == doc["transcription"]
+
+
+async def test_current_path_serves_the_same_contract(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """The SDK's current path answers exactly like the legacy one."""
+    body = wav_bytes(0.3, 500)
+    legacy = await post(session, server.endpoint("legacy"), body)
+    current = await post(session, server.endpoint("current"), body)
+    assert current.status == legacy.status == 200
+    assert current.json()["transcription"] == legacy.json()["transcription"]
+    assert server.endpoint("current").endswith(CURRENT_PATH)
+    assert server.stats()["by_path"] == {"legacy": 1, "current": 1}
+
+
+async def test_words_are_default_and_inside_the_duration(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Words come without word_timestamps (service default) with ordered timings in the clip."""
+    body = wav_bytes(1.5, 610)
+    doc = (await post(session, server.endpoint(), body)).json()
+    words = doc["words"]
+    assert [w["word"] for w in words] == doc["transcription"].split()
+    previous_end = 0.0
+    for word in words:
+        assert previous_end <= word["start"] < word["end"] <= 1.5
+        assert 0 < word["confidence"] <= 1
+        assert "speaker" not in word
+        previous_end = word["end"]
+
+
+async def test_word_timestamps_false_omits_words(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """word_timestamps=false drops the words list but keeps utterances."""
+    params = {"model": "pulse", "word_timestamps": "false"}
+    doc = (await post(session, server.endpoint(), wav_bytes(), params=params)).json()
+    assert "words" not in doc
+    assert doc["utterances"]
+
+
+async def test_diarize_alternates_two_speakers_by_utterance(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """diarize=true adds speaker fields: utterances alternate 0/1, words follow their utterance."""
+    bodies = distinct_wavs(12, 1.0)
+    params = {"model": "pulse", "diarize": "true"}
+    docs = [(await post(session, server.endpoint(), b, params=params)).json() for b in bodies]
+    multi = [d for d in docs if len(d["utterances"]) > 1]
+    assert multi, "some pseudo-transcripts have several sentences"
+    for doc in docs:
+        speakers = [u["speaker"] for u in doc["utterances"]]
+        assert speakers == [i % 2 for i in range(len(speakers))]
+        assert {w["speaker"] for w in doc["words"]} == set(speakers)
+
+
+async def test_gender_and_emotions_blocks_follow_their_flags(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """gender_detection / emotion_detection add their blocks; without them they are absent."""
+    plain = (await post(session, server.endpoint(), wav_bytes())).json()
+    assert "gender" not in plain
+    assert "emotions" not in plain
+    params = {"model": "pulse", "gender_detection": "true", "emotion_detection": "true"}
+    doc = (await post(session, server.endpoint(), wav_bytes(), params=params)).json()
+    assert doc["gender"] in ("male", "female")
+    assert set(doc["emotions"]) == {"happiness", "sadness", "disgust", "fear", "anger"}
+    assert all(0 <= v <= 1 for v in doc["emotions"].values())
+
+
+@pytest.mark.parametrize("sha", sorted(SAMPLES), ids=lambda sha: SAMPLES[sha]["file"])
+async def test_sample_clips_are_transcribed_to_their_sentences(
+    server: RunningEmulator, session: aiohttp.ClientSession, sha: str
+) -> None:
+    """Each archive clip is answered with its real sentence, language and true duration."""
+    sample = SAMPLES[sha]
+    path = sample_path(sha)
+    params = {"model": "pulse", "language": "multi-eu"}
+    headers = {"Content-Type": content_type_for(path.name)}
+    doc = (await post(session, server.endpoint(), path.read_bytes(), params=params,
+                      headers=headers)).json()  # fmt: skip
+    assert doc["transcription"] == sample["sentence"]
+    assert doc["language"] == sample["language"]
+    assert doc["metadata"]["duration"] == sample["duration"]
+    assert doc["metadata"]["filename"] == path.name
+    assert doc["words"][-1]["end"] <= sample["duration"]
+    assert transcript_for(path.read_bytes()) == sample["sentence"]
+
+
+async def test_unknown_compressed_audio_takes_its_duration_from_the_header(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """An unknown MP3/FLAC (not in the table) gets its duration from its header via mutagen."""
+    for sha, sample in SAMPLES.items():
+        if not sample["file"].endswith((".mp3", ".flac")):
+            continue
+        body = sample_path(sha).read_bytes() + b"\x00"  # different bytes, same header
+        doc = (await post(session, server.endpoint(), body)).json()
+        assert doc["transcription"] != sample["sentence"]
+        assert doc["metadata"]["duration"] == pytest.approx(sample["duration"], abs=0.1)
+
+
+@pytest.mark.parametrize("kind", sorted(AUDIO_HEADS))
+async def test_every_audio_container_is_accepted(
+    server: RunningEmulator, session: aiohttp.ClientSession, kind: str
+) -> None:
+    """Bodies that sniff as wav/mp3/aac/flac/ogg/mp4/webm/amr are transcribed (octet-stream)."""
+    body = AUDIO_HEADS[kind]
+    headers = {"Content-Type": "application/octet-stream"}
+    answer = await post(session, server.endpoint(), body, headers=headers)
+    assert answer.status == 200, answer.body
+    assert answer.json()["metadata"]["duration"] > 0
+
+
+async def test_wav_duration_is_exact_at_any_rate(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """WAV durations come from the RIFF chunks exactly (16 kHz and 44.1 kHz)."""
+    for seconds, rate in ((2.0, 16000), (0.25, 44100)):
+        doc = (await post(session, server.endpoint(), wav_bytes(seconds, 440, rate))).json()
+        assert doc["metadata"]["duration"] == seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: paths, key, parameters, bodies
+
+
+async def test_unknown_path_is_404_with_error_body(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A wrong URL gets 404 with the JSON error body naming the real paths."""
+    answer = await post(session, server.url + "/api/v2/nothing", wav_bytes())
+    assert answer.status == 404
+    assert LEGACY_PATH in answer.json()["error"]
+    assert answer.json()["request_id"]
+
+
+async def test_get_on_an_endpoint_is_405(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Only POST is served on the endpoint paths."""
+    async with session.get(server.endpoint()) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "secret"}, 401),
+        ({"Authorization": "Bearer secret"}, 200),
+    ],
+    ids=["missing", "wrong", "no-bearer", "right"],
+)
+async def test_key_is_checked_when_set(
+    server: RunningEmulator, session: aiohttp.ClientSession, headers: dict[str, str], status: int
+) -> None:
+    """With a key configured, only "Authorization: Bearer <key>" passes; others get 401."""
+    server.config.key = "secret"
+    answer = await post(session, server.endpoint(), wav_bytes(), headers=headers)
+    assert answer.status == status
+    if status == 401:
+        assert set(answer.json()) == {"error", "request_id"}
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({}, "model is required"),
+        ({"model": "whisper"}, "unknown model"),
+        ({"model": "pulse", "language": "xx"}, "unknown language"),
+        ({"model": "pulse", "webhook_url": "https://example.org/hook"}, "pulse-pro"),
+        ({"model": "pulse-pro", "webhook_url": "ftp://example.org/hook"}, "http(s) URL"),
+        (
+            {"model": "pulse-pro", "webhook_url": "https://e.org/h", "webhook_method": "GET"},
+            "POST or PUT",
+        ),
+        (
+            {"model": "pulse-pro", "webhook_url": "https://e.org/h", "webhook_extra": "novalue"},
+            "key:value",
+        ),
+        ({"model": "pulse-pro", "webhook_method": "POST"}, "need webhook_url"),
+    ],
+    ids=[
+        "model-missing", "model-unknown", "language", "webhook-on-pulse", "webhook-url",
+        "webhook-method", "webhook-extra", "webhook-method-alone",
+    ],
+)  # fmt: skip
+async def test_bad_parameters_are_400(
+    server: RunningEmulator, session: aiohttp.ClientSession, params: dict[str, str], fragment: str
+) -> None:
+    """Each invalid parameter (or combination) is refused with 400 and a readable message."""
+    answer = await post(session, server.endpoint(), wav_bytes(), params=params)
+    assert answer.status == 400
+    assert fragment in answer.json()["error"]
+    assert server.stats()["by_content"] == {}, "refused before the body was read"
+
+
+@pytest.mark.parametrize("name", BOOL_PARAMS)
+async def test_boolean_parameters_take_only_true_or_false(
+    server: RunningEmulator, session: aiohttp.ClientSession, name: str
+) -> None:
+    """Each boolean accepts "true"/"false" and refuses anything else (e.g. "yes", "1")."""
+    for value, status in (("true", 200), ("false", 200), ("yes", 400), ("1", 400)):
+        params = {"model": "pulse", name: value}
+        answer = await post(session, server.endpoint(), wav_bytes(), params=params)
+        assert answer.status == status, (name, value)
+
+
+async def test_every_language_and_model_is_accepted(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """All documented languages (groups included) and both models pass validation."""
+    for model in MODELS:
+        for language in LANGUAGES:
+            params = {"model": model, "language": language}
+            answer = await post(session, server.endpoint(), wav_bytes(), params=params)
+            assert answer.status == 200, (model, language)
+
+
+async def test_repeated_parameter_is_400_and_unknown_ones_are_ignored(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """model given twice is refused; a parameter the contract does not list is ignored."""
+    url = server.endpoint() + "?model=pulse&model=pulse-pro"
+    assert (await post(session, url, wav_bytes(), params={})).status == 400
+    params = {"model": "pulse", "age_detection": "true"}
+    assert (await post(session, server.endpoint(), wav_bytes(), params=params)).status == 200
+
+
+async def test_pulse_pro_webhook_answers_processing_at_once(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """pulse-pro with webhook_url answers 200 {"status": "processing", "request_id"} at once."""
+    server.config.latency_ms = 2000  # the transcript would take this long; the ack does not
+    params = {
+        "model": "pulse-pro",
+        "webhook_url": "https://example.org/hook",
+        "webhook_method": "PUT",
+        "webhook_extra": "job:7,team:audio",
+    }
+    answer = await post(session, server.endpoint(), wav_bytes(), params=params)
+    assert answer.status == 200
+    assert answer.elapsed < 1.0
+    doc = answer.json()
+    assert doc["status"] == "processing"
+    assert set(doc) == {"status", "request_id"}
+
+
+async def test_empty_and_non_audio_bodies_are_400(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """An empty body and bytes that are no known audio format get 400 ("unreadable audio")."""
+    empty = await post(session, server.endpoint(), b"", headers={"Content-Type": "audio/wav"})
+    assert empty.status == 400
+    assert "empty" in empty.json()["error"]
+    junk = await post(session, server.endpoint(), b"hello, not audio" * 10,
+                      headers={"Content-Type": "audio/wav"})  # fmt: skip
+    assert junk.status == 400
+    assert "unreadable audio" in junk.json()["error"]
+    broken = await post(session, server.endpoint(), b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert broken.status == 400
+    assert "unreadable audio" in broken.json()["error"]
+
+
+async def test_non_audio_content_type_is_400(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A text/plain body is refused; audio/*, octet-stream and a missing type are accepted."""
+    body = wav_bytes()
+    refused = await post(session, server.endpoint(), body, headers={"Content-Type": "text/plain"})
+    assert refused.status == 400
+    assert "Content-Type" in refused.json()["error"]
+    for content_type in ("audio/wav", "audio/mpeg", "application/octet-stream"):
+        headers = {"Content-Type": content_type}
+        assert (await post(session, server.endpoint(), body, headers=headers)).status == 200
+
+
+# --------------------------------------------------------------------------------------------
+# URL input
+
+
+async def test_url_input_transcribes_from_the_url_string(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """{"url": ...} with model=pulse gets a transcript derived from the URL (nothing fetched)."""
+    url = "https://bucket.s3.amazonaws.com/a/b%20c.mp3?X-Amz-Signature=abc&X-Amz-Expires=60"
+    answer = await post(session, server.endpoint(), json_body={"url": url})
+    assert answer.status == 200
+    doc = answer.json()
+    assert doc["transcription"] == transcript_for_url(url)
+    assert hashlib.sha256(url.encode()).hexdigest()[:8] in doc["transcription"]
+    assert doc["metadata"]["filename"] == "b c.mp3"
+    assert server.stats()["by_content"] == {content_key(url): 1}
+
+
+async def test_url_of_a_sample_clip_gives_its_sentence(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A URL whose path ends with a sample clip's archive path is answered with its sentence."""
+    sample = next(iter(SAMPLES.values()))
+    url = "https://media.example.org/archive/" + sample["file"]
+    doc = (await post(session, server.endpoint(), json_body={"url": url})).json()
+    assert doc["transcription"] == sample["sentence"]
+    assert doc["metadata"]["duration"] == sample["duration"]
+
+
+@pytest.mark.parametrize(
+    ("body", "params", "fragment"),
+    [
+        (b'{"url": "https://example.org/a.wav"}', {"model": "pulse-pro"}, "model=pulse only"),
+        (b'{"url": "ftp://example.org/a.wav"}', PULSE, "http(s) URL"),
+        (b'{"url": "file:///etc/passwd"}', PULSE, "http(s) URL"),
+        (b'{"url": 7}', PULSE, '"url" string'),
+        (b'{"link": "https://example.org/a.wav"}', PULSE, '"url" string'),
+        (b'{"url": "https://exam', PULSE, "not valid JSON"),
+    ],
+    ids=["pulse-pro", "ftp", "file", "not-string", "no-url", "bad-json"],
+)
+async def test_bad_url_requests_are_400(
+    server: RunningEmulator,
+    session: aiohttp.ClientSession,
+    body: bytes,
+    params: dict[str, str],
+    fragment: str,
+) -> None:
+    """URL input with pulse-pro, a non-http(s) URL, or a malformed JSON body gets 400."""
+    headers = {"Content-Type": "application/json"}
+    answer = await post(session, server.endpoint(), body, params=params, headers=headers)
+    assert answer.status == 400
+    assert fragment in answer.json()["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# The payload limit, streamed
+
+
+def raw_exchange(port: int, request: bytes, *, read_timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection and return what comes back until close/timeout."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):  # the server closes after a 413
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+async def test_content_length_over_250mb_is_refused_before_the_body(
+    server: RunningEmulator,
+) -> None:
+    """A declared Content-Length over 250 MB gets 413 at once, without any body byte sent."""
+    head = (
+        f"POST {LEGACY_PATH}?model=pulse HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+        f"Content-Length: {MAX_PAYLOAD + 1}\r\n\r\n"
+    ).encode()
+    reply = await asyncio.to_thread(raw_exchange, server.port, head)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    assert b"payload over" in reply
+
+
+async def test_expect_100_continue_is_refused_when_too_large(
+    server: RunningEmulator,
+) -> None:
+    """With Expect: 100-continue an oversized upload is answered 413 instead of 100 Continue."""
+    head = (
+        f"POST {LEGACY_PATH}?model=pulse HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {MAX_PAYLOAD + 1}\r\n\r\n"
+    ).encode()
+    reply = await asyncio.to_thread(raw_exchange, server.port, head)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    assert b"100 Continue" not in reply
+
+
+async def test_chunked_body_over_the_limit_is_refused_while_streaming(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A chunked upload is cut off with 413 once it passes max_payload, without the rest sent."""
+    server.config.max_payload = 1_000_000
+    sent = 0
+    stop = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        head = wav_bytes(0.1)
+        yield head
+        sent += len(head)
+        while sent < 1_500_000:
+            yield bytes(100_000)
+            sent += 100_000
+        await stop.wait()  # never finish: the server must answer without the end of the body
+
+    try:
+        answer = await post(session, server.endpoint(), body(), timeout=5)
+    finally:
+        stop.set()
+    assert answer.status in (413, "reset")
+    if answer.status == 413:
+        assert "payload over" in answer.json()["error"]
+    assert server.stats()["statuses"].get("413") == 1
+    # the emulator is healthy afterwards
+    assert (await post(session, server.endpoint(), wav_bytes())).status == 200
+
+
+async def test_large_chunked_wav_is_streamed_and_measured(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A chunked WAV larger than the sniffing buffer is hashed whole and timed exactly."""
+    body = wav_bytes(40.0, 300, 16000)  # 1.28 MB: more than the 1 MiB kept in memory
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64_000):
+            yield body[start : start + 64_000]
+
+    answer = await post(session, server.endpoint(), chunks())
+    assert answer.status == 200
+    doc = answer.json()
+    assert doc["metadata"]["duration"] == 40.0
+    assert doc["metadata"]["fileSize"] == len(body)
+    assert doc["transcription"] == transcript_for(body)
+    assert doc["metadata"]["num_chunks"] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Faults
+
+
+async def test_fault_429_rotates_through_every_delay_header(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Successive fault 429s for one content use each delay header form, all asking ~the delay."""
+    server.config.faults = FaultRates(p429=1.0)
+    server.config.retry_delay_s = 2.0
+    body = wav_bytes()
+    seen = set()
+    for _ in DELAY_HEADER_KINDS:
+        answer = await post(session, server.endpoint(), body)
+        assert answer.status == 429
+        assert set(answer.json()) == {"error", "request_id"}
+        names = {k.lower() for k in answer.headers} & {
+            "retry-after", "retry-after-ms", "x-ratelimit-reset"
+        }  # fmt: skip
+        assert len(names) == 1
+        (name,) = names
+        value = answer.headers[next(k for k in answer.headers if k.lower() == name)]
+        form = name
+        if name == "retry-after" and not value.isdigit():
+            form = "retry-after-date"
+        if name == "x-ratelimit-reset" and int(value) > 1e9:
+            form = "x-ratelimit-reset-epoch"
+        seen.add(form)
+        delay = server_delay(answer.headers, now=time.time())
+        assert delay is not None
+        assert 1.9 <= delay <= 3.1
+    assert seen == set(DELAY_HEADER_KINDS)
+
+
+async def test_fault_5xx_gives_500_502_503(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """p5xx=1 answers 500 (JSON), 502 (an HTML page) and 503 (empty, or with Retry-After)."""
+    server.config.faults = FaultRates(p5xx=1.0)
+    statuses = {}
+    for body in distinct_wavs(30):
+        answer = await post(session, server.endpoint(), body)
+        statuses.setdefault(answer.status, []).append(answer)
+    assert set(statuses) == {500, 502, 503}
+    assert all(a.json()["error"] for a in statuses[500])
+    assert all(a.body.startswith(b"<html>") for a in statuses[502])
+    with_delay = [a for a in statuses[503] if "Retry-After" in a.headers]
+    assert all(a.body == b"" for a in statuses[503] if a not in with_delay)
+    assert with_delay
+    assert all(a.headers["Retry-After"] == "1" for a in with_delay)
+    assert server.stats()["server_errors"] == 30
+
+
+async def test_fault_reset_drops_the_connection(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """preset=1 closes the connection with no response; stats count resets, not statuses."""
+    server.config.faults = FaultRates(preset=1.0)
+    answers = [await post(session, server.endpoint(), body) for body in distinct_wavs(3)]
+    assert [a.status for a in answers] == ["reset"] * 3
+    stats = server.stats()
+    assert stats["resets"] == 3
+    assert stats["statuses"] == {}
+
+
+async def test_fault_truncate_cuts_the_200_body(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """ptruncate=1 gives both forms: a body short of its Content-Length, and half a JSON."""
+    server.config.faults = FaultRates(ptruncate=1.0)
+    answers = [await post(session, server.endpoint(), body) for body in distinct_wavs(12)]
+    assert {a.outcome for a in answers} == {"truncated"}
+    assert {a.status for a in answers} == {200, "truncated"}, "both forms occur"
+    assert server.stats()["truncations"] == 12
+
+
+async def test_fault_stall_hangs_then_answers(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """pstall=1 hangs stall_seconds and then answers normally."""
+    server.config.faults = FaultRates(pstall=1.0)
+    server.config.stall_seconds = 0.3
+    answer = await post(session, server.endpoint(), wav_bytes())
+    assert answer.status == 200
+    assert answer.elapsed >= 0.3
+    assert server.stats()["stalls"] == 1
+
+
+async def test_stalled_request_abandoned_by_the_client_leaves_flight(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A client timing out on a stall is no longer counted in flight (the handler is cancelled)."""
+    server.config.faults = FaultRates(pstall=1.0)
+    answer_task = asyncio.create_task(post(session, server.endpoint(), wav_bytes(), timeout=0.2))
+    with pytest.raises(asyncio.TimeoutError):
+        await answer_task
+    for _ in range(50):
+        if server.stats()["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    stats = server.stats()
+    assert stats["in_flight"] == 0
+    assert stats["cancelled"] == 1
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_fault_profiles_are_deterministic_by_seed(
+    session: aiohttp.ClientSession, profile: str
+) -> None:
+    """A profile gives the same outcome per content for the same seed, whatever the order."""
+    bodies = distinct_wavs(60)
+    results = []
+    for seed, order in ((1, bodies), (1, bodies[::-1]), (2, bodies)):
+        config = EmulatorConfig(faults=PROFILES[profile], seed=seed, stall_seconds=0.05)
+        running = await start_emulator(config)
+        try:
+            results.append(await outcomes(session, running.endpoint(), order))
+        finally:
+            await running.close()
+    first, reordered, other_seed = results
+    assert first == reordered
+    kinds = set(first.values())
+    if profile == "none":
+        assert kinds == {"200"}
+        assert other_seed == first
+    else:
+        assert kinds - {"200"}, "the profile injects faults"
+        assert other_seed != first, "another seed gives another sequence"
+    allowed = {
+        "none": {"200"},
+        "rate-limited": {"200", "429"},
+        "outage": {"200", "500", "502", "503", "reset"},
+    }.get(profile)
+    if allowed is not None:
+        assert kinds <= allowed
+
+
+async def test_the_nth_retry_of_a_content_has_its_own_fate(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Repeating one content walks a seeded sequence (so retries eventually pass), reproducibly."""
+    server.config.faults = FaultRates(p5xx=0.5)
+    body = wav_bytes()
+    first = [(await post(session, server.endpoint(), body)).status for _ in range(12)]
+    server.reset_stats()
+    again = [(await post(session, server.endpoint(), body)).status for _ in range(12)]
+    assert first == again
+    assert 200 in first
+    assert set(first) - {200}
+
+
+async def test_latency_and_jitter_delay_answers(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """latency_ms +/- jitter_ms is added before answering."""
+    server.config.latency_ms = 150
+    server.config.jitter_ms = 50
+    answers = await asyncio.gather(
+        *(post(session, server.endpoint(), body) for body in distinct_wavs(6))
+    )
+    assert all(a.status == 200 for a in answers)
+    assert all(a.elapsed >= 0.095 for a in answers)
+    assert max(a.elapsed for a in answers) < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limit, concurrency cap, early retries
+
+
+async def test_rate_limit_refuses_beyond_the_bucket_with_the_time_to_the_next_token(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """rate_limit R: past the burst, 429 with retry-after-ms = time to the next token."""
+    server.config.rate_limit = 10  # burst max(1, 10/10) = 1
+    bodies = distinct_wavs(5)
+    answers = await asyncio.gather(*(post(session, server.endpoint(), b) for b in bodies))
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [200, 429, 429, 429, 429]
+    for answer in answers:
+        if answer.status == 429:
+            assert 1 <= int(answer.headers["retry-after-ms"]) <= 100
+            assert "Retry-After" not in answer.headers
+    stats = server.stats()
+    assert stats["rate_limited_by"]["rate_limit"] == 4
+    assert sum(stats["requests_per_second"]) == 5
+
+
+async def test_rate_limit_burst_is_configurable_and_refills(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """rate_burst sets the bucket size; after the asked delay a request is admitted again."""
+    server.config.rate_limit = 20
+    server.config.rate_burst = 3
+    bodies = distinct_wavs(4)
+    answers = [await post(session, server.endpoint(), b) for b in bodies]
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    await asyncio.sleep(int(answers[-1].headers["retry-after-ms"]) / 1000 + 0.01)
+    assert (await post(session, server.endpoint(), bodies[-1])).status == 200
+    assert server.stats()["early_retries"] == 0
+
+
+async def test_concurrency_cap_refuses_beyond_c_in_flight(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """max_concurrent C: past C in flight, extra requests get 429 with a small retry-after-ms."""
+    server.config.max_concurrent = 2
+    server.config.latency_ms = 300
+    answers = await asyncio.gather(
+        *(post(session, server.endpoint(), body) for body in distinct_wavs(5))
+    )
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [200, 200, 429, 429, 429]
+    assert all(a.headers["retry-after-ms"] == "50" for a in answers if a.status == 429)
+    stats = server.stats()
+    assert 3 <= stats["max_in_flight"] <= 5  # refused requests leave at once
+    assert stats["rate_limited_by"]["concurrency"] == 3
+
+
+async def test_early_retry_is_detected_and_exampled(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A request for content that was told to wait, arriving before the delay, is an early retry."""
+    server.config.faults = FaultRates(p429=1.0)
+    server.config.retry_delay_s = 5.0
+    body = wav_bytes()
+    assert (await post(session, server.endpoint(), body)).status == 429
+    await post(session, server.endpoint(), body)  # at once: early
+    await post(session, server.endpoint(), wav_bytes(0.5, 880))  # other content: not early
+    stats = server.stats()
+    assert stats["early_retries"] == 1
+    (example,) = stats["early_retry_examples"]
+    assert example["content"] == content_key(body)
+    assert example["asked_s"] >= 5.0
+    assert example["early_by_s"] > 4.5
+
+
+async def test_retry_after_the_asked_delay_is_not_early(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A client that waits what retry-after-ms asked is not counted as early."""
+    server.config.max_concurrent = 1
+    server.config.latency_ms = 100
+    server.config.busy_retry_ms = 120
+    first, second = distinct_wavs(2)
+    answers = await asyncio.gather(
+        post(session, server.endpoint(), first), post(session, server.endpoint(), second)
+    )
+    refused = next(a for a, b in zip(answers, (first, second), strict=True) if a.status == 429)
+    await asyncio.sleep(int(refused.headers["retry-after-ms"]) / 1000)
+    assert (await post(session, server.endpoint(), second)).status == 200
+    assert server.stats()["early_retries"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Stats, reset, live configuration
+
+
+async def test_stats_endpoint_matches_stats_and_counts_per_content(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """GET /_emulator/stats equals .stats(): totals, statuses, per-content counts, per second."""
+    one, two = distinct_wavs(2)
+    for body in (one, two, two):
+        await post(session, server.endpoint(), body)
+    await post(session, server.endpoint(), one, params={})  # 400: not counted per content
+    async with session.get(server.url + "/_emulator/stats") as response:
+        served = await response.json()
+    local = server.stats()
+    served.pop("uptime_s"), local.pop("uptime_s")
+    assert served == local
+    assert local["requests"] == 4
+    assert local["statuses"] == {"200": 3, "400": 1}
+    assert local["by_content"] == {content_key(one): 1, content_key(two): 2}
+    assert local["requests_per_second"][0] == 4
+    assert local["in_flight"] == 0
+    assert local["max_in_flight"] >= 1
+
+
+async def test_reset_endpoint_clears_the_stats(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """POST /_emulator/reset starts the counters afresh."""
+    await post(session, server.endpoint(), wav_bytes())
+    async with session.post(server.url + "/_emulator/reset") as response:
+        assert response.status == 200
+    stats = server.stats()
+    assert stats["requests"] == 0
+    assert stats["by_content"] == {}
+    assert stats["statuses"] == {}
+
+
+async def test_config_changes_take_effect_mid_run(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Changing .config (or replacing it) while running applies to the next request."""
+    body = wav_bytes()
+    assert (await post(session, server.endpoint(), body)).status == 200
+    server.config = EmulatorConfig(faults=FaultRates(p5xx=1.0))
+    assert (await post(session, server.endpoint(), body)).status in (500, 502, 503)
+    server.config.faults = FaultRates()
+    server.config.key = "k"
+    assert (await post(session, server.endpoint(), body)).status == 401
+
+
+async def test_stop_and_start_listening_keeps_the_port(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """stop_listening makes the service unreachable; start_listening serves the same URL again."""
+    assert (await post(session, server.endpoint(), wav_bytes())).status == 200
+    await server.stop_listening()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with session.post(server.endpoint(), params=PULSE, data=wav_bytes()):
+            pass
+    await server.start_listening()
+    assert (await post(session, server.endpoint(), wav_bytes())).status == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Thread, CLI flags, serve_forever
+
+
+def test_emulator_thread_serves_blocking_clients(tmp_path: Path) -> None:
+    """EmulatorThread runs in the background: plain blocking HTTP works, stats are readable."""
+    import urllib.error
+    import urllib.request
+
+    wav = make_wav(tmp_path / "a" / "clip.wav", seconds=0.2)
+    with EmulatorThread(EmulatorConfig(key="k")) as thread:
+        request = urllib.request.Request(
+            thread.endpoint("current") + "?model=pulse",
+            data=wav.read_bytes(),
+            headers={"Authorization": "Bearer k", "Content-Type": "audio/wav"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            doc = json.loads(response.read())
+        assert doc["transcription"] == transcript_for(wav.read_bytes())
+        assert thread.stats()["by_content"] == {content_key(wav.read_bytes()): 1}
+        thread.config.key = None
+        thread.stop_listening()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(request, timeout=2)
+        thread.start_listening()
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        thread.reset_stats()
+        assert thread.stats()["requests"] == 0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_flags_build_the_config() -> None:
+    """`batchscribe emulate` flags: profile first, then per-fault overrides, latency MS:JITTER."""
+    config = config_from_args(
+        parse(["--faults", "flaky", "--p429", "0.3", "--latency", "200:50", "--key", "k",
+               "--seed", "7", "--rate-limit", "12.5", "--max-concurrent", "4"])
+    )  # fmt: skip
+    assert config.faults == FaultRates(p429=0.3, p5xx=0.05, preset=0.02, ptruncate=0.02)
+    assert (config.latency_ms, config.jitter_ms) == (200, 50)
+    assert (config.key, config.seed, config.rate_limit, config.max_concurrent) == (
+        "k", 7, 12.5, 4
+    )  # fmt: skip
+    defaults = parse([])
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 8787)
+    assert config_from_args(defaults) == EmulatorConfig()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--p429", "1.5"], ["--latency", "fast"], ["--faults", "nope"], ["--max-concurrent", "0"]],
+)
+def test_cli_flags_refuse_bad_values(argv: list[str]) -> None:
+    """Out-of-range rates, bad latency, unknown profiles and zero limits are usage errors."""
+    with pytest.raises(SystemExit):
+        parse(argv)
+
+
+def test_fault_rates_must_add_up_to_at_most_one() -> None:
+    """Rates summing over 1 are refused with a message saying so."""
+    with pytest.raises(ValueError, match="add up"):
+        config_from_args(parse(["--faults", "hostile", "--p5xx", "0.9"]))
+
+
+async def test_serve_forever_reports_its_url_and_stops_when_cancelled() -> None:
+    """serve_forever calls on_ready with the URL, serves, and frees the port when cancelled."""
+    ready: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.create_task(
+        serve_forever(EmulatorConfig(), "127.0.0.1", 0, on_ready=ready.put_nowait)
+    )
+    url = await asyncio.wait_for(ready.get(), 5)
+    async with aiohttp.ClientSession() as client:
+        assert (await post(client, url + LEGACY_PATH, wav_bytes())).status == 200
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# --------------------------------------------------------------------------------------------
+# The audio fixtures other tests use
+
+
+def test_audio_fixtures_make_valid_distinct_wavs(tmp_path: Path) -> None:
+    """wav_bytes/make_wav produce readable WAVs of the asked length; freq changes the content."""
+    data = wav_bytes(0.5, 440, 8000)
+    with wave.open(io.BytesIO(data)) as clip:
+        assert (clip.getnframes(), clip.getframerate(), clip.getnchannels()) == (4000, 8000, 1)
+    assert wav_bytes(0.5, 441, 8000) != data
+    path = make_wav(tmp_path / "x" / "y.wav", seconds=0.25, rate=16000)
+    assert path.read_bytes() == wav_bytes(0.25, 440, 16000)

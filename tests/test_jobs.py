@@ -1,0 +1,263 @@
+"""Nightly backlog jobs: only new files, --rescan-changed, budgets, --dry-run, logs, unit files."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+from audio_fixtures import make_wav
+from conftest import TEST_KEY, read_results, wait_until
+
+from batchscribe.cli import parse_duration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_dir(run_cli, emulator, root: Path, out: Path, *extra: object):  # type: ignore[no-untyped-def]
+    return run_cli("run", root, "--out", out, "--endpoint", emulator.endpoint(), "--no-progress",
+                   *extra)  # fmt: skip
+
+
+def test_rerun_on_a_directory_sends_only_new_files(tmp_path, emulator, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """A nightly rerun over a growing directory sends only the files added since."""
+    emu = emulator()
+    root = tmp_path / "archive"
+    for i in range(3):
+        make_wav(root / f"day1/{i}.wav", freq=300 + i)
+    out = tmp_path / "r.jsonl"
+    assert _run_dir(run_cli, emu, root, out).returncode == 0
+    assert emu.stats()["requests"] == 3
+    make_wav(root / "day2/new.wav", freq=999)
+    proc = _run_dir(run_cli, emu, root, out)
+    assert proc.returncode == 0, proc.stderr
+    assert emu.stats()["requests"] == 4
+    items, _ = read_results(out)
+    assert sorted(r["id"] for r in items) == ["day1/0.wav", "day1/1.wav", "day1/2.wav",
+                                              "day2/new.wav"]  # fmt: skip
+
+
+def test_rescan_changed_resends_changed_files_and_supersedes(tmp_path, emulator, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """--rescan-changed re-sends exactly the files whose size or mtime changed."""
+    emu = emulator()
+    root = tmp_path / "archive"
+    for i in range(4):
+        make_wav(root / f"{i}.wav", freq=300 + i)
+    out = tmp_path / "r.jsonl"
+    assert _run_dir(run_cli, emu, root, out).returncode == 0
+    make_wav(root / "1.wav", freq=777, seconds=0.7)  # new content and size
+    os.utime(root / "2.wav", (1_600_000_000, 1_600_000_000))  # same bytes, new mtime
+    emu.reset_stats()
+    assert _run_dir(run_cli, emu, root, out).returncode == 0
+    assert emu.stats()["requests"] == 0  # plain rerun: changed files are not looked at
+    proc = _run_dir(run_cli, emu, root, out, "--rescan-changed")
+    assert proc.returncode == 0, proc.stderr
+    assert emu.stats()["requests"] == 2
+    proc = _run_dir(run_cli, emu, root, out, "--rescan-changed")
+    assert emu.stats()["requests"] == 2  # nothing changed since: nothing sent
+    from batchscribe.emulator import transcript_for
+
+    items, _ = read_results(out)
+    last = {r["id"]: r for r in items}
+    assert last["1.wav"]["transcription"] == transcript_for((root / "1.wav").read_bytes())
+    assert last["1.wav"]["size"] == (root / "1.wav").stat().st_size
+    assert [r["id"] for r in items].count("1.wav") == 2
+
+
+def test_max_items_sends_exactly_n_then_exit_4_and_resumes(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """--max-items N attempts exactly N items, exits 4 with work left, and the next run resumes."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 7)
+    out = tmp_path / "r.jsonl"
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--max-items", 3)
+    assert proc.returncode == 4, proc.stderr
+    assert "budget reached" in proc.stdout
+    assert emu.stats()["requests"] == 3
+    assert len(read_results(out)[0]) == 3
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--max-items", 4)
+    assert proc.returncode == 0, proc.stderr  # exactly the 4 left: no work remains
+    assert emu.stats()["requests"] == 7
+    items, _ = read_results(out)
+    assert sorted(r["id"] for r in items) == sorted(archive.ids)
+
+
+def test_max_runtime_stops_taking_items_and_resumes_cleanly(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """--max-runtime stops taking items, finishes those in flight, exits 4; a rerun completes."""
+    emu = emulator(latency_ms=400)
+    archive = make_archive(tmp_path, 24)
+    out = tmp_path / "r.jsonl"
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--max-runtime", "1s",
+                    "--concurrency", 2)  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    items, runs = read_results(out)
+    stats = emu.stats()
+    assert 0 < len(items) < 24
+    # every request that was answered was recorded: in-flight requests finished, none dropped
+    assert len(items) == stats["requests"]
+    assert all(r["status"] == "ok" for r in items)
+    assert runs and runs[-1]["budget_reached"] is True
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--concurrency", 8)
+    assert proc.returncode == 0, proc.stderr
+    items, _ = read_results(out)
+    assert sorted(r["id"] for r in items) == sorted(archive.ids)  # each once: no duplicates
+
+
+def test_dry_run_sends_nothing_and_writes_nothing(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """--dry-run counts new/done/failed/invalid and audio hours, sends and writes nothing."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 5)
+    out = tmp_path / "r.jsonl"
+    assert not out.exists()
+    proc = run_cli("run", archive.manifest, "--out", out, "--dry-run", "--price-per-hour", "3.6")
+    assert proc.returncode == 0, proc.stderr
+    assert not out.exists()
+    assert "to send: 5 (new: 5" in proc.stdout
+    assert "audio to send: 0.000 h (1.0 s" in proc.stdout  # 5 x 0.2 s, from the WAV headers
+    assert "estimated cost: 0.00 at 3.6 per audio hour" in proc.stdout
+    # after a partial run: done and failed are counted, and the file is left byte for byte
+    assert _run_dir(run_cli, emu, archive.manifest, out, "--max-items", 2).returncode == 4
+    with out.open("ab") as handle:
+        handle.write(orjson.dumps({"id": archive.ids[4], "status": "failed"}) + b"\n")
+    with archive.manifest.open("ab") as handle:
+        handle.write(b"{broken\n")
+    before = out.read_bytes()
+    emu.reset_stats()
+    proc = run_cli("run", archive.manifest, "--out", out, "--dry-run", "--retry-failed")
+    assert proc.returncode == 1  # an invalid line
+    assert "to send: 3 (new: 2, retry failed: 1, changed: 0)" in proc.stdout
+    assert "skipped: done: 2  failed earlier: 0  invalid lines: 1" in proc.stdout
+    assert "manifest.jsonl:6: invalid JSON" in proc.stderr
+    assert out.read_bytes() == before
+    assert emu.stats()["requests"] == 0
+
+
+def test_json_log_file_has_events_and_summary_and_no_key(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """--log-file with --log-format json writes parseable lines, failures and the summary."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 4)
+    (archive.paths[archive.ids[0]]).unlink()
+    out, log = tmp_path / "r.jsonl", tmp_path / "run.log"
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--log-file", log, "--log-format", "json")
+    assert proc.returncode == 1
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    kinds = [doc["event"] for doc in lines]
+    assert kinds[0] == "run_started"
+    assert kinds[-1] == "run_finished"
+    assert "item_failed" in kinds
+    summary = lines[-1]["summary"]
+    assert summary["ok"] == 3 and summary["failed"] == 1 and summary["exit_code"] == 1
+    assert TEST_KEY not in log.read_text()
+
+
+def test_config_errors_reach_the_log_file(tmp_path, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """An unattended run that cannot start says why in its log, too."""
+    archive = make_archive(tmp_path, 1)
+    log = tmp_path / "run.log"
+    proc = run_cli("run", archive.manifest, "--out", tmp_path / "r.jsonl", "--log-file", log,
+                   env={"SMALLEST_API_KEY": None})  # fmt: skip
+    assert proc.returncode == 2
+    assert "SMALLEST_API_KEY" in log.read_text()
+
+
+def test_overlapping_cron_start_exits_75_without_touching_results(tmp_path, emulator, make_archive, spawn_cli, run_cli) -> None:  # type: ignore[no-untyped-def]
+    """A second nightly start while the first still runs exits 75 and leaves the file alone."""
+    emu = emulator(latency_ms=300)
+    archive = make_archive(tmp_path, 30)
+    out = tmp_path / "r.jsonl"
+    first = spawn_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+                      "--no-progress", "--concurrency", 1)  # fmt: skip
+    wait_until(lambda: out.exists() and out.stat().st_size > 0, what="first records")
+    before = out.read_bytes()
+    proc = _run_dir(run_cli, emu, archive.manifest, out)
+    after = out.read_bytes()
+    assert proc.returncode == 75
+    assert "another batchscribe run" in proc.stderr
+    assert after.startswith(before[: before.rfind(b"\n") + 1])  # only the first run appended
+    first.kill()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("45s", 45), ("30m", 1800), ("6h", 21600), ("1h30m", 5400), ("2d", 172800),
+     ("0.5h", 1800)],
+)  # fmt: skip
+def test_parse_duration(text: str, seconds: float) -> None:
+    """--max-runtime accepts seconds and s/m/h/d units, combined."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "6x", "1h30", "-"])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    """A malformed duration is an error that shows the accepted forms."""
+    with pytest.raises(ValueError, match="90s, 30m, 6h"):
+        parse_duration(text)
+
+
+def _readme_block(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"```ini\n(# " + re.escape(marker) + r"\n.*?)```", text, re.S)
+    assert match, f"README has no ini block starting with # {marker}"
+    return match.group(1)
+
+
+def _parse_unit(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return parser
+
+
+def test_readme_systemd_units_parse_and_fit_together() -> None:
+    """The README's systemd service and timer parse, and run the documented command."""
+    service = _parse_unit(_readme_block("/etc/systemd/system/batchscribe-nightly.service"))
+    timer = _parse_unit(_readme_block("/etc/systemd/system/batchscribe-nightly.timer"))
+    assert service["Service"]["Type"] == "oneshot"
+    assert "4" in service["Service"]["SuccessExitStatus"].split()
+    command = service["Service"]["ExecStart"].split()
+    assert command[0].endswith("/batchscribe") and command[1] == "run"
+    assert "--out" in command and "--api-key-file" in command
+    assert timer["Timer"]["OnCalendar"]
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    _check_run_flags(command[2:])
+
+
+def test_readme_cron_line_is_a_valid_crontab_entry() -> None:
+    """The README's cron line has five time fields and a command with documented flags."""
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"```cron\n(?:#.*\n)*(.+)\n```", text)
+    assert match
+    fields = match.group(1).split(None, 5)
+    assert len(fields) == 6
+    assert all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5])
+    command = fields[5].split("&&")[-1].split()
+    assert command[0].endswith("batchscribe") and command[1] == "run"
+    _check_run_flags(command[2:])
+
+
+def _check_run_flags(args: list[str]) -> None:
+    from batchscribe.cli import build_parser
+
+    ns = build_parser().parse_args(["run", *args])
+    assert ns.out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_readme_systemd_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify accepts the README's unit pair (binary path pointed at ours)."""
+    batchscribe = shutil.which("batchscribe") or "/bin/true"
+    for name in ("batchscribe-nightly.service", "batchscribe-nightly.timer"):
+        text = _readme_block(f"/etc/systemd/system/{name}")
+        text = text.replace("/srv/batchscribe/.venv/bin/batchscribe", batchscribe)
+        text = text.replace("User=batchscribe\n", "")
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "batchscribe-nightly.timer"),
+         str(tmp_path / "batchscribe-nightly.service")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

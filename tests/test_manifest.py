@@ -1,0 +1,868 @@
+"""Manifest reading: every source kind, item fields, FILE:LINE problems, robustness, streaming."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchscribe.ids import DigestSet, id_digest
+from batchscribe.manifest import (
+    Item,
+    ManifestError,
+    Problem,
+    check_sources,
+    iter_sources,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def read(*sources: str | Path, stdin: io.BytesIO | None = None) -> list[Item | Problem]:
+    """Everything ``iter_sources`` yields for these sources."""
+    return list(iter_sources([str(s) for s in sources], stdin=stdin))
+
+
+def items(results: Iterable[Item | Problem]) -> list[Item]:
+    return [r for r in results if isinstance(r, Item)]
+
+
+def problems(results: Iterable[Item | Problem]) -> list[str]:
+    return [str(r) for r in results if isinstance(r, Problem)]
+
+
+def jsonl(path: Path, *records: object) -> Path:
+    """Write records as JSON lines (a str record is written as the raw line)."""
+    lines = [r if isinstance(r, str) else orjson.dumps(r).decode() for r in records]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF")
+    return path
+
+
+# --------------------------------------------------------------------------- JSONL
+
+
+def test_jsonl_item_carries_id_source_params_metadata_and_origin(tmp_path: Path) -> None:
+    """A JSONL record becomes an item with resolved path, validated params, metadata, origin."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"id": "a", "path": "audio/a.wav", "language": "de", "diarize": True, "speaker": "Ada"},
+    )
+    [item] = read(manifest)
+    assert item == Item(
+        id="a",
+        source=str(tmp_path / "audio" / "a.wav"),
+        is_url=False,
+        params={"language": "de", "diarize": True},
+        metadata={"speaker": "Ada"},
+        origin=f"{manifest}:1",
+    )
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".json", ".JSONL"])
+def test_other_jsonl_extensions_read_as_jsonl(tmp_path: Path, suffix: str) -> None:
+    """.ndjson, .json and upper-case extensions are read as JSON Lines."""
+    manifest = jsonl(tmp_path / f"m{suffix}", {"path": "a.wav"})
+    assert [i.id for i in items(read(manifest))] == ["a.wav"]
+
+
+def test_item_without_extra_fields_has_empty_params_and_no_metadata(tmp_path: Path) -> None:
+    """No overrides gives an empty params mapping and metadata None."""
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"path": "a.wav"}))
+    assert isinstance(item, Item)
+    assert item.params == {}
+    assert item.metadata is None
+
+
+def test_unknown_fields_go_to_metadata_with_their_json_types(tmp_path: Path) -> None:
+    """Fields that are not id/path/url or Pulse parameters are kept as metadata, as written."""
+    record = {"path": "a.wav", "tags": ["x", "y"], "n": 3, "nested": {"k": None}, "Model": "z"}
+    [item] = read(jsonl(tmp_path / "m.jsonl", record))
+    assert isinstance(item, Item)
+    assert item.metadata == {"tags": ["x", "y"], "n": 3, "nested": {"k": None}, "Model": "z"}
+
+
+def test_json_null_parameter_means_no_override(tmp_path: Path) -> None:
+    """A parameter set to null is left to the run's default rather than rejected."""
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"path": "a.wav", "model": None, "diarize": None}))
+    assert isinstance(item, Item)
+    assert item.params == {}
+
+
+def test_url_item(tmp_path: Path) -> None:
+    """A url record is a URL item whose id defaults to the URL."""
+    url = "https://example.org/a.mp3?sig=1"
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"url": url, "language": "fr"}))
+    assert isinstance(item, Item)
+    assert (item.id, item.source, item.is_url, item.params) == (url, url, True, {"language": "fr"})
+
+
+def test_upper_case_http_scheme_is_accepted(tmp_path: Path) -> None:
+    """URL schemes are case-insensitive."""
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"url": "HTTP://example.org/a.wav"}))
+    assert isinstance(item, Item)
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def test_id_defaults_to_the_path_as_written(tmp_path: Path) -> None:
+    """Without an id, the id is the path exactly as the manifest wrote it."""
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"path": "./sub/../a.wav"}))
+    assert isinstance(item, Item)
+    assert item.id == "./sub/../a.wav"
+    assert item.source == str(tmp_path / "a.wav")
+
+
+def test_integer_id_becomes_a_string(tmp_path: Path) -> None:
+    """An integer id is accepted and converted to its decimal string."""
+    [item] = read(jsonl(tmp_path / "m.jsonl", {"id": 42, "path": "a.wav"}))
+    assert isinstance(item, Item)
+    assert item.id == "42"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, '"id" must be a string or an integer, not a boolean'),
+        (1.5, '"id" must be a string or an integer, not a number'),
+        (["a"], '"id" must be a string or an integer, not an array'),
+        ("", '"id" is empty'),
+    ],
+)
+def test_bad_ids_are_problems(tmp_path: Path, value: object, message: str) -> None:
+    """Ids that are not non-empty strings or integers are reported at their line."""
+    manifest = jsonl(tmp_path / "m.jsonl", {"id": value, "path": "a.wav"})
+    assert problems(read(manifest)) == [f"{manifest}:1: {message}"]
+
+
+def test_odd_ids_are_kept_as_given(tmp_path: Path) -> None:
+    """Ids with separators, '..', control characters, NUL or newlines are kept verbatim."""
+    odd = ["a/b", "../up", "tab\there", "nul\x00x", "new\nline", " spaced "]
+    manifest = jsonl(tmp_path / "m.jsonl", *({"id": i, "path": "a.wav"} for i in odd))
+    assert [i.id for i in items(read(manifest))] == odd
+
+
+def test_duplicate_id_in_one_file_keeps_the_first(tmp_path: Path) -> None:
+    """The first occurrence of an id wins; later ones are problems."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"id": "x", "path": "1.wav"},
+        {"id": "x", "path": "2.wav"},
+        {"path": "x"},
+    )
+    results = read(manifest)
+    assert [i.source for i in items(results)] == [str(tmp_path / "1.wav")]
+    assert problems(results) == [
+        f"{manifest}:2: duplicate id 'x' (first seen earlier)",
+        f"{manifest}:3: duplicate id 'x' (first seen earlier)",
+    ]
+
+
+def test_duplicate_ids_across_sources(tmp_path: Path) -> None:
+    """Duplicate detection spans every source of a run, whatever their kinds."""
+    first = jsonl(tmp_path / "a.jsonl", {"id": "a.wav", "path": "x.wav"})
+    second = tmp_path / "b.txt"
+    second.write_text("a.wav\nb.wav\n")
+    third = tmp_path / "c.csv"
+    third.write_text("id,path\nb.wav,y.wav\n")
+    results = read(first, second, third)
+    assert [i.origin for i in items(results)] == [f"{first}:1", f"{second}:2"]
+    assert problems(results) == [
+        f"{second}:1: duplicate id 'a.wav' (first seen earlier)",
+        f"{third}:2: duplicate id 'b.wav' (first seen earlier)",
+    ]
+
+
+def test_shared_seen_set_is_used_and_filled(tmp_path: Path) -> None:
+    """A caller's seen set marks ids as taken, and valid items' ids are added to it."""
+    seen = DigestSet()
+    seen.add(id_digest("taken"))
+    manifest = jsonl(tmp_path / "m.jsonl", {"id": "taken", "path": "a"}, {"id": "new", "path": "b"})
+    results = list(iter_sources([str(manifest)], seen=seen))
+    assert problems(results) == [f"{manifest}:1: duplicate id 'taken' (first seen earlier)"]
+    assert id_digest("new") in seen
+
+
+def test_invalid_items_do_not_take_their_id(tmp_path: Path) -> None:
+    """A rejected line does not reserve its id, so a later valid line with it is accepted."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl", {"id": "x", "path": "a", "language": "xx"}, {"id": "x", "path": "b"}
+    )
+    assert [i.origin for i in items(read(manifest))] == [f"{manifest}:2"]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative paths resolve against the manifest's folder, not the working directory."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "lists").mkdir()
+    manifest = jsonl(
+        tmp_path / "lists" / "m.jsonl",
+        {"path": "a.wav"},
+        {"path": "../audio/b.wav"},
+        {"path": "/abs/c.wav"},
+    )
+    assert [i.source for i in items(read(os.path.relpath(manifest)))] == [
+        str(tmp_path / "lists" / "a.wav"),
+        str(tmp_path / "audio" / "b.wav"),
+        "/abs/c.wav",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"path": "a.wav", "url": "https://h/a"}, 'give either "path" or "url", not both'),
+        ({"id": "a"}, 'needs a "path" or a "url" field'),
+        ({"path": 3}, '"path" must be a string, not a number'),
+        ({"path": ""}, '"path" is empty'),
+        ({"path": "a\x00b.wav"}, "\"path\" contains a NUL character: 'a\\x00b.wav'"),
+        ({"url": None}, 'needs a "path" or a "url" field'),
+        ({"url": {"u": 1}}, '"url" must be a string, not an object'),
+    ],
+)
+def test_source_field_problems(tmp_path: Path, record: object, message: str) -> None:
+    """Records without exactly one usable path or url are reported with the reason."""
+    manifest = jsonl(tmp_path / "m.jsonl", {"path": "ok.wav"}, record)
+    assert problems(read(manifest)) == [f"{manifest}:2: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://h/a.wav", "url must start with http:// or https://, not 'ftp://h/a.wav'"),
+        ("file:///a.wav", "url must start with http:// or https://, not 'file:///a.wav'"),
+        ("s3://bucket/a.wav", "url must start with http:// or https://, not 's3://bucket/a.wav'"),
+        ("example.org/a.wav", "url must start with http:// or https://, not 'example.org/a.wav'"),
+        ("https://", "url has no host: 'https://'"),
+        ("http:///a.wav", "url has no host: 'http:///a.wav'"),
+        ("https://h/a\nb", "url contains unprintable characters: 'https://h/a\\nb'"),
+    ],
+)
+def test_bad_urls_are_problems(tmp_path: Path, url: str, message: str) -> None:
+    """Only http(s) URLs with a host are accepted."""
+    manifest = jsonl(tmp_path / "m.jsonl", {"url": url})
+    assert problems(read(manifest)) == [f"{manifest}:1: {message}"]
+
+
+# --------------------------------------------------------------------------- per-item params
+
+
+def test_invalid_parameter_value_is_a_problem_with_coerce_params_message(tmp_path: Path) -> None:
+    """A bad parameter value is reported with the Pulse module's own explanation."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"path": "a.wav", "diarize": "maybe"},
+        {"path": "b.wav", "webhook_method": "GET"},
+    )
+    assert problems(read(manifest)) == [
+        f"{manifest}:1: diarize must be true or false, not 'maybe'",
+        f"{manifest}:2: webhook_method must be POST or PUT, not 'GET'",
+    ]
+
+
+def test_parameter_values_are_normalised(tmp_path: Path) -> None:
+    """Parameter values come out as coerce_param normalises them."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"path": "a.wav", "model": "pulse-pro", "webhook_method": "put", "redact_pii": "yes"},
+    )
+    [item] = read(manifest)
+    assert isinstance(item, Item)
+    assert item.params == {"model": "pulse-pro", "webhook_method": "PUT", "redact_pii": True}
+
+
+def test_url_item_with_pulse_pro_is_a_problem(tmp_path: Path) -> None:
+    """URL input with model=pulse-pro set on the item is rejected; file input with it is fine."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"url": "https://h/a.wav", "model": "pulse-pro"},
+        {"path": "a.wav", "model": "pulse-pro"},
+        {"url": "https://h/b.wav", "model": "pulse"},
+    )
+    results = read(manifest)
+    assert problems(results) == [
+        f"{manifest}:1: URL input works with model=pulse only, not pulse-pro"
+    ]
+    assert len(items(results)) == 2
+
+
+def test_webhook_without_pulse_pro_on_the_item_is_a_problem(tmp_path: Path) -> None:
+    """An item that sets model=pulse and a webhook contradicts itself."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"path": "a.wav", "model": "pulse", "webhook_url": "https://hook/x"},
+        {"path": "b.wav", "webhook_url": "https://hook/x"},  # model left to the run: engine checks
+    )
+    assert problems(read(manifest)) == [f"{manifest}:1: webhook parameters need model=pulse-pro"]
+
+
+# --------------------------------------------------------------------------- JSONL problems
+
+
+def test_jsonl_line_problems_name_file_and_line(tmp_path: Path) -> None:
+    """Invalid JSON and non-object lines are reported at their physical line; others survive."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        '{"path": "a.wav"}',
+        "",
+        '{"path": "b.wav",',
+        "[1, 2]",
+        '"just a string"',
+        "{'path': 'c.wav'}",
+        '{"path": "d.wav"} trailing',
+        "   ",
+        '{"path": "e.wav"}',
+    )
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["a.wav", "e.wav"]
+    found = problems(results)
+    assert found[:3] == [
+        f"{manifest}:3: invalid JSON: unexpected end of data",
+        f"{manifest}:4: expected a JSON object, got an array",
+        f"{manifest}:5: expected a JSON object, got a string",
+    ]
+    # The reason is orjson's own wording; the location and the column are ours.
+    assert found[3].startswith(f"{manifest}:6: invalid JSON: ")
+    assert found[3].endswith(" (column 2)")
+    assert found[4].startswith(f"{manifest}:7: invalid JSON: ")
+    assert found[4].endswith(" (column 19)")
+    assert len(found) == 5
+
+
+def test_json_array_file_is_one_problem_with_a_fix(tmp_path: Path) -> None:
+    """A .json file holding an array gets one problem saying to write JSON Lines, not one a line."""
+    manifest = tmp_path / "m.json"
+    manifest.write_text('[\n  {"path": "a.wav"},\n  {"path": "b.wav"}\n]\n')
+    assert read(manifest) == [
+        Problem(
+            str(manifest), 1, "this is a JSON array, not JSON Lines: write one JSON object per line"
+        )
+    ]
+
+
+def test_bom_crlf_and_blank_lines(tmp_path: Path) -> None:
+    """A UTF-8 BOM and CRLF endings are accepted; blank lines are skipped but still counted."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(
+        b'\xef\xbb\xbf{"path": "a.wav"}\r\n\r\n \t\r\n{"path": "b.wav", "x": 1\r\n'
+    )
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["a.wav"]
+    assert problems(results) == [f"{manifest}:4: invalid JSON: unexpected end of data"]
+
+
+def test_invalid_utf8_spoils_only_its_line(tmp_path: Path) -> None:
+    """A line with invalid UTF-8 is one problem; the lines around it are read normally."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"path": "a.wav"}\n{"path": "\xff\xfe.wav"}\n{"path": "c.wav"}\n')
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["a.wav", "c.wav"]
+    assert problems(results) == [f"{manifest}:2: invalid UTF-8"]
+
+
+def test_ten_megabyte_line_is_read(tmp_path: Path) -> None:
+    """A valid 10 MB JSON line is an item like any other."""
+    blob = "x" * (10 * 1000 * 1000)
+    manifest = jsonl(tmp_path / "m.jsonl", {"path": "a.wav", "blob": blob}, {"path": "b.wav"})
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["a.wav", "b.wav"]
+    first = items(results)[0]
+    assert first.metadata is not None
+    assert len(first.metadata["blob"]) == len(blob)
+
+
+def test_line_over_16_mib_is_skipped_with_a_problem(tmp_path: Path) -> None:
+    """A line longer than the cap is one problem and reading resumes at the next line."""
+    manifest = tmp_path / "m.jsonl"
+    with manifest.open("wb") as out:
+        out.write(b'{"path": "' + b"x" * (17 * 1024 * 1024) + b'.wav"}\n')
+        out.write(b'{"path": "b.wav"}\n')
+    results = read(manifest)
+    assert problems(results) == [f"{manifest}:1: line is longer than 16 MiB; skipped"]
+    assert [i.origin for i in items(results)] == [f"{manifest}:2"]
+
+
+@pytest.mark.parametrize("name", ["m.jsonl", "m.csv", "m.txt", "m.unknown"])
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"])
+def test_empty_manifests_yield_nothing(tmp_path: Path, name: str, content: bytes) -> None:
+    """Empty, blank-only and BOM-only manifests of every kind yield no items and no problems."""
+    manifest = tmp_path / name
+    manifest.write_bytes(content)
+    assert read(manifest) == []
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_messages_are_one_printable_line_of_bounded_length(tmp_path: Path) -> None:
+    """User content in messages is escaped and cut, so a problem is one short printable line."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"id": "a\x1b[31m\nb", "path": "1.wav"},
+        {"id": "a\x1b[31m\nb", "path": "2.wav"},
+        {"path": "a.wav", "language": "\u2028" * 50_000},
+        {"url": "ftp://" + "y" * 50_000},
+    )
+    found = problems(read(manifest))
+    assert found[0] == f"{manifest}:2: duplicate id 'a\\x1b[31m\\nb' (first seen earlier)"
+    assert len(found) == 3
+    for text in found:
+        assert text.isprintable()
+        assert len(text) < len(str(manifest)) + 600
+
+
+def test_control_characters_in_the_manifest_name_are_escaped(tmp_path: Path) -> None:
+    """A manifest file name with a newline does not break the FILE:LINE line."""
+    manifest = jsonl(tmp_path / "bad\nname.jsonl", "{")
+    [problem] = read(manifest)
+    assert isinstance(problem, Problem)
+    assert str(problem).isprintable()
+    assert "bad\\nname.jsonl:1:" in str(problem)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def test_csv_rows_become_items(tmp_path: Path) -> None:
+    """CSV rows map header names to fields; empty cells are absent; bool params come as text."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "id,path,url,language,diarize,speaker\n"
+        "a,audio/a.wav,,de,true,Ada\n"
+        ",b.wav,,,FALSE,\n"
+        "c,,https://h/c.wav,,,\n"
+    )
+    assert read(manifest) == [
+        Item("a", str(tmp_path / "audio/a.wav"), False, {"language": "de", "diarize": True},
+             {"speaker": "Ada"}, f"{manifest}:2"),
+        Item("b.wav", str(tmp_path / "b.wav"), False, {"diarize": False}, None, f"{manifest}:3"),
+        Item("c", "https://h/c.wav", True, {}, None, f"{manifest}:4"),
+    ]  # fmt: skip
+
+
+def test_csv_cells_are_stripped_and_short_rows_accepted(tmp_path: Path) -> None:
+    """Spaces around cells are dropped, and a row with fewer cells than the header is fine."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path , language, note\n a.wav , en \n")
+    [item] = read(manifest)
+    assert isinstance(item, Item)
+    assert (item.id, item.params, item.metadata) == ("a.wav", {"language": "en"}, None)
+
+
+def test_csv_row_problems(tmp_path: Path) -> None:
+    """Bad CSV rows are reported at their line: too many cells, bad params, no source."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,url,model,\n"
+        "a.wav,,,\n"
+        "b.wav,,,,extra\n"
+        "c.wav,,pulse-max,\n"
+        ",https://h/d.wav,pulse-pro,\n"
+        ",,pulse,\n"
+        "e.wav,,,stray\n"
+        ",,,\n"
+        "\n"
+        "f.wav,ftp://h/x,,\n"
+    )
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["a.wav"]
+    assert problems(results) == [
+        f"{manifest}:3: row has 5 cells but the header has 4",
+        f"{manifest}:4: unknown model 'pulse-max' (expected one of: pulse, pulse-pro)",
+        f"{manifest}:5: URL input works with model=pulse only, not pulse-pro",
+        f'{manifest}:6: needs a "path" or a "url" field',
+        f"{manifest}:7: value in column 4, which has no header name",
+        f'{manifest}:10: give either "path" or "url", not both',
+    ]
+
+
+def test_csv_quoted_newline_reports_the_record_start_line(tmp_path: Path) -> None:
+    """A record spanning lines (a quoted newline) is located at its first line."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,note\na.wav,"two\nlines"\nb.wav,x,y\nc.wav,z\n')
+    results = read(manifest)
+    first = items(results)[0]
+    assert first.metadata == {"note": "two\nlines"}
+    assert first.origin == f"{manifest}:2"
+    assert problems(results) == [f"{manifest}:4: row has 3 cells but the header has 2"]
+    assert items(results)[1].origin == f"{manifest}:5"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("id,file\n", "the CSV header needs a path or a url column (found: 'id', 'file')"),
+        ("path,id,path\n", "the CSV header repeats the column 'path'"),
+        ("a\xffb,path\n", "invalid UTF-8"),
+    ],
+)
+def test_csv_bad_header_is_one_problem(tmp_path: Path, header: str, message: str) -> None:
+    """A header that cannot map rows is reported once and the file is not read further."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(header.encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
+    with manifest.open("ab") as out:
+        out.write(b"a.wav,b,c\nb.wav,c,d\n")
+    assert problems(read(manifest)) == [f"{manifest}:1: {message}"]
+
+
+def test_csv_bom_crlf_and_invalid_utf8(tmp_path: Path) -> None:
+    """A CSV with a BOM and CRLF reads normally; an undecodable row is a problem of its own."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfpath,id\r\na.wav,A\r\nb\xff.wav,B\r\nc.wav,C\r\n")
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["A", "C"]
+    assert problems(results) == [f"{manifest}:3: invalid UTF-8"]
+
+
+def test_csv_parser_errors_are_problems_with_a_readable_reason(tmp_path: Path) -> None:
+    """A stray carriage return or an oversized cell is a problem at its line; reading goes on."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(
+        b"path,note\n" + b"a.wav,x\ry\n" + b"b.wav," + b"z" * 200_000 + b"\n" + b"c.wav,ok\n"
+    )
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["c.wav"]
+    assert problems(results) == [
+        f"{manifest}:2: invalid CSV: a carriage return inside an unquoted cell (quote the cell)",
+        f"{manifest}:3: invalid CSV: a cell is longer than 131072 characters",
+    ]
+
+
+# --------------------------------------------------------------------------- text lists
+
+
+def test_text_list_paths_urls_comments_and_whitespace(tmp_path: Path) -> None:
+    """A text list has one path or URL a line; comments and blanks are skipped; spaces stripped."""
+    manifest = tmp_path / "list.txt"
+    manifest.write_bytes(
+        b"\xef\xbb\xbf# header comment\r\n"
+        b"  a.wav  \r\n"
+        b"\n"
+        b"   # indented comment\n"
+        b"https://example.org/b.mp3\n"
+        b"dir with spaces/c #1.wav\n"
+        b"C:/not-a-url.wav\n"
+    )
+    results = read(manifest)
+    assert problems(results) == []
+    assert [(i.id, i.is_url, i.origin) for i in items(results)] == [
+        ("a.wav", False, f"{manifest}:2"),
+        ("https://example.org/b.mp3", True, f"{manifest}:5"),
+        ("dir with spaces/c #1.wav", False, f"{manifest}:6"),
+        ("C:/not-a-url.wav", False, f"{manifest}:7"),
+    ]
+    assert items(results)[0].source == str(tmp_path / "a.wav")
+
+
+def test_text_list_problems(tmp_path: Path) -> None:
+    """Bad URL schemes and undecodable lines in a text list are problems at their line."""
+    manifest = tmp_path / "list.lst"
+    manifest.write_bytes(b"ftp://h/a.wav\nb\xff.wav\nfile:///c.wav\nd.wav\n")
+    results = read(manifest)
+    assert [i.id for i in items(results)] == ["d.wav"]
+    assert problems(results) == [
+        f"{manifest}:1: url must start with http:// or https://, not 'ftp://h/a.wav'",
+        f"{manifest}:2: invalid UTF-8",
+        f"{manifest}:3: url must start with http:// or https://, not 'file:///c.wav'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'\n\n  {"path": "a.wav", "id": "x"}\n', ["x"]),
+        (b"# a list\na.wav\n", ["a.wav"]),
+        (b'{"path": "a.wav", "id": "x"}\nplain.wav\n', ["x"]),
+    ],
+)
+def test_unknown_extension_is_sniffed(tmp_path: Path, content: bytes, expected: list[str]) -> None:
+    """A file with an unknown extension is JSONL when its first non-blank line starts with '{'."""
+    manifest = tmp_path / "manifest.data"
+    manifest.write_bytes(content)
+    assert [i.id for i in items(read(manifest))] == expected
+
+
+# --------------------------------------------------------------------------- stdin
+
+
+def test_stdin_jsonl_is_sniffed_and_resolves_against_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'-' reads stdin, sniffs JSONL, names the origin <stdin> and resolves paths from the cwd."""
+    monkeypatch.chdir(tmp_path)
+    stdin = io.BytesIO(b'\n{"path": "a.wav"}\n{"path": 1}\n')
+    results = read("-", stdin=stdin)
+    assert [(i.source, i.origin) for i in items(results)] == [
+        (str(tmp_path / "a.wav"), "<stdin>:2")
+    ]
+    assert problems(results) == ['<stdin>:3: "path" must be a string, not a number']
+
+
+def test_stdin_text_list(tmp_path: Path) -> None:
+    """stdin whose first non-blank line is not '{' is a text list."""
+    results = read("-", stdin=io.BytesIO(b"# list\r\nhttps://h/a.wav\r\n/abs/b.wav\r\n"))
+    assert [(i.id, i.origin) for i in items(results)] == [
+        ("https://h/a.wav", "<stdin>:2"),
+        ("/abs/b.wav", "<stdin>:3"),
+    ]
+
+
+def test_stdin_streams_before_end_of_input() -> None:
+    """Items from a pipe arrive as their lines do, without waiting for end of input."""
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "wb")
+    stream = os.fdopen(read_fd, "rb")
+    closer = threading.Timer(10, writer.close)  # unblocks the reader if streaming is broken
+    closer.start()
+    try:
+        writer.write(b'{"path": "/a.wav"}\n')
+        writer.flush()
+        started = time.monotonic()
+        first = next(iter_sources(["-"], stdin=stream))
+        assert time.monotonic() - started < 5
+        assert isinstance(first, Item)
+        assert first.source == "/a.wav"
+    finally:
+        closer.cancel()
+        if not writer.closed:
+            writer.close()
+        stream.close()
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def test_directory_walk_finds_audio_in_sorted_order(tmp_path: Path) -> None:
+    """A directory yields audio files recursively, sorted by relative path, ids in posix form."""
+    root = tmp_path / "archive"
+    for rel in ["b.mp3", "a/z.WAV", "a.wav", "a/b/c.flac", "a-b.ogg", "Z.m4a", "notes.txt", "a/x"]:
+        touch(root / rel)
+    (root / "empty").mkdir()
+    results = read(root)
+    ids = [i.id for i in items(results)]
+    assert ids == sorted(ids)
+    assert ids == ["Z.m4a", "a-b.ogg", "a.wav", "a/b/c.flac", "a/z.WAV", "b.mp3"]
+    first = items(results)[0]
+    assert (first.source, first.is_url, first.params, first.metadata) == (
+        str(root / "Z.m4a"), False, {}, None,
+    )  # fmt: skip
+    assert first.origin == f"{root}/Z.m4a"
+    assert problems(results) == []
+
+
+def test_directory_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    """Hidden files and everything under hidden folders are skipped."""
+    root = tmp_path / "archive"
+    for rel in [".hidden.wav", ".git/objects/a.wav", "sub/.cache/b.wav", "sub/c.wav"]:
+        touch(root / rel)
+    assert [i.id for i in items(read(root))] == ["sub/c.wav"]
+
+
+def test_hidden_root_directory_is_still_read(tmp_path: Path) -> None:
+    """Only entries inside the directory are filtered, not the directory the user named."""
+    touch(tmp_path / ".archive" / "a.wav")
+    assert [i.id for i in items(read(tmp_path / ".archive"))] == ["a.wav"]
+
+
+def test_directory_symlink_loop_is_walked_once(tmp_path: Path) -> None:
+    """A symlink back to an ancestor does not loop; each directory is walked once."""
+    root = tmp_path / "archive"
+    touch(root / "a.wav")
+    touch(root / "sub" / "b.wav")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "sub" / "self").symlink_to(root / "sub", target_is_directory=True)
+    assert [i.id for i in items(read(root))] == ["a.wav", "sub/b.wav"]
+
+
+def test_directory_follows_symlinked_files_and_ignores_dangling_links(tmp_path: Path) -> None:
+    """A symlink to audio is an item; a dangling symlink is ignored."""
+    root = tmp_path / "archive"
+    target = touch(tmp_path / "outside" / "real.wav")
+    root.mkdir()
+    (root / "link.wav").symlink_to(target)
+    (root / "dangling.wav").symlink_to(tmp_path / "missing.wav")
+    [item] = read(root)
+    assert isinstance(item, Item)
+    assert (item.id, item.source) == ("link.wav", str(root / "link.wav"))
+
+
+def test_directory_ids_collide_with_other_sources(tmp_path: Path) -> None:
+    """Directory items take part in duplicate detection like manifest items."""
+    touch(tmp_path / "d1" / "a.wav")
+    touch(tmp_path / "d2" / "a.wav")
+    results = read(tmp_path / "d1", tmp_path / "d2")
+    assert problems(results) == [
+        f"{tmp_path}/d2/a.wav:0: duplicate id 'a.wav' (first seen earlier)"
+    ]
+
+
+def test_directory_file_name_with_control_characters(tmp_path: Path) -> None:
+    """A file name with a newline keeps its id verbatim but gets a printable origin."""
+    touch(tmp_path / "d" / "bad\nname.wav")
+    [item] = read(tmp_path / "d")
+    assert isinstance(item, Item)
+    assert item.id == "bad\nname.wav"
+    assert item.origin == f"{tmp_path}/d/bad\\nname.wav"
+
+
+def test_unreadable_subdirectory_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subdirectory that cannot be listed is a problem; the rest of the walk goes on."""
+    touch(tmp_path / "d" / "locked" / "a.wav")
+    touch(tmp_path / "d" / "open" / "b.wav")
+    locked = str(tmp_path / "d" / "locked")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:
+        # chmod 0 cannot lock out root (which CI may run as), so refuse the listing here.
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    results = read(tmp_path / "d")
+    assert [i.id for i in items(results)] == ["open/b.wav"]
+    assert problems(results) == [f"{locked}:0: cannot read directory: permission denied"]
+
+
+# --------------------------------------------------------------------------- unreadable sources
+
+
+def test_missing_source_is_a_manifest_error_naming_it(tmp_path: Path) -> None:
+    """A missing manifest fails up front, from check_sources and from iter_sources."""
+    good = jsonl(tmp_path / "good.jsonl", {"path": "a.wav"})
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(ManifestError, match=r"nope\.jsonl: cannot read: no such file"):
+        check_sources([str(good), str(missing)])
+    with pytest.raises(ManifestError, match=r"nope\.jsonl"):
+        read(good, missing)  # fails before yielding anything from good.jsonl
+
+
+def test_stdin_twice_is_a_manifest_error() -> None:
+    """'-' can be read only once."""
+    with pytest.raises(ManifestError, match=r"stdin"):
+        check_sources(["-", "-"])
+
+
+def test_socket_is_not_a_manifest(tmp_path: Path) -> None:
+    """A path that is neither a file, a pipe nor a directory is refused."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s"))
+        with pytest.raises(ManifestError, match="not a manifest file or a directory"):
+            check_sources([str(tmp_path / "s")])
+
+
+def test_named_pipe_is_accepted_and_sniffed(tmp_path: Path) -> None:
+    """A named pipe (like bash's <(...)) is read as a stream and sniffed."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as out:
+            out.write(b'{"path": "/a.wav"}\n')
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert [i.source for i in items(read(fifo))] == ["/a.wav"]
+    finally:
+        writer.join(10)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+_FRAGMENTS = st.sampled_from(
+    [b"\n", b"\r\n", b"\r", b"\xef\xbb\xbf", b"{", b"}", b"[", b'"', b",", b":", b"#", b" ",
+     b"\xff", b"\x00", b"\xc3", b'{"path": "a.wav"}', b'{"url": "ftp://x"}', b'{"id": 1, "url":',
+     b'"model": "pulse-pro"', b"path,url,id,language\n", b"https://h/x.wav", b"../x.wav",
+     b'"diarize": "maybe"', b"null", b"\\u0000", b"\xed\xa0\x80"]
+)  # fmt: skip
+_MANIFEST_BYTES = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(_FRAGMENTS, st.binary(max_size=8)), max_size=60).map(b"".join),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_MANIFEST_BYTES, suffix=st.sampled_from([".jsonl", ".csv", ".txt", ".bin"]))
+def test_any_bytes_yield_only_items_and_problems(data: bytes, suffix: str) -> None:
+    """Whatever the bytes, reading never raises and every result points inside the file."""
+    line_count = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = Path(folder) / f"m{suffix}"
+        manifest.write_bytes(data)
+        for result in iter_sources([str(manifest)]):
+            if isinstance(result, Problem):
+                assert 1 <= result.line <= line_count
+                assert str(result).isprintable()
+            else:
+                assert isinstance(result, Item)
+                line = int(result.origin.rsplit(":", 1)[1])
+                assert 1 <= line <= line_count
+                assert result.id
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=_MANIFEST_BYTES)
+def test_any_stdin_bytes_yield_only_items_and_problems(data: bytes) -> None:
+    """Arbitrary bytes on stdin never raise either."""
+    for result in iter_sources(["-"], stdin=io.BytesIO(data)):
+        assert isinstance(result, Item | Problem)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _UnboundedIds(DigestSet):
+    """A seen set that remembers nothing, so a memory measure sees only the reader's own use."""
+
+    def add(self, digest: int) -> bool:
+        return True
+
+
+def test_memory_stays_flat_over_a_large_manifest(tmp_path: Path) -> None:
+    """Reading 200,000 lines allocates a small, fixed amount beyond the id set (it streams)."""
+    count = 200_000
+    manifest = tmp_path / "big.jsonl"
+    with manifest.open("w") as out:
+        out.writelines(
+            f'{{"path": "audio/{i % 997:03d}/clip-{i:07d}.wav", "take": {i % 7}}}\n'
+            for i in range(count)
+        )
+    assert manifest.stat().st_size > 10_000_000  # far more than the bound below
+    tracemalloc.start()
+    try:
+        read_count = sum(
+            isinstance(r, Item) for r in iter_sources([str(manifest)], seen=_UnboundedIds())
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read_count == count
+    assert peak < 2_000_000, f"peak {peak} bytes"
