@@ -30,6 +30,7 @@ from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
 from batchscribe.progress import Console, EventLog, Progress, Redactor
 from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
 ENDPOINT_ENV = "BATCHSCRIBE_ENDPOINT"
@@ -153,7 +154,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "sources", nargs="+", metavar="SOURCE",
         help="a JSONL, CSV or text-list manifest, an archive directory, or - for stdin",
     )  # fmt: skip
-    run.add_argument("--out", "-o", required=True, metavar="RESULTS", help="results JSONL file")
+    run.add_argument(
+        "--out", "-o", required=True, metavar="RESULTS",
+        help="results JSONL file; {shard} and {shards} expand to the --shard index and count",
+    )  # fmt: skip
     conn = run.add_argument_group("connection")
     conn.add_argument(
         "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
@@ -237,6 +241,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--log-format", choices=("text", "json"), default="text",
         help="log line format for --log-file (default: text); json: one object per line",
     )  # fmt: skip
+    fleet = run.add_argument_group("beyond one machine")
+    fleet.add_argument(
+        "--shard", metavar="K/N",
+        help="take only shard K of N (0 <= K < N; by a stable hash of the item id); "
+        "auto/N or auto: K (and N) from JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, "
+        "AWS_BATCH_JOB_ARRAY_INDEX or PARALLEL_SEQ",
+    )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
 
@@ -278,12 +289,30 @@ def read_api_key(path: str | None, console: Console) -> str | None:
     return key
 
 
+def _apply_shard(ns: argparse.Namespace, console: Console) -> Shard | None:
+    """The ``--shard`` of this run; fills ``{shard}`` in ``--out`` and ``--log-file``."""
+    try:
+        shard = parse_shard(ns.shard, os.environ) if ns.shard is not None else None
+        ns.out = expand_path(ns.out, shard)
+        if ns.log_file:
+            ns.log_file = expand_path(ns.log_file, shard, option="--log-file")
+    except ShardError as exc:
+        raise ConfigError(str(exc)) from None
+    if shard is not None:
+        origin = f" ({shard.origin})" if shard.origin else ""
+        console.line(
+            f"batchscribe: shard {shard.index} of {shard.count}{origin}: results in {ns.out}"
+        )
+    return shard
+
+
 def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     stdin = sys.stdin.buffer if "-" in ns.sources else None
     if ns.max_items is not None and ns.max_items < 0:
         raise ConfigError("--max-items must not be negative")
+    shard = _apply_shard(ns, console)
     if ns.dry_run:
-        return _dry_run(ns, console, stdin)
+        return _dry_run(ns, console, stdin, shard)
     if ns.price_per_hour is not None:
         raise ConfigError("--price-per-hour goes with --dry-run")
     log = _open_log(ns, console)
@@ -306,6 +335,7 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
             rescan_changed=ns.rescan_changed,
             max_items=ns.max_items,
             max_runtime=ns.max_runtime,
+            shard=shard,
         )
         options.validate()
         progress = Progress(console, bar=False if ns.no_progress else None)
@@ -338,10 +368,12 @@ def _open_log(ns: argparse.Namespace, console: Console) -> EventLog | None:
     return EventLog(stream, console.redact, fmt=ns.log_format)
 
 
-def _dry_run(ns: argparse.Namespace, console: Console, stdin: BinaryIO | None) -> int:
+def _dry_run(
+    ns: argparse.Namespace, console: Console, stdin: BinaryIO | None, shard: Shard | None
+) -> int:
     plan = dry_run(
         ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
-        stdin=stdin,
+        stdin=stdin, shard=shard,
     )  # fmt: skip
     for problem in plan.problems:
         console.line(problem)

@@ -565,10 +565,11 @@ class _Emulator:
         self.stats = _Stats(loop.time())
 
     def reset(self) -> None:
-        """Forget everything seen: counters, per-content sequences (so faults repeat), delays."""
+        """Forget everything seen: counters, per-content sequences (so faults repeat), delays.
+        Requests still in flight stay counted in ``in_flight`` until they end."""
         in_flight = self.stats.in_flight
         self.stats = _Stats(self._clock())
-        self.stats.in_flight = in_flight
+        self.stats.in_flight = self.stats.max_in_flight = in_flight
         self._seen.clear()
         self._due.clear()
 
@@ -676,27 +677,27 @@ class _Emulator:
 
     async def endpoint(self, request: web.Request) -> web.StreamResponse:
         """POST to a Pulse path: count, handle, and record how it ended."""
-        stats = self.stats
+        # self.stats is read afresh after every await: a reset may replace it meanwhile.
         if request.method != "POST":
-            stats.requests += 1
-            stats.answered(405)
+            self.stats.requests += 1
+            self.stats.answered(405)
             return self._error(405, "use POST", self._request_id(), headers={"Allow": "POST"})
         arrived = self._clock()
-        stats.arrive(arrived)
-        stats.by_path["legacy" if request.path == LEGACY_PATH else "current"] += 1
+        self.stats.arrive(arrived)
+        self.stats.by_path["legacy" if request.path == LEGACY_PATH else "current"] += 1
         try:
             response, how = await self._transcribe(request, arrived)
         except asyncio.CancelledError:
-            stats.cancelled += 1  # the client went away (the handler is cancelled with it)
+            self.stats.cancelled += 1  # the client went away (the handler is cancelled with it)
             raise
         finally:
-            stats.in_flight -= 1
+            self.stats.in_flight -= 1
         if how == "reset":
-            stats.resets += 1
+            self.stats.resets += 1
         elif how == "truncated":
-            stats.truncations += 1
+            self.stats.truncations += 1
         else:
-            stats.answered(response.status)
+            self.stats.answered(response.status)
         return response
 
     async def _transcribe(
@@ -767,7 +768,7 @@ class _Emulator:
             filename = sample.file.rsplit("/", 1)[-1] if sample else f"{short}.{fmt}"
 
         # Gateway limits: they do not depend on content, only on timing.
-        wait = self._take_token(arrived)
+        wait = self._take_token(self._clock())
         if wait > 0:
             self.stats.rate_limited["rate_limit"] += 1
             message = f"rate limit of {config.rate_limit:g} requests/s exceeded"

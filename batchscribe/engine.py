@@ -70,6 +70,7 @@ from batchscribe.pulse import (
 )
 from batchscribe.results import ResultsStore, ResumeState
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
+from batchscribe.shard import Shard, ShardFilter
 
 UPLOAD_CHUNK = 256 * 1024
 _READ_BATCH = 256  # manifest entries read per hop to the reader thread
@@ -96,6 +97,8 @@ class RunOptions:
         rescan_changed: re-send ok items whose file's size or mtime changed since.
         max_items: send at most this many items, then stop (exit 4 if work is left).
         max_runtime: stop taking items after this many seconds (exit 4 if work is left).
+        shard: take only the items of this shard (``--shard K/N``); bad manifest lines are
+            reported by shard 0 only.
     """
 
     sources: Sequence[str]
@@ -114,6 +117,7 @@ class RunOptions:
     rescan_changed: bool = False
     max_items: int | None = None
     max_runtime: float | None = None
+    shard: Shard | None = None
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work, before anything is opened."""
@@ -299,7 +303,9 @@ class Engine:
         """
         loop = asyncio.get_running_loop()
         options = self.options
-        entries = manifest.iter_sources(options.sources, stdin=self.stdin)
+        entries: Any = manifest.iter_sources(options.sources, stdin=self.stdin)
+        if options.shard is not None:
+            entries = ShardFilter(entries, options.shard)
         resume = self._resume
         assert resume is not None
 
@@ -325,12 +331,24 @@ class Engine:
         queue = self._queue
         try:
             while not self._stopping:
-                batch = await loop.run_in_executor(None, take)
+                try:
+                    batch = await loop.run_in_executor(None, take)
+                except manifest.ManifestError as exc:
+                    # A source became unreadable mid-way: say so, count it, keep what was read.
+                    summary.invalid_lines += 1
+                    self._notice("error", str(exc))
+                    self._sources_done = True
+                    break
                 if not batch:
                     self._sources_done = True
                     summary.total = total
                     pending = total - summary.skipped_ok - summary.skipped_failed
                     self._emit(TotalKnown(total, pending))
+                    hidden = getattr(entries, "hidden_problems", 0)
+                    if hidden:
+                        self._notice(
+                            "info", f"{hidden} bad manifest line(s) skipped; shard 0 reports them"
+                        )
                     break
                 skipped = 0
                 for entry, action in batch:
@@ -385,7 +403,11 @@ class Engine:
     async def _process(self, item: Item) -> None:
         """Send one item (with retries) and write its record."""
         params = self.options.params.with_overrides(item.params)
-        record: dict[str, Any] = {"id": item.id, "status": "failed", "source": item.source}
+        source = item.source
+        if not source.isascii():
+            # File names that are not UTF-8 arrive with surrogate escapes JSON cannot hold.
+            source = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        record: dict[str, Any] = {"id": item.id, "status": "failed", "source": source}
         attempts = 0
         size = 0
         problem = check_combination(params, url_input=item.is_url)
@@ -471,12 +493,14 @@ class Engine:
             data = orjson.dumps({"url": item.source})
             headers = {"Content-Type": "application/json"}
         else:
-            data = _file_chunks(item.source, size)
+            data = None  # read inside the try below: a file that vanished is an outcome
             headers = {
                 "Content-Type": content_type_for(item.source),
                 "Content-Length": str(size),
             }
         try:
+            if data is None:
+                data = await _file_body(item.source, size)
             async with session.post(
                 self._endpoint, params=_query(params), data=data, headers=headers
             ) as response:
@@ -718,20 +742,50 @@ def _file_problem(path: str, st: os.stat_result) -> Outcome | None:
     return None
 
 
+async def _file_body(path: str, size: int) -> bytes | AsyncIterator[bytes]:
+    """The upload body of a file, opened afresh for each attempt; FileChanged if its size moved.
+
+    A file of at most one chunk is read in one hop to a thread (open, read, close) and sent as
+    bytes: the same memory as streaming it, a quarter of the thread hops, and a body that is
+    complete when sent, so the connection goes back to the pool for reuse. Larger files stream.
+    """
+    if size > UPLOAD_CHUNK:
+        return _file_chunks(path, size)
+    return await asyncio.get_running_loop().run_in_executor(None, _read_small, path, size)
+
+
+def _read_small(path: str, size: int) -> bytes:
+    """A whole small file, checked against the size it had when it was planned."""
+    with open(path, "rb", buffering=0) as stream:
+        data = stream.read(size + 1)
+    if len(data) != size:
+        raise FileChanged(path)
+    return data
+
+
 async def _file_chunks(path: str, size: int) -> AsyncIterator[bytes]:
-    """Stream a file in chunks, reopened for each attempt; FileChanged if its size moved."""
+    """Stream a file in chunks; FileChanged if its size moved.
+
+    Nothing is awaited after the last chunk is handed over (the check that nothing follows it
+    and the close come first): aiohttp cancels an upload still running when the response ends
+    and then closes the connection instead of reusing it.
+    """
     sent = 0
     async with aiofiles.open(path, "rb") as stream:
-        while True:
-            chunk = await stream.read(UPLOAD_CHUNK)
-            if not chunk:
-                break
+        chunk = await stream.read(UPLOAD_CHUNK)
+        while chunk:
             sent += len(chunk)
             if sent > size:
                 raise FileChanged(path)
+            if sent == size:
+                if await stream.read(1):
+                    raise FileChanged(path)
+                break
             yield chunk
+            chunk = await stream.read(UPLOAD_CHUNK)
     if sent != size:
         raise FileChanged(path)
+    yield chunk
 
 
 def _network_error(exc: aiohttp.ClientError) -> str:

@@ -24,8 +24,13 @@ from typing import Any, BinaryIO, Literal
 import orjson
 
 from batchscribe.ids import DigestSet, id_digest
-from batchscribe.pulse import AUDIO_EXTENSIONS, PARAM_NAMES, PulseParams, check_combination
-from batchscribe.pulse import coerce_param as _coerce_param
+from batchscribe.pulse import (
+    AUDIO_EXTENSIONS,
+    PARAM_NAMES,
+    PulseParams,
+    check_combination,
+    coerce_param,
+)
 
 __all__ = ["Item", "ManifestError", "Problem", "check_sources", "iter_sources"]
 
@@ -156,9 +161,15 @@ def iter_sources(
     for source in sources:
         if source == STDIN:
             stream = stdin if stdin is not None else sys.stdin.buffer
-            yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen)
+            try:
+                yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen)
+            except OSError as exc:
+                raise ManifestError(f"{STDIN_NAME}: read failed: {_reason(exc)}") from exc
         elif os.path.isdir(source):
-            yield from _read_directory(source, seen)
+            try:
+                yield from _read_directory(source, seen)
+            except OSError as exc:  # the folder went away after check_sources
+                raise ManifestError(f"{_printable(source)}: cannot read: {_reason(exc)}") from exc
         else:
             yield from _read_file(source, seen)
 
@@ -390,7 +401,12 @@ def _read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:
             continue
         rel = found
         origin = _printable(os.path.join(root, rel))
-        result = _make_item(rel, None, rel, {}, None, base, origin, seen)
+        item_id = rel
+        if not rel.isascii():
+            # A name that is not UTF-8 arrives with surrogate escapes, which no JSON writer
+            # accepts: the id spells those bytes as \xNN instead (the source keeps the real name).
+            item_id = os.fsencode(rel).decode("utf-8", "backslashreplace")
+        result = _make_item(rel, None, item_id, {}, None, base, origin, seen)
         yield Problem(origin, 0, result) if isinstance(result, str) else result
 
 
@@ -473,7 +489,7 @@ def _item_from_fields(
             if value is None:  # JSON null: no override
                 continue
             try:
-                params[key] = _coerce_param(key, value)
+                params[key] = coerce_param(key, value)
             except ValueError as exc:
                 return str(exc)
         elif metadata is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -18,6 +18,7 @@ from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
 from batchscribe.results import ResumeState, fingerprint, scan
+from batchscribe.shard import Shard, ShardFilter
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
 #: changed since, with --rescan-changed): these are sent. done / failed: skipped.
@@ -124,8 +125,12 @@ def dry_run(
     rescan_changed: bool,
     stdin: BinaryIO | None = None,
     workers: int = 8,
+    shard: Shard | None = None,
 ) -> Plan:
-    """Scan the sources against the results file and count what a run would do."""
+    """Scan the sources against the results file and count what a run would do.
+
+    With ``shard``, only that shard's items count (and bad lines only in shard 0), as in a run.
+    """
     try:
         manifest.check_sources(sources)
     except manifest.ManifestError as exc:
@@ -135,7 +140,10 @@ def dry_run(
     to_measure: list[str] = []
 
     def items() -> Iterator[Item]:
-        for entry in manifest.iter_sources(sources, stdin=stdin):
+        entries: Iterable[Item | Problem] = manifest.iter_sources(sources, stdin=stdin)
+        if shard is not None:
+            entries = ShardFilter(entries, shard)
+        for entry in entries:
             if isinstance(entry, Problem):
                 plan.invalid += 1
                 plan.problems.append(str(entry))

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
 from itertools import pairwise
 from typing import Any, BinaryIO
 
 import orjson
 
 from batchscribe.errors import ConfigError, ResultsBusy, RunAborted
-from batchscribe.ids import id_digest
+from batchscribe.ids import DigestSet, id_digest
 
 _ID_PREFIX = b'{"id":"'
 _STATUS_SEP = b'","status":"'
@@ -317,3 +319,365 @@ class ResultsStore:
 
     def __repr__(self) -> str:
         return f"<ResultsStore {self.path!r} written={self.written} open={self._fd >= 0}>"
+
+
+# ==================================================================================== reading
+# The read side, shared by the operator commands (report, failed, export, merge). Readers take
+# no lock: a run may be appending while they read. Each file is read up to its last complete
+# line; an unterminated tail (a write in progress, or a kill) is skipped and counted. Item
+# records are recognised exactly as the resume scan recognises them (:func:`parse_head`), so a
+# "final state" here always agrees with what the next run skips or retries.
+
+#: Line kinds in a :class:`FinalIndex`.
+SKIP, FINAL, SUPERSEDED, RUN = 0, 1, 2, 3
+_EVENT_PREFIX = b'{"event":'
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class ReadCounts:
+    """What reading results files met; filled in as the lines stream by."""
+
+    files: int = 0
+    lines: int = 0  # complete, non-blank lines
+    records: int = 0  # item records
+    runs: int = 0  # {"event":"run",...} lines
+    events: int = 0  # other {"event":...} lines
+    unreadable: int = 0  # torn or unparseable lines, skipped
+
+
+def _shown(name: str) -> str:
+    return name if name.isprintable() else repr(name)
+
+
+def expand_paths(patterns: Sequence[str]) -> list[str]:
+    """The results files named by ``patterns``, in order, each file once.
+
+    Args:
+        patterns: file paths or globs (``*``, ``?``, ``[...]``, ``**``); an existing file is
+            taken as named even if its name has glob characters. A glob's matches are sorted.
+
+    Raises ConfigError naming a pattern that matches no file, or that names a directory.
+    """
+    found: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            raise ConfigError(f"{_shown(pattern)}: is a directory; name the results file(s)")
+        if os.path.exists(pattern):
+            matches = [pattern]
+        elif _GLOB_CHARS.intersection(pattern):
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise ConfigError(f"{_shown(pattern)}: matches no results file")
+        else:
+            raise ConfigError(f"{_shown(pattern)}: no such results file")
+        for match in matches:
+            key = os.path.realpath(match)
+            if key not in seen:
+                seen.add(key)
+                found.append(match)
+    if not found:
+        raise ConfigError("no results file given")
+    return found
+
+
+def _open_for_reading(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb", buffering=_READ_CHUNK)
+    except OSError as exc:
+        raise ConfigError(
+            f"{_shown(path)}: cannot read results file: {exc.strerror or exc}"
+        ) from None
+
+
+def _load_record(body: bytes) -> dict[str, Any] | None:
+    """A whole item record, or None when the line is not one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("id"), str) and "status" in doc:
+        return doc
+    return None
+
+
+def _load_event(body: bytes) -> dict[str, Any] | None:
+    """An ``{"event": ...}`` line, or None."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and "event" in doc else None
+
+
+def _complete_lines(paths: Sequence[str], counts: ReadCounts) -> Iterator[tuple[str, int, bytes]]:
+    """(path, line number, line) of every complete non-blank line; a torn tail is counted."""
+    for path in paths:
+        with _open_for_reading(path) as stream:
+            counts.files += 1
+            for lineno, line in enumerate(stream, 1):
+                if not line.endswith(b"\n"):
+                    counts.unreadable += 1  # torn, or being written right now
+                    break
+                body = line[:-1]
+                if body.strip():
+                    counts.lines += 1
+                    yield path, lineno, body
+
+
+def iter_records(
+    paths: Sequence[str], counts: ReadCounts | None = None
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Every item record, streamed: ``(path, line number, record)`` in file order.
+
+    Event lines and torn or unparseable lines are skipped and counted in ``counts``.
+    """
+    counts = counts if counts is not None else ReadCounts()
+    for path, lineno, body in _complete_lines(paths, counts):
+        if body.startswith(_EVENT_PREFIX):
+            _count_event(_load_event(body), counts)
+            continue
+        record = _load_record(body)
+        if record is not None:
+            counts.records += 1
+            yield path, lineno, record
+        else:
+            _count_event(_load_event(body), counts)
+
+
+def iter_run_records(
+    paths: Sequence[str], counts: ReadCounts | None = None
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Every ``{"event":"run",...}`` record (one per run, written as it ends), streamed."""
+    counts = counts if counts is not None else ReadCounts()
+    for path, lineno, body in _complete_lines(paths, counts):
+        if body.startswith(_ID_PREFIX) or b'"event"' not in body:
+            continue  # an item record (or garbage): not parsed
+        event = _load_event(body)
+        _count_event(event, counts)
+        if event is not None and event.get("event") == "run":
+            yield path, lineno, event
+
+
+def _count_event(event: dict[str, Any] | None, counts: ReadCounts) -> None:
+    if event is None:
+        counts.unreadable += 1
+    elif event.get("event") == "run":
+        counts.runs += 1
+    else:
+        counts.events += 1
+
+
+@dataclass
+class FinalIndex:
+    """Where each id's final record is, across results files read in order (pass one).
+
+    ``kinds`` holds one byte per complete line of every file, in order: :data:`FINAL` (the
+    line holding an id's final record), :data:`SUPERSEDED` (an earlier record of an id),
+    :data:`RUN` (a run record) or :data:`SKIP`. Memory is ~18 bytes per item record and one
+    byte per line, so a million-line file costs ~20 MB, whatever the size of its records.
+    Pass two, :meth:`lines`, streams the files again and yields the lines asked for.
+    """
+
+    paths: list[str]
+    counts: ReadCounts
+    kinds: bytearray = field(default_factory=bytearray)
+    ends: list[int] = field(default_factory=list)  # bytes of complete lines read per file
+    files: list[tuple[int, int]] = field(default_factory=list)  # (st_dev, st_ino) per file
+    ids: int = 0  # distinct ids
+    ok: int = 0  # ids whose final record is ok
+    kept_ok: int = 0  # ids whose ok was kept over a later failure (keep_ok)
+
+    def lines(self, *wanted: int) -> Iterator[tuple[str, int, bytes, int]]:
+        """``(path, line number, line, kind)`` of the lines of the ``wanted`` kinds, in order.
+
+        Raises ConfigError when a file was replaced or truncated since pass one.
+        """
+        want = bytes(kind in wanted for kind in range(4))
+        kinds = self.kinds
+        g = 0
+        for path, end, ident in zip(self.paths, self.ends, self.files, strict=True):
+            with _open_for_reading(path) as stream:
+                st = os.fstat(stream.fileno())
+                if (st.st_dev, st.st_ino) != ident or st.st_size < end:
+                    raise ConfigError(
+                        f"{_shown(path)}: was replaced or truncated while being read; "
+                        "run the command again"
+                    )
+                pos = 0
+                for lineno, line in enumerate(stream, 1):
+                    if pos >= end:
+                        break
+                    pos += len(line)
+                    kind = kinds[g]
+                    g += 1
+                    if want[kind]:
+                        yield path, lineno, line[:-1], kind
+
+
+def index_final(
+    paths: Sequence[str], *, keep_ok: bool = False, counts: ReadCounts | None = None
+) -> FinalIndex:
+    """Pass one over results files: find the line of each id's final record.
+
+    Args:
+        paths: results files, read in this order (a later record of an id supersedes one
+            before it, in the same file or an earlier one).
+        keep_ok: an id whose last record is failed but that has an ok record earlier keeps
+            its last ok record instead (the merge rule: an ok is never lost).
+        counts: filled in with what the files hold (records, runs, unreadable lines).
+    """
+    index = FinalIndex(list(paths), counts if counts is not None else ReadCounts())
+    counts = index.counts
+    kinds = index.kinds
+    digests = bytearray()  # 8 bytes per item record, in file order
+    oks = bytearray()  # 1 when the record is ok
+    line_of = array("Q")  # the record's line, as an index into kinds
+    lines = records = 0
+    for path in index.paths:
+        with _open_for_reading(path) as stream:
+            st = os.fstat(stream.fileno())
+            index.files.append((st.st_dev, st.st_ino))
+            counts.files += 1
+            pos = 0
+            for line in stream:
+                if line[-1:] != b"\n":
+                    counts.unreadable += 1  # torn, or being written right now
+                    break
+                pos += len(line)
+                # The hot path, for the layout the writer produces: parse_head's fast path,
+                # inlined, hashing the id's bytes as they are (no escapes, valid UTF-8).
+                if line.startswith(_ID_PREFIX):
+                    end = line.find(_STATUS_SEP, 7)
+                    start = end + 12  # len(_STATUS_SEP)
+                    if end > 0 and line.find(b'"', start) > 0:
+                        raw = line[7:end]
+                        if b"\\" not in raw:
+                            try:
+                                raw.decode("utf-8")
+                            except UnicodeDecodeError:
+                                pass  # corrupt: parse_head says so below
+                            else:
+                                digests += blake2b(raw, digest_size=8).digest()
+                                oks.append(line.startswith(b'ok"', start))
+                                line_of.append(len(kinds))
+                                kinds.append(SUPERSEDED)
+                                lines += 1
+                                records += 1
+                                continue
+                kind = SKIP
+                if line.startswith(_EVENT_PREFIX):
+                    lines += 1
+                    event = _load_event(line)
+                    _count_event(event, counts)
+                    if event is not None and event.get("event") == "run":
+                        kind = RUN
+                else:
+                    head = parse_head(line)
+                    if head is not None:
+                        lines += 1
+                        records += 1
+                        digests += id_digest(head[0]).to_bytes(8, "big")
+                        oks.append(head[1] == "ok")
+                        line_of.append(len(kinds))
+                        kind = SUPERSEDED
+                    elif line.strip():
+                        lines += 1
+                        _count_event(_load_event(line), counts)
+                kinds.append(kind)
+            index.ends.append(pos)
+    counts.lines += lines
+    counts.records += records
+    _resolve_final(index, array("Q", digests), oks, line_of, keep_ok)
+    return index
+
+
+def _resolve_final(
+    index: FinalIndex, digests: array[int], oks: bytearray, line_of: array[int], keep_ok: bool
+) -> None:
+    """Mark each id's final record FINAL (walking backwards, the first one met is the last)."""
+    kinds = index.kinds
+    last = DigestSet(len(digests))
+    failed_last = DigestSet()
+    for i in range(len(digests) - 1, -1, -1):
+        if last.add(digests[i]):
+            kinds[line_of[i]] = FINAL
+            if oks[i]:
+                index.ok += 1
+            elif keep_ok:
+                failed_last.add(digests[i])
+    index.ids = len(last)
+    if not len(failed_last):
+        return
+    rescued = DigestSet()
+    for i in range(len(digests) - 1, -1, -1):
+        if oks[i] and digests[i] in failed_last and rescued.add(digests[i]):
+            kinds[line_of[i]] = FINAL
+    if not len(rescued):
+        return
+    for i in range(len(digests)):
+        if not oks[i] and kinds[line_of[i]] == FINAL and digests[i] in rescued:
+            kinds[line_of[i]] = SUPERSEDED
+    index.kept_ok = len(rescued)
+    index.ok += len(rescued)
+
+
+def final_states(
+    paths: Sequence[str], *, keep_ok: bool = False, counts: ReadCounts | None = None
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Each id's final record across ``paths`` read in order: ``(path, line number, record)``.
+
+    Yielded in the order the final records appear. Two streaming passes (see
+    :class:`FinalIndex`): memory does not grow with the size of the records.
+
+    Args:
+        paths: results files, in order.
+        keep_ok: prefer an id's last ok record over a later failure (see :func:`index_final`).
+        counts: filled in with what the files hold.
+    """
+    index = index_final(paths, keep_ok=keep_ok, counts=counts)
+    for path, lineno, body, _ in index.lines(FINAL):
+        record = _load_record(body)
+        if record is None:
+            index.counts.unreadable += 1
+            continue
+        yield path, lineno, record
+
+
+_HEAVY_FROM = b',"transcription":'
+_HEAVY_TO = b',"duration":'
+#: The fields :func:`load_light` leaves out: the transcript, the bulk of every ok record.
+HEAVY_FIELDS = ("transcription", "words", "utterances")
+
+
+def load_light(body: bytes) -> dict[str, Any] | None:
+    """An item record without its transcript fields (:data:`HEAVY_FIELDS`), or None.
+
+    For the writer's layout (``…,"run":…,"transcription":…,"words":…,"utterances":…,
+    "duration":…}``) only the part before ``transcription`` and the part from ``duration`` on
+    are parsed, so reading a record costs the same whatever the length of its transcript. Each
+    part is parsed as a JSON object on its own, which fails unless the cut is at the record's
+    top level (a cut inside a nested value leaves unbalanced brackets; one inside a string is
+    impossible, as ``"`` is escaped there); any other layout falls back to a full parse.
+    """
+    cut = body.find(_HEAVY_FROM)
+    if cut > 0 and body.startswith(b"{"):
+        tail = body.rfind(_HEAVY_TO)
+        while tail > cut:
+            try:
+                head = orjson.loads(body[:cut] + b"}")
+                rest = orjson.loads(b"{" + body[tail + 1 :])
+            except orjson.JSONDecodeError:
+                tail = body.rfind(_HEAVY_TO, cut, tail)
+                continue
+            if isinstance(head, dict) and isinstance(rest, dict):
+                head.update(rest)
+                if isinstance(head.get("id"), str) and "status" in head:
+                    return head
+            break
+    record = _load_record(body)
+    if record is not None:
+        for name in HEAVY_FIELDS:
+            record.pop(name, None)
+    return record

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 
@@ -80,8 +81,10 @@ async def serve(latency_ms: float, port: int) -> None:
     done = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)
     loop.add_signal_handler(signal.SIGINT, done.set)
-    # Stop when the parent goes away (stdin closes).
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1(1) or done.set())
+    # Stop when the parent goes away (its pipe to our stdin closes); a terminal or a file as
+    # stdin cannot be watched that way: then only a signal stops it.
+    with contextlib.suppress(OSError):
+        loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.buffer.read1(1) or done.set())
     await done.wait()
     await runner.cleanup()
 

@@ -558,7 +558,7 @@ def test_second_run_on_busy_results_exits_75_untouched(
     wait_until(lambda: emu.stats()["in_flight"] >= 1, what="the first run's requests")
     before = out.read_bytes()
     started = time.monotonic()
-    second = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), timeout=30)
+    second = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), timeout=15)
     elapsed = time.monotonic() - started
     assert second.returncode == 75, second.stderr
     assert "another batchscribe run" in second.stderr

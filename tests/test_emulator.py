@@ -423,7 +423,7 @@ async def test_pulse_pro_webhook_answers_processing_at_once(
     }
     answer = await post(session, server.endpoint(), wav_bytes(), params=params)
     assert answer.status == 200
-    assert answer.elapsed < 1.0
+    assert answer.elapsed < 1.5
     doc = answer.json()
     assert doc["status"] == "processing"
     assert set(doc) == {"status", "request_id"}
@@ -767,7 +767,7 @@ async def test_latency_and_jitter_delay_answers(
     )
     assert all(a.status == 200 for a in answers)
     assert all(a.elapsed >= 0.095 for a in answers)
-    assert max(a.elapsed for a in answers) < 1.0
+    assert max(a.elapsed for a in answers) < 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -778,14 +778,14 @@ async def test_rate_limit_refuses_beyond_the_bucket_with_the_time_to_the_next_to
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
     """rate_limit R: past the burst, 429 with retry-after-ms = time to the next token."""
-    server.config.rate_limit = 10  # burst max(1, 10/10) = 1
+    server.config.rate_limit = 1  # burst max(1, 1/10) = 1; the next token is 1 s away
     bodies = distinct_wavs(5)
     answers = await asyncio.gather(*(post(session, server.endpoint(), b) for b in bodies))
     statuses = sorted(a.status for a in answers)
     assert statuses == [200, 429, 429, 429, 429]
     for answer in answers:
         if answer.status == 429:
-            assert 1 <= int(answer.headers["retry-after-ms"]) <= 100
+            assert 1 <= int(answer.headers["retry-after-ms"]) <= 1000
             assert "Retry-After" not in answer.headers
     stats = server.stats()
     assert stats["rate_limited_by"]["rate_limit"] == 4
@@ -796,7 +796,7 @@ async def test_rate_limit_burst_is_configurable_and_refills(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
     """rate_burst sets the bucket size; after the asked delay a request is admitted again."""
-    server.config.rate_limit = 20
+    server.config.rate_limit = 2
     server.config.rate_burst = 3
     bodies = distinct_wavs(4)
     answers = [await post(session, server.endpoint(), b) for b in bodies]
@@ -811,7 +811,7 @@ async def test_concurrency_cap_refuses_beyond_c_in_flight(
 ) -> None:
     """max_concurrent C: past C in flight, extra requests get 429 with a small retry-after-ms."""
     server.config.max_concurrent = 2
-    server.config.latency_ms = 300
+    server.config.latency_ms = 500
     answers = await asyncio.gather(
         *(post(session, server.endpoint(), body) for body in distinct_wavs(5))
     )
@@ -846,7 +846,7 @@ async def test_retry_after_the_asked_delay_is_not_early(
 ) -> None:
     """A client that waits what retry-after-ms asked is not counted as early."""
     server.config.max_concurrent = 1
-    server.config.latency_ms = 100
+    server.config.latency_ms = 400
     server.config.busy_retry_ms = 120
     first, second = distinct_wavs(2)
     answers = await asyncio.gather(
@@ -878,9 +878,24 @@ async def test_stats_endpoint_matches_stats_and_counts_per_content(
     assert local["requests"] == 4
     assert local["statuses"] == {"200": 3, "400": 1}
     assert local["by_content"] == {content_key(one): 1, content_key(two): 2}
-    assert local["requests_per_second"][0] == 4
+    assert sum(local["requests_per_second"]) == 4
     assert local["in_flight"] == 0
     assert local["max_in_flight"] >= 1
+
+
+async def test_requests_per_second_is_a_timeline_by_whole_second(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """requests_per_second[i] counts the requests that arrived in second i since start/reset."""
+    server.reset_stats()
+    await post(session, server.endpoint(), wav_bytes())
+    await asyncio.sleep(1.05)
+    await post(session, server.endpoint(), wav_bytes())
+    await post(session, server.endpoint(), wav_bytes(0.5, 300))
+    timeline = server.stats()["requests_per_second"]
+    assert sum(timeline) == 3
+    assert timeline[0] == 1
+    assert timeline[-1] >= 1
 
 
 async def test_reset_endpoint_clears_the_stats(
@@ -894,6 +909,25 @@ async def test_reset_endpoint_clears_the_stats(
     assert stats["requests"] == 0
     assert stats["by_content"] == {}
     assert stats["statuses"] == {}
+
+
+async def test_reset_while_requests_are_in_flight_keeps_counts_consistent(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Requests in flight across a reset finish into the new counters; in_flight returns to 0."""
+    server.config.latency_ms = 200
+    pending = [asyncio.create_task(post(session, server.endpoint(), b)) for b in distinct_wavs(2)]
+    for _ in range(50):
+        if server.stats()["in_flight"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    server.reset_stats()
+    assert server.stats()["in_flight"] == 2
+    assert [a.status for a in await asyncio.gather(*pending)] == [200, 200]
+    stats = server.stats()
+    assert stats["in_flight"] == 0
+    assert stats["statuses"] == {"200": 2}
+    assert stats["requests"] == 0
 
 
 async def test_config_changes_take_effect_mid_run(

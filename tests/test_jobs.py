@@ -19,12 +19,12 @@ from batchscribe.cli import parse_duration
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run_dir(run_cli, emulator, root: Path, out: Path, *extra: object):  # type: ignore[no-untyped-def]
+def _run_dir(run_cli, emulator, root: Path, out: Path, *extra: object):
     return run_cli("run", root, "--out", out, "--endpoint", emulator.endpoint(), "--no-progress",
                    *extra)  # fmt: skip
 
 
-def test_rerun_on_a_directory_sends_only_new_files(tmp_path, emulator, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_on_a_directory_sends_only_new_files(tmp_path, emulator, run_cli) -> None:
     """A nightly rerun over a growing directory sends only the files added since."""
     emu = emulator()
     root = tmp_path / "archive"
@@ -42,7 +42,7 @@ def test_rerun_on_a_directory_sends_only_new_files(tmp_path, emulator, run_cli) 
                                               "day2/new.wav"]  # fmt: skip
 
 
-def test_rescan_changed_resends_changed_files_and_supersedes(tmp_path, emulator, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_rescan_changed_resends_changed_files_and_supersedes(tmp_path, emulator, run_cli) -> None:
     """--rescan-changed re-sends exactly the files whose size or mtime changed."""
     emu = emulator()
     root = tmp_path / "archive"
@@ -69,7 +69,9 @@ def test_rescan_changed_resends_changed_files_and_supersedes(tmp_path, emulator,
     assert [r["id"] for r in items].count("1.wav") == 2
 
 
-def test_max_items_sends_exactly_n_then_exit_4_and_resumes(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_max_items_sends_exactly_n_then_exit_4_and_resumes(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
     """--max-items N attempts exactly N items, exits 4 with work left, and the next run resumes."""
     emu = emulator()
     archive = make_archive(tmp_path, 7)
@@ -86,7 +88,9 @@ def test_max_items_sends_exactly_n_then_exit_4_and_resumes(tmp_path, emulator, m
     assert sorted(r["id"] for r in items) == sorted(archive.ids)
 
 
-def test_max_runtime_stops_taking_items_and_resumes_cleanly(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_max_runtime_stops_taking_items_and_resumes_cleanly(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
     """--max-runtime stops taking items, finishes those in flight, exits 4; a rerun completes."""
     emu = emulator(latency_ms=400)
     archive = make_archive(tmp_path, 24)
@@ -107,7 +111,9 @@ def test_max_runtime_stops_taking_items_and_resumes_cleanly(tmp_path, emulator, 
     assert sorted(r["id"] for r in items) == sorted(archive.ids)  # each once: no duplicates
 
 
-def test_dry_run_sends_nothing_and_writes_nothing(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_dry_run_sends_nothing_and_writes_nothing(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
     """--dry-run counts new/done/failed/invalid and audio hours, sends and writes nothing."""
     emu = emulator()
     archive = make_archive(tmp_path, 5)
@@ -136,7 +142,9 @@ def test_dry_run_sends_nothing_and_writes_nothing(tmp_path, emulator, make_archi
     assert emu.stats()["requests"] == 0
 
 
-def test_json_log_file_has_events_and_summary_and_no_key(tmp_path, emulator, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_json_log_file_has_events_and_summary_and_no_key(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
     """--log-file with --log-format json writes parseable lines, failures and the summary."""
     emu = emulator()
     archive = make_archive(tmp_path, 4)
@@ -154,7 +162,7 @@ def test_json_log_file_has_events_and_summary_and_no_key(tmp_path, emulator, mak
     assert TEST_KEY not in log.read_text()
 
 
-def test_config_errors_reach_the_log_file(tmp_path, make_archive, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_config_errors_reach_the_log_file(tmp_path, make_archive, run_cli) -> None:
     """An unattended run that cannot start says why in its log, too."""
     archive = make_archive(tmp_path, 1)
     log = tmp_path / "run.log"
@@ -164,7 +172,9 @@ def test_config_errors_reach_the_log_file(tmp_path, make_archive, run_cli) -> No
     assert "SMALLEST_API_KEY" in log.read_text()
 
 
-def test_overlapping_cron_start_exits_75_without_touching_results(tmp_path, emulator, make_archive, spawn_cli, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_overlapping_cron_start_exits_75_without_touching_results(
+    tmp_path, emulator, make_archive, spawn_cli, run_cli
+) -> None:
     """A second nightly start while the first still runs exits 75 and leaves the file alone."""
     emu = emulator(latency_ms=300)
     archive = make_archive(tmp_path, 30)

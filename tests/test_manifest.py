@@ -727,6 +727,20 @@ def test_directory_file_name_with_control_characters(tmp_path: Path) -> None:
     assert item.origin == f"{tmp_path}/d/bad\\nname.wav"
 
 
+def test_directory_file_name_that_is_not_utf8_gets_a_json_safe_id(tmp_path: Path) -> None:
+    """A non-UTF-8 file name is an item whose id spells the bad bytes, source the real name."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9 \xc3\xa9.wav")
+    (folder / name).write_bytes(b"RIFF")
+    [item] = read(folder)
+    assert isinstance(item, Item)
+    assert item.id == "caf\\xe9 \u00e9.wav"
+    orjson.dumps(item.id)  # would raise on a surrogate escape
+    assert item.source == str(folder / name)
+    assert Path(item.source).read_bytes() == b"RIFF"
+
+
 def test_unreadable_subdirectory_is_a_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -846,13 +860,14 @@ class _UnboundedIds(DigestSet):
         return True
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_over_a_large_manifest(tmp_path: Path) -> None:
     """Reading 200,000 lines allocates a small, fixed amount beyond the id set (it streams)."""
     count = 200_000
     manifest = tmp_path / "big.jsonl"
     with manifest.open("w") as out:
         out.writelines(
-            f'{{"path": "audio/{i % 997:03d}/clip-{i:07d}.wav", "take": {i % 7}}}\n'
+            f'{{"path": "archive/{i % 997:03d}/recording-{i:07d}-take-{i % 7}.wav"}}\n'
             for i in range(count)
         )
     assert manifest.stat().st_size > 10_000_000  # far more than the bound below

@@ -64,7 +64,7 @@ def test_scan_matches_a_dict_of_last_states(records: list[tuple[str, bool]]) -> 
         assert state.status(ResumeState.key(item_id)) == model.get(item_id)
 
 
-def test_torn_tail_is_cut_back_to_the_last_newline(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_torn_tail_is_cut_back_to_the_last_newline(tmp_path) -> None:
     """Opening a file with a torn last line cuts only the torn bytes."""
     path = tmp_path / "r.jsonl"
     good = _line("a", "ok") + _line("b", "failed")
@@ -77,7 +77,7 @@ def test_torn_tail_is_cut_back_to_the_last_newline(tmp_path) -> None:  # type: i
     assert state.status(ResumeState.key("c")) is None
 
 
-def test_truncation_sweep_keeps_exactly_the_complete_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_truncation_sweep_keeps_exactly_the_complete_lines(tmp_path) -> None:
     """Cut the last record at every byte offset: repair keeps exactly the lines before it."""
     head = _line("first", "ok", transcription="x" * 50)
     last = _line("second", "ok", transcription="hé" * 40, words=[{"w": 1}])
@@ -109,7 +109,7 @@ def test_repair_never_drops_a_complete_line(
     assert path.read_bytes() == complete
 
 
-def test_torn_tail_length_reads_across_chunks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_torn_tail_length_reads_across_chunks(tmp_path) -> None:
     """A torn line longer than the read chunk is measured exactly."""
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"a\n" + b"x" * 200_000)
@@ -120,7 +120,7 @@ def test_torn_tail_length_reads_across_chunks(tmp_path) -> None:  # type: ignore
         os.close(fd)
 
 
-def test_append_writes_one_line_per_record_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_append_writes_one_line_per_record_in_order(tmp_path) -> None:
     """Appended records land as whole lines, id and status first."""
     path = tmp_path / "r.jsonl"
     store = ResultsStore(str(path))
@@ -134,7 +134,7 @@ def test_append_writes_one_line_per_record_in_order(tmp_path) -> None:  # type: 
     assert orjson.loads(lines[1])["error"] == "HTTP 400"
 
 
-def test_second_store_on_the_same_file_is_busy_and_writes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_second_store_on_the_same_file_is_busy_and_writes_nothing(tmp_path) -> None:
     """Only one writer at a time: a second open raises ResultsBusy and leaves the file alone."""
     path = tmp_path / "r.jsonl"
     path.write_bytes(_line("a", "ok") + b'{"id":"torn')
@@ -150,7 +150,7 @@ def test_second_store_on_the_same_file_is_busy_and_writes_nothing(tmp_path) -> N
     second.close()
 
 
-def test_lock_is_released_when_the_holder_is_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_lock_is_released_when_the_holder_is_killed(tmp_path) -> None:
     """A kill -9 of the holder never leaves the file locked."""
     path = tmp_path / "r.jsonl"
     code = (
@@ -172,7 +172,7 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path) -> None:  # type: 
             proc.kill()
 
 
-def test_unwritable_results_path_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unwritable_results_path_is_a_config_error(tmp_path) -> None:
     """A results path in a missing folder fails with a message naming it."""
     target = tmp_path / "missing" / "r.jsonl"
     with pytest.raises(ConfigError, match=str(target)):

@@ -70,8 +70,8 @@ async def test_gives_up_after_max_attempts() -> None:
     script = Script(clock, [_retry() for _ in range(10)])
     policy = RetryPolicy(max_attempts=4)
     task = asyncio.create_task(call_with_retry(script, policy, clock, rng=random.Random(1)))
+    await _drive(clock, task, step=1.0)
     with pytest.raises(GiveUp) as info:
-        await _drive(clock, task, step=1.0)
         task.result()
     assert len(script.calls) == 4
     assert "4 attempts" in info.value.reason
@@ -118,9 +118,12 @@ async def test_on_retry_reports_each_wait() -> None:
     script = Script(clock, [_retry(2.0), _retry(3.0), _retry(4.0)])
     task = asyncio.create_task(
         call_with_retry(
-            script, RetryPolicy(), clock, rng=random.Random(0),
+            script,
+            RetryPolicy(),
+            clock,
+            rng=random.Random(0),
             on_retry=lambda n, err, delay: seen.append((n, delay)),
-        )  # fmt: skip
+        )
     )
     await _drive(clock, task)
     assert [n for n, _ in seen] == [1, 2, 3]
