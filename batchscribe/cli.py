@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from batchscribe import __version__
@@ -55,6 +55,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _concurrency(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _positive_int(text)
+
+
+def _per_second(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected requests per second, not {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+DEFAULT_MAX_CONCURRENCY = 256
 
 
 def _seconds(text: str) -> float:
@@ -135,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_run(sub)
     _add_emulate(sub)
+    _add_results_commands(sub)
     return parser
 
 
@@ -187,8 +207,18 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             pulse.add_argument(flag, action="store_true", help=f"send {name}=true")
     pace = run.add_argument_group("pace and retries")
     pace.add_argument(
-        "--concurrency", "-j", type=_positive_int, default=8, metavar="N",
-        help="requests in flight never exceed N (default: 8)",
+        "--concurrency", "-j", type=_concurrency, default=8, metavar="N|auto",
+        help="requests in flight never exceed N (default: 8); auto: learn the limit from the "
+        "server, growing while answers are healthy and cutting on 429/503",
+    )  # fmt: skip
+    pace.add_argument(
+        "--max-concurrency", type=_positive_int, metavar="N",
+        help=f"with --concurrency auto: never more than N in flight "
+        f"(default: {DEFAULT_MAX_CONCURRENCY})",
+    )  # fmt: skip
+    pace.add_argument(
+        "--rate", type=_per_second, metavar="R",
+        help="at most R request starts per second, evenly spaced (default: no limit)",
     )  # fmt: skip
     pace.add_argument(
         "--max-attempts", type=_positive_int, default=6, metavar="N",
@@ -248,6 +278,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "auto/N or auto: K (and N) from JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, "
         "AWS_BATCH_JOB_ARRAY_INDEX or PARALLEL_SEQ",
     )  # fmt: skip
+    fleet.add_argument(
+        "--rate-store", metavar="URL",
+        help="with --rate R: share R starts per second with every process using this Redis "
+        "(redis://HOST[:PORT][/DB]) and API key; needs the redis extra",
+    )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
 
@@ -306,8 +341,18 @@ def _apply_shard(ns: argparse.Namespace, console: Console) -> Shard | None:
     return shard
 
 
+def _open_stdin() -> BinaryIO:
+    try:
+        return os.fdopen(os.dup(0), "rb")
+    except OSError as exc:
+        raise ConfigError(f"- (stdin): cannot read: {exc.strerror}") from None
+
+
 def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
-    stdin = sys.stdin.buffer if "-" in ns.sources else None
+    # A private stream on fd 0, not sys.stdin.buffer: a stop may leave the reader thread blocked
+    # in it, and the interpreter closes sys.stdin at exit, which aborts the process if a thread
+    # is still inside it ("could not acquire lock ... at interpreter shutdown").
+    stdin = _open_stdin() if "-" in ns.sources else None
     if ns.max_items is not None and ns.max_items < 0:
         raise ConfigError("--max-items must not be negative")
     shard = _apply_shard(ns, console)
@@ -326,7 +371,9 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
             api_key=key,
             endpoint=ns.endpoint,
             params=PulseParams(model=ns.model, language=ns.language, **flags),
-            concurrency=ns.concurrency,
+            concurrency=_concurrency_ceiling(ns),
+            adaptive=ns.concurrency == "auto",
+            rate=ns.rate,
             max_attempts=ns.max_attempts,
             timeout=ns.timeout,
             max_retry_wait=ns.max_retry_wait,
@@ -336,6 +383,7 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
             max_items=ns.max_items,
             max_runtime=ns.max_runtime,
             shard=shard,
+            rate_store=ns.rate_store,
         )
         options.validate()
         progress = Progress(console, bar=False if ns.no_progress else None)
@@ -358,6 +406,18 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     return summary.exit_code
 
 
+def _concurrency_ceiling(ns: argparse.Namespace) -> int:
+    """``--concurrency N``, or with ``auto`` the ceiling ``--max-concurrency`` (ConfigError)."""
+    if ns.concurrency == "auto":
+        return int(ns.max_concurrency or DEFAULT_MAX_CONCURRENCY)
+    if ns.max_concurrency is not None:
+        raise ConfigError(
+            "--max-concurrency goes with --concurrency auto; "
+            "a fixed --concurrency N is already the ceiling"
+        )
+    return int(ns.concurrency)
+
+
 def _open_log(ns: argparse.Namespace, console: Console) -> EventLog | None:
     if not ns.log_file:
         return None
@@ -378,7 +438,10 @@ def _dry_run(
     for problem in plan.problems:
         console.line(problem)
     out = Console(sys.stdout, console.redact)
-    for line in plan.lines(concurrency=ns.concurrency, price_per_hour=ns.price_per_hour):
+    lines = plan.lines(
+        concurrency=_concurrency_ceiling(ns), price_per_hour=ns.price_per_hour, rate=ns.rate
+    )
+    for line in lines:
         out.line(line)
     return EXIT_FAILED if plan.invalid else EXIT_OK
 
@@ -401,6 +464,215 @@ def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+# ------------------------------------------------------------------ commands that read results
+# report, failed, export, merge: thin shells over batchscribe.report / .export / .results.
+# Everything they print passes through the Console (so through the Redactor).
+
+_RESULTS_HELP = "results JSONL file(s) or globs, read in order (a later record of an id wins)"
+
+
+def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    report = sub.add_parser(
+        "report",
+        help="totals, failure causes, runs and the slowest items of results files",
+        description=(
+            "Report on the final state of every item in the RESULTS files: ok, failed by "
+            "cause and HTTP status, retries, audio hours, the runs recorded and the slowest "
+            "items. Streams: a million-line file takes seconds."
+        ),
+    )
+    report.add_argument("results", nargs="+", metavar="RESULTS", help=_RESULTS_HELP)
+    report.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    report.add_argument(
+        "--html", metavar="FILE",
+        help="also write a self-contained HTML page with charts to FILE",
+    )  # fmt: skip
+    report.add_argument(
+        "--top", type=_positive_int, default=10, metavar="N",
+        help="slowest / most-attempted items and common errors listed (default: 10)",
+    )  # fmt: skip
+    report.add_argument(
+        "--runs", type=int, default=10, metavar="N",
+        help="latest runs listed in the text report (default: 10; 0: all)",
+    )  # fmt: skip
+    report.set_defaults(handler=_pipe_safe(_cmd_report))
+
+    failed = sub.add_parser(
+        "failed",
+        help="list the items whose final state is failed, as a manifest for `run`",
+        description=(
+            "Write the items whose final state is failed as a JSONL manifest (id, path or url, "
+            "the manifest's extra fields) that `batchscribe run` accepts. Rerun them with: "
+            "batchscribe failed r.jsonl > again.jsonl && "
+            "batchscribe run again.jsonl --out r.jsonl --retry-failed"
+        ),
+    )
+    failed.add_argument("results", nargs="+", metavar="RESULTS", help=_RESULTS_HELP)
+    failed.add_argument(
+        "--cause", action="append", metavar="CAUSE",
+        help="only these causes (repeatable or a comma list): 4xx, 429, 5xx, network, timeout, "
+        "missing, invalid, too_large, file_changed",
+    )  # fmt: skip
+    failed.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    failed.set_defaults(handler=_pipe_safe(_cmd_failed))
+
+    export = sub.add_parser(
+        "export",
+        help="write each ok transcript as txt, srt, vtt or json, mirroring the archive",
+        description=(
+            "Write one file per item whose final state is ok, at its id as a relative path "
+            "under --dir (the audio extension replaced), or next to its audio file. Files "
+            "already up to date are left alone; each write is atomic."
+        ),
+    )
+    export.add_argument("results", nargs="+", metavar="RESULTS", help=_RESULTS_HELP)
+    export.add_argument(
+        "--format", "-f", required=True, choices=("txt", "srt", "vtt", "json"),
+        help="txt: the transcript; srt / vtt: subtitles (speaker labels when diarized); "
+        "json: the API's answer",
+    )  # fmt: skip
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", "-d", metavar="OUT", help="the folder to write into")
+    where.add_argument(
+        "--beside-audio", action="store_true",
+        help="write next to each local audio file instead (URL items are skipped)",
+    )  # fmt: skip
+    export.set_defaults(handler=_cmd_export)
+
+    merge = sub.add_parser(
+        "merge",
+        help="merge results files into one: each id's last state, never losing an ok",
+        description=(
+            "Write each id's final record across the RESULTS files (in order) and every run "
+            "record once into --out. An ok is never lost: if an id's last record is failed but "
+            "an earlier one is ok, the ok is kept. An existing --out is read first (merging "
+            "adds to it). --out is locked like a run's results file and replaced atomically."
+        ),
+    )
+    merge.add_argument("results", nargs="+", metavar="RESULTS", help=_RESULTS_HELP)
+    merge.add_argument("--out", "-o", required=True, metavar="ALL", help="the merged file")
+    merge.set_defaults(handler=_cmd_merge)
+
+
+def _pipe_safe(
+    handler: Callable[[argparse.Namespace, Console], int],
+) -> Callable[[argparse.Namespace, Console], int]:
+    """A reader closing stdout early (``batchscribe failed r.jsonl | head``) is not an error."""
+
+    def run(ns: argparse.Namespace, console: Console) -> int:
+        try:
+            return handler(ns, console)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush cannot fail again
+            os.close(devnull)
+            return EXIT_OK
+
+    return run
+
+
+def _expand(patterns: Sequence[str]) -> list[str]:
+    from batchscribe.results import expand_paths
+
+    return expand_paths(patterns)
+
+
+def _warn_unreadable(console: Console, unreadable: int) -> None:
+    if unreadable:
+        console.line(f"batchscribe: warning: skipped {unreadable:,} unreadable line(s)")
+
+
+def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
+    import orjson
+
+    from batchscribe.engine import utc_now
+    from batchscribe.export import write_if_changed
+    from batchscribe.report import build_report, render_html
+
+    paths = _expand(ns.results)
+    report = build_report(paths, top=ns.top, charts=ns.html is not None)
+    out = Console(sys.stdout, console.redact)
+    if ns.json:
+        out.line(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in report.lines(runs=ns.runs):
+            out.line(line)
+    if ns.html is not None:
+        page = console.redact(render_html(report, generated=utc_now()))
+        try:
+            write_if_changed(ns.html, page.encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{ns.html}: cannot write HTML report: {exc.strerror}") from None
+        console.line(f"batchscribe: wrote {ns.html}")
+    return EXIT_OK
+
+
+def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
+    import orjson
+
+    from batchscribe.export import write_if_changed
+    from batchscribe.report import failed_manifest, parse_causes
+    from batchscribe.results import ReadCounts
+
+    paths = _expand(ns.results)
+    causes = parse_causes(ns.cause)
+    if ns.out is not None and any(os.path.realpath(ns.out) == os.path.realpath(p) for p in paths):
+        raise ConfigError(f"{ns.out}: is one of the results files; write the list elsewhere")
+    counts = ReadCounts()
+    lines = (
+        console.redact(orjson.dumps(entry).decode())
+        for entry in failed_manifest(paths, causes=causes, counts=counts)
+    )
+    count = 0
+    if ns.out is None:
+        out = Console(sys.stdout, console.redact)
+        batch: list[str] = []
+        for line in lines:
+            count += 1
+            batch.append(line)
+            if len(batch) >= 1000:  # one write and flush per thousand lines, not per line
+                out.line("\n".join(batch))
+                batch.clear()
+        if batch:
+            out.line("\n".join(batch))
+    else:
+        data = []
+        for line in lines:
+            count += 1
+            data.append(line + "\n")
+        try:
+            write_if_changed(ns.out, "".join(data).encode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{ns.out}: cannot write: {exc.strerror}") from None
+    _warn_unreadable(console, counts.unreadable)
+    where = f" to {ns.out}" if ns.out else ""
+    console.line(f"batchscribe: {count:,} failed item(s) listed{where}")
+    return EXIT_OK
+
+
+def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
+    from batchscribe.export import export
+
+    paths = _expand(ns.results)
+    summary = export(
+        paths, ns.format, out_dir=ns.dir, beside_audio=ns.beside_audio,
+        on_problem=lambda message: console.line(f"batchscribe: {message}"),
+    )  # fmt: skip
+    _warn_unreadable(console, summary.counts.unreadable)
+    Console(sys.stdout, console.redact).line(summary.line())
+    return EXIT_FAILED if summary.errors else EXIT_OK
+
+
+def _cmd_merge(ns: argparse.Namespace, console: Console) -> int:
+    from batchscribe.results import merge_results
+
+    paths = _expand(ns.results)
+    summary = merge_results(paths, ns.out)
+    _warn_unreadable(console, summary.counts.unreadable)
+    Console(sys.stdout, console.redact).line(summary.line())
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,22 +14,25 @@ import os
 import random
 import signal
 import stat
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import aiofiles
 import aiohttp
 import orjson
+from aiolimiter import AsyncLimiter
 
 from batchscribe import manifest
 from batchscribe.audio import audio_duration
 from batchscribe.clock import Clock, LoopClock
-from batchscribe.control import ConcurrencyLimit, PoolPause
+from batchscribe.control import AdaptiveConcurrency, ConcurrencyLimit, Pacer, PoolPause
 from batchscribe.errors import (
     EXIT_ABORTED,
     EXIT_BUDGET,
@@ -47,6 +50,7 @@ from batchscribe.events import (
     ItemFinished,
     ItemRetried,
     ItemsSkipped,
+    LimitChanged,
     Notice,
     PoolPaused,
     RunFinished,
@@ -68,12 +72,15 @@ from batchscribe.pulse import (
     classify,
     content_type_for,
 )
+from batchscribe.ratestore import Acquirer, SharedRate, check_url
 from batchscribe.results import ResultsStore, ResumeState
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
 from batchscribe.shard import Shard, ShardFilter
 
+_T = TypeVar("_T")
+
 UPLOAD_CHUNK = 256 * 1024
-_READ_BATCH = 256  # manifest entries read per hop to the reader thread
+_READ_BATCH = 256  # manifest entries taken from the reader thread at a time
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,10 @@ class RunOptions:
         api_key: the Pulse API key (not needed with ``emulate``).
         endpoint: the Pulse URL (either documented endpoint shape).
         params: Pulse parameters for every item (manifest fields override them per item).
-        concurrency: requests in flight never exceed this.
+        concurrency: requests in flight never exceed this (with ``adaptive``: the ceiling).
+        adaptive: ``--concurrency auto``: learn the in-flight limit (and a start rate) from the
+            server's answers, growing while they are healthy and cutting on 429/503.
+        rate: at most this many request starts per second (``--rate``).
         max_attempts: attempts per item, the first included.
         timeout: seconds per request (connect, upload and response).
         max_retry_wait: a server-requested delay longer than this fails the item.
@@ -99,6 +109,8 @@ class RunOptions:
         max_runtime: stop taking items after this many seconds (exit 4 if work is left).
         shard: take only the items of this shard (``--shard K/N``); bad manifest lines are
             reported by shard 0 only.
+        rate_store: with ``rate``, ``redis://HOST[:PORT][/DB]``: every process using this Redis
+            and API key shares one budget of ``rate`` starts per second (``--rate-store``).
     """
 
     sources: Sequence[str]
@@ -107,6 +119,8 @@ class RunOptions:
     endpoint: str = DEFAULT_ENDPOINT
     params: PulseParams = field(default_factory=PulseParams)
     concurrency: int = 8
+    adaptive: bool = False
+    rate: float | None = None
     max_attempts: int = 6
     timeout: float = 900.0
     max_retry_wait: float = 300.0
@@ -118,6 +132,7 @@ class RunOptions:
     max_items: int | None = None
     max_runtime: float | None = None
     shard: Shard | None = None
+    rate_store: str | None = None
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work, before anything is opened."""
@@ -125,6 +140,15 @@ class RunOptions:
             raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
         if self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError("--rate must be a positive number of requests per second")
+        if self.rate_store is not None:
+            if self.rate is None:
+                raise ConfigError(
+                    "--rate-store shares a --rate between processes: add --rate R "
+                    "(R request starts per second for all of them together)"
+                )
+            check_url(self.rate_store)
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
         if self.timeout <= 0:
@@ -150,6 +174,10 @@ class RunOptions:
 
 class FileChanged(Exception):
     """The file's size changed while it was being uploaded."""
+
+
+class _Stopped(Exception):
+    """A stop came before this item's next request: it is left, unrecorded, for the next run."""
 
 
 def utc_now() -> str:
@@ -184,8 +212,33 @@ class Engine:
         self.policy = RetryPolicy(
             max_attempts=options.max_attempts, max_retry_wait=options.max_retry_wait
         )
-        self.limit = ConcurrencyLimit(options.concurrency)
         self.pause = PoolPause(self.clock)
+        self.controller: AdaptiveConcurrency | None = None
+        if options.adaptive:
+            self.controller = AdaptiveConcurrency(self.clock, ceiling=options.concurrency)
+            summary = self.summary
+            summary.adaptive = True
+            summary.concurrency = summary.concurrency_low = summary.concurrency_high = (
+                self.controller.limit
+            )
+        self.limit = ConcurrencyLimit(self.summary.concurrency)
+        self.pacer = Pacer(self.clock)
+        self._sending = 0  # requests past _acquire and not yet answered
+        # --rate: a leaky bucket holding one start, so starts are spaced 1/rate apart (no volley
+        # after an idle spell) and a minute never sees more than 60 * rate + 1 of them.
+        self.rate_limiter: Acquirer | None = (
+            AsyncLimiter(1, 1 / options.rate) if options.rate else None
+        )
+        if options.rate and options.rate_store:
+            # --rate-store: one budget for the fleet in Redis, spaced 1/rate per process as
+            # above; while Redis is unreachable, rate/N per process (N shards).
+            shards = options.shard.count if options.shard is not None else 1
+            self.rate_limiter = SharedRate(
+                options.rate_store, options.rate, pace=self.rate_limiter,
+                fallback=AsyncLimiter(1, shards / options.rate),
+                fallback_rate=options.rate / shards, api_key=options.api_key,
+                clock=self.clock, notify=self._notice,
+            )  # fmt: skip
         self._rng = random.Random()
         self._stopping = False
         self._abort: RunAborted | None = None
@@ -204,6 +257,9 @@ class Engine:
         self._work_left = False  # a stop left items unsent
         self._runtime_stop = False
         self._in_process = 0
+        # Workers whose item is between requests (waiting for a slot or a retry): a stop
+        # cancels them at once, so a stop never starts a request or waits out a backoff.
+        self._between: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------------------------- running
     async def run(self) -> Summary:
@@ -214,7 +270,7 @@ class Engine:
             manifest.check_sources(options.sources)
         except manifest.ManifestError as exc:
             raise ConfigError(str(exc)) from None
-        store = ResultsStore(options.out)
+        store = ResultsStore(options.out, secrets=[options.api_key])
         # ResultsBusy / ConfigError propagate from here: nothing is written.
         self._resume = store.open(fingerprints=options.rescan_changed)
         self._store = store
@@ -241,8 +297,12 @@ class Engine:
             self._emit(
                 RunStarted(self.summary.run_id, options.out, len(self._resume), options.concurrency)
             )
+            if isinstance(self.rate_limiter, SharedRate):
+                await self.rate_limiter.start()
             await self._run_pool()
         finally:
+            if isinstance(self.rate_limiter, SharedRate):
+                await self.rate_limiter.close()
             self.summary.wall_seconds = time.monotonic() - started
             self._finish_summary()
             await self._close(emulator)
@@ -309,22 +369,19 @@ class Engine:
         resume = self._resume
         assert resume is not None
 
-        def take() -> list[tuple[Item | Problem, str]]:
+        def classified() -> Iterator[tuple[Item | Problem, str]]:
             # Runs in the reader thread: parsing and resume look-ups stay off the event loop.
-            batch: list[tuple[Item | Problem, str]] = []
+            retry_failed, rescan = options.retry_failed, options.rescan_changed
             for entry in entries:
                 if isinstance(entry, Problem):
-                    batch.append((entry, "invalid"))
+                    yield entry, "invalid"
                 else:
-                    action = decide(
-                        resume, entry, retry_failed=options.retry_failed,
-                        rescan_changed=options.rescan_changed,
-                    )  # fmt: skip
-                    batch.append((entry, action))
-                if len(batch) >= _READ_BATCH:
-                    break
-            return batch
+                    yield (
+                        entry,
+                        decide(resume, entry, retry_failed=retry_failed, rescan_changed=rescan),
+                    )
 
+        reader = _Reader(loop, classified)
         summary = self.summary
         budget = options.max_items
         total = queued = 0
@@ -332,7 +389,7 @@ class Engine:
         try:
             while not self._stopping:
                 try:
-                    batch = await loop.run_in_executor(None, take)
+                    batch = await reader.get_batch(_READ_BATCH)
                 except manifest.ManifestError as exc:
                     # A source became unreadable mid-way: say so, count it, keep what was read.
                     summary.invalid_lines += 1
@@ -376,10 +433,7 @@ class Engine:
                 if skipped and self.bus:
                     self.bus.emit(ItemsSkipped(skipped))
         finally:
-            close = getattr(entries, "close", None)
-            if close is not None:
-                with contextlib.suppress(ValueError):  # still running in the reader thread
-                    close()
+            reader.close()
             if not self._stopping:
                 for _ in self._workers:
                     await queue.put(None)
@@ -432,14 +486,27 @@ class Engine:
             if unfit is not None:
                 return self._finish(item, record, 0, unfit)
 
+        worker = asyncio.current_task()
+        assert worker is not None
+
         async def attempt() -> Outcome:
             nonlocal attempts
-            await self._acquire()
+            if self._stopping:
+                raise _Stopped
+            self._between.add(worker)
+            try:
+                started = await self._acquire()
+            finally:
+                self._between.discard(worker)
+            self._sending += 1
             try:
                 attempts += 1
                 outcome = await self._send(item, params, size)
             finally:
                 self.limit.release()
+                self._sending -= 1
+            if self.controller is not None:
+                self._adapt(started, outcome)
             if outcome.verdict is Verdict.RETRY:
                 delay = outcome.delay
                 if (
@@ -448,6 +515,9 @@ class Engine:
                     and self.pause.pause(delay)
                 ):
                     self._emit(PoolPaused(delay, outcome.cause))
+                if self._stopping:
+                    raise _Stopped
+                self._between.add(worker)  # until the next attempt's request starts
                 raise RetryableError(outcome)
             if outcome.verdict is Verdict.ABORT:
                 self._abort_run(RunAborted(f"{item.id}: {outcome.error}"))
@@ -463,6 +533,11 @@ class Engine:
             outcome = Outcome(
                 Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})"
             )
+        except _Stopped:
+            self._work_left = True
+            return
+        finally:
+            self._between.discard(worker)
         if outcome.verdict is Verdict.ABORT:
             return  # not this item's fault; the next run sends it again
         header_duration = None
@@ -472,17 +547,47 @@ class Engine:
             and _payload_duration(outcome.payload) is None
         ):
             loop = asyncio.get_running_loop()
-            header_duration = await loop.run_in_executor(None, audio_duration, item.source)
+            try:
+                header_duration = await loop.run_in_executor(None, audio_duration, item.source)
+            except asyncio.CancelledError:
+                # Stopped while reading the header: the transcript is paid for, keep it.
+                self._finish(item, record, attempts, outcome)
+                raise
         self._finish(item, record, attempts, outcome, header_duration)
 
-    async def _acquire(self) -> None:
-        """Wait for a pool-wide pause to end and for a free slot (re-checking the pause)."""
+    async def _acquire(self) -> float:
+        """Wait for a pool-wide pause to end, a free slot and the turn to start (``--rate``,
+        the adaptive pacer), re-checking the pause; return the clock time of the start."""
         while True:
             await self.pause.wait()
             await self.limit.acquire()
+            try:
+                if self.rate_limiter is not None:
+                    await self.rate_limiter.acquire()
+                if self.pacer.rate is not None:
+                    await self.pacer.wait()
+            except BaseException:
+                self.limit.release()
+                raise
             if self.pause.remaining <= 0:
-                return
+                return self.clock.now()
             self.limit.release()
+
+    def _adapt(self, started: float, outcome: Outcome) -> None:
+        """Feed one answer to the adaptive controller and apply its limit and start rate."""
+        controller = self.controller
+        assert controller is not None
+        # Requests truly sending (not slot holders waiting for their turn), this one included.
+        if controller.on_response(started, outcome.http_status, self._sending + 1):
+            limit = controller.limit
+            self.limit.set_limit(limit)
+            summary = self.summary
+            summary.concurrency = limit
+            summary.concurrency_low = controller.low
+            summary.concurrency_high = controller.high
+            self._emit(LimitChanged(limit, controller.rate))
+        self.summary.overload_cuts = controller.cuts
+        self.pacer.rate = controller.rate
 
     async def _send(self, item: Item, params: PulseParams, size: int) -> Outcome:
         """One HTTP exchange, classified. Transport failures become retryable outcomes."""
@@ -609,6 +714,10 @@ class Engine:
         self._stopping = True
         self._notice("warning", message)
         self._release_workers()
+        if self._between:
+            self._work_left = True
+            for task in self._between:
+                task.cancel()
         loop = asyncio.get_running_loop()
         self._grace_handle = loop.call_later(self.options.grace, self._cancel_workers)
 
@@ -689,18 +798,27 @@ class Engine:
                 "finished_at": utc_now(),
                 **self.summary.as_dict(),
             }
-            with contextlib.suppress(RunAborted):
-                if self._abort is None:
+            if self._abort is None:
+                try:
                     store.append(record)
+                except RunAborted as exc:
+                    self._fail_at_close(exc)
             try:
                 store.close()
             except OSError as exc:
                 if self._abort is None:
-                    self._abort = RunAborted(f"{store.path}: cannot sync results: {exc.strerror}")
-                    self.summary.aborted = str(self._abort)
-                    self.summary.exit_code = EXIT_ABORTED
+                    self._fail_at_close(
+                        RunAborted(f"{store.path}: cannot sync results: {exc.strerror}")
+                    )
         if emulator is not None:
             await emulator.close()
+
+    def _fail_at_close(self, exc: RunAborted) -> None:
+        """The results file failed as the run ended: exit 3, said on stderr like any abort."""
+        self._abort = exc
+        self.summary.aborted = str(exc)
+        self.summary.exit_code = EXIT_ABORTED
+        self._notice("error", str(exc))
 
     def _emit(self, event: Event) -> None:
         if self.bus:
@@ -724,6 +842,85 @@ def _payload_duration(payload: dict[str, Any] | None) -> float | None:
     if isinstance(duration, (int, float)) and not isinstance(duration, bool):
         return float(duration)
     return None
+
+
+class _Reader(Generic[_T]):
+    """The blocking manifest reader in a daemon thread, handing entries to the event loop.
+
+    The thread appends to a bounded deque and wakes the loop only when the loop is waiting, so
+    a fast source costs a lock per entry and a slow one (a pipe that trickles) hands over each
+    entry as it arrives. A daemon thread, because it may block for ever on a pipe (``-``):
+    neither a stop nor the end of the process waits for it, whereas an executor is joined.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        produce: Callable[[], Iterator[_T]],
+        capacity: int = 4 * _READ_BATCH,
+    ) -> None:
+        self._loop = loop
+        self._produce = produce
+        self._capacity = capacity
+        self._items: deque[_T] = deque()
+        self._cond = threading.Condition()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._closed = False
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="batchscribe-reader", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for entry in self._produce():
+                with self._cond:
+                    while len(self._items) >= self._capacity and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    self._items.append(entry)
+                    waiter, self._waiter = self._waiter, None
+                if waiter is not None:
+                    self._wake(waiter)
+        except BaseException as exc:  # re-raised in the awaiting task
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                self._wake(waiter)
+
+    def _wake(self, waiter: asyncio.Future[None]) -> None:
+        def wake() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
+            self._loop.call_soon_threadsafe(wake)
+
+    async def get_batch(self, most: int) -> list[_T]:
+        """Up to ``most`` entries as soon as there is one; an empty list at the end."""
+        while True:
+            with self._cond:
+                if self._items:
+                    items = self._items
+                    batch = [items.popleft() for _ in range(min(most, len(items)))]
+                    self._cond.notify()
+                    return batch
+                if self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return []
+                waiter: asyncio.Future[None] = self._loop.create_future()
+                self._waiter = waiter
+            await waiter
+
+    def close(self) -> None:
+        """Let the thread end at its next entry (it may stay blocked on a silent pipe)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 def _file_problem(path: str, st: os.stat_result) -> Outcome | None:

@@ -82,6 +82,14 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitChanged:
+    """``--concurrency auto`` moved the in-flight limit; ``rate`` is the start rate (or None)."""
+
+    limit: int
+    rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run ended; ``summary`` holds every count."""
 
@@ -97,6 +105,7 @@ Event = (
     | TotalKnown
     | PoolPaused
     | Notice
+    | LimitChanged
     | RunFinished
 )
 Subscriber = Callable[[Event], None]
@@ -120,7 +129,11 @@ class Summary:
     interrupted: bool = False
     aborted: str | None = None
     budget_reached: bool = False
-    concurrency: int = 0
+    concurrency: int = 0  # the in-flight limit (with --concurrency auto: the last one)
+    adaptive: bool = False  # --concurrency auto: the limit was learnt from the server
+    concurrency_low: int = 0  # with adaptive: the lowest and highest limit of the run
+    concurrency_high: int = 0
+    overload_cuts: int = 0  # with adaptive: times the limit was cut on a 429/503
     exit_code: int = 0
     sample: str | None = None  # the first transcript of the run, for people to see it work
 
@@ -153,6 +166,16 @@ class Summary:
             "budget_reached": self.budget_reached,
             "concurrency": self.concurrency,
             "exit_code": self.exit_code,
+            **(
+                {
+                    "adaptive": True,
+                    "concurrency_low": self.concurrency_low,
+                    "concurrency_high": self.concurrency_high,
+                    "overload_cuts": self.overload_cuts,
+                }
+                if self.adaptive
+                else {}
+            ),
         }
 
     def lines(self) -> list[str]:
@@ -166,6 +189,11 @@ class Summary:
             f"({self.audio_seconds:.1f} s)  wall: {self.wall_seconds:.1f} s  "
             f"rate: {self.items_per_second:.1f} items/s",
         ]
+        if self.adaptive:
+            out.append(
+                f"concurrency: auto, ended at {self.concurrency} (range {self.concurrency_low}"
+                f"-{self.concurrency_high}; cut {self.overload_cuts} time(s) on 429/503)"
+            )
         if self.sample:
             out.append(f"first transcript: {self.sample}")
         if self.skipped_failed:

@@ -18,6 +18,7 @@ from batchscribe.events import (
     ItemFinished,
     ItemRetried,
     ItemsSkipped,
+    LimitChanged,
     Notice,
     PoolPaused,
     RunFinished,
@@ -65,6 +66,7 @@ class Progress:
         self._bar: Any = None
         self._total: int | None = None
         self.done = self.ok = self.failed = self.retries = self.skipped = 0
+        self.limit: int | None = None  # with --concurrency auto: the current in-flight limit
         self._started = time.monotonic()
         self._last_log = self._started
         self._last_refresh = 0.0
@@ -83,12 +85,14 @@ class Progress:
             self.retries += 1
         elif isinstance(event, TotalKnown):
             self._total = event.pending
+        elif isinstance(event, LimitChanged):
+            self.limit = event.limit
 
     def __call__(self, event: Event) -> None:
         self.count(event)
         if isinstance(event, ItemFinished):
             self._tick()
-        elif isinstance(event, (ItemsSkipped, ItemRetried)):
+        elif isinstance(event, (ItemsSkipped, ItemRetried, LimitChanged)):
             pass
         elif isinstance(event, InvalidLine):
             self._write(event.message)
@@ -126,7 +130,8 @@ class Progress:
             if now - self._last_refresh >= 0.5:
                 self._last_refresh = now
                 self._bar.set_postfix_str(
-                    f"ok={self.ok} failed={self.failed} retries={self.retries}", refresh=False
+                    f"ok={self.ok} failed={self.failed} retries={self.retries}{self._limit()}",
+                    refresh=False,
                 )
         elif now - self._last_log >= self.interval:
             self._last_log = now
@@ -143,8 +148,11 @@ class Progress:
             eta = f" eta={(self._total - self.done) / rate:.0f}s"
         return (
             f"batchscribe: {self.done}/{total} ok={self.ok} failed={self.failed} "
-            f"retries={self.retries} rate={rate:.1f}/s{eta}"
+            f"retries={self.retries}{self._limit()} rate={rate:.1f}/s{eta}"
         )
+
+    def _limit(self) -> str:
+        return "" if self.limit is None else f" limit={self.limit}"
 
     def _write(self, text: str) -> None:
         if self._bar is not None:

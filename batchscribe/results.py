@@ -14,23 +14,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import glob
 import os
+import stat
+import tempfile
 import zlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from itertools import pairwise
 from typing import Any, BinaryIO
 
 import orjson
 
 from batchscribe.errors import ConfigError, ResultsBusy, RunAborted
-from batchscribe.ids import DigestSet, id_digest
+from batchscribe.ids import id_digest
 
 _ID_PREFIX = b'{"id":"'
 _STATUS_SEP = b'","status":"'
@@ -227,12 +229,20 @@ def torn_tail_length(fd: int) -> int:
 class ResultsStore:
     """The single writer of a results file. Use :meth:`open`, then :meth:`append`, :meth:`close`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, secrets: Sequence[str | None] = ()) -> None:
         self.path = path
+        # Secrets (the API key) as they would appear inside a JSON string: a server that
+        # echoes the key in an error or an answer must not get it written to disk.
+        self._secrets = [orjson.dumps(s)[1:-1] for s in secrets if s and len(s) >= 4]
         self._fd = -1
         self.dirty = False
         self.written = 0
         self.repaired_bytes = 0
+        # Set by the first failed write or fsync: the store then refuses every later write, so
+        # nothing lands after a partial line. After a failed fsync it never fsyncs again (the
+        # kernel may have dropped the dirty pages and a second fsync would report success).
+        self.failed: str | None = None
+        self._fsync_failed = False
 
     def open(self, *, fingerprints: bool = False) -> ResumeState:
         """Lock the file, repair a torn tail, and scan it. Raises ResultsBusy, ConfigError."""
@@ -269,19 +279,26 @@ class ResultsStore:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line, in one write. Raises RunAborted on an I/O error."""
-        self.write_line(orjson.dumps(record) + b"\n")
+        line = orjson.dumps(record)
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, b"***")
+        self.write_line(line + b"\n")
 
     def write_line(self, data: bytes) -> None:
         """Write one complete line (bytes ending in a newline) in one ``write``."""
+        if self.failed:
+            raise RunAborted(self.failed)
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # a short write (rare: signals, nearly full disks)
                 written += os.write(self._fd, data[written:])
         except OSError as exc:
-            raise RunAborted(
+            self.failed = (
                 f"{self.path}: cannot write results: {exc.strerror or exc}; "
                 "free some space or fix the disk, then run again to resume"
-            ) from None
+            )
+            raise RunAborted(self.failed) from None
         self.dirty = True
         self.written += 1
 
@@ -291,15 +308,17 @@ class ResultsStore:
         A failed fsync is never retried as if it had worked: the kernel may have dropped the
         dirty pages, so the run stops and the next run re-checks the file.
         """
+        if self._fsync_failed:
+            raise RunAborted(self.failed or f"{self.path}: an earlier fsync failed")
         if not self.dirty or self._fd < 0:
             return
         self.dirty = False
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            raise RunAborted(
-                f"{self.path}: cannot sync results to disk: {exc.strerror or exc}"
-            ) from None
+            self.failed = f"{self.path}: cannot sync results to disk: {exc.strerror or exc}"
+            self._fsync_failed = True
+            raise RunAborted(self.failed) from None
 
     @property
     def fd(self) -> int:
@@ -311,7 +330,7 @@ class ResultsStore:
             return
         fd, self._fd = self._fd, -1
         try:
-            if self.dirty:
+            if self.dirty and not self._fsync_failed:
                 self.dirty = False
                 os.fsync(fd)
         finally:
@@ -365,6 +384,10 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
         if os.path.isdir(pattern):
             raise ConfigError(f"{_shown(pattern)}: is a directory; name the results file(s)")
         if os.path.exists(pattern):
+            if not os.path.isfile(pattern):
+                raise ConfigError(
+                    f"{_shown(pattern)}: not a regular file (results files are read twice)"
+                )
             matches = [pattern]
         elif _GLOB_CHARS.intersection(pattern):
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
@@ -531,7 +554,10 @@ def index_final(
     index = FinalIndex(list(paths), counts if counts is not None else ReadCounts())
     counts = index.counts
     kinds = index.kinds
-    digests = bytearray()  # 8 bytes per item record, in file order
+    # Per item record, in file order: a 64-bit hash of its id's UTF-8 bytes. Python's own
+    # bytes hash is enough inside one process (SipHash: collision odds as for ids.id_digest)
+    # and several times cheaper than a blake2b digest on this, the hottest loop.
+    digests = array("q")
     oks = bytearray()  # 1 when the record is ok
     line_of = array("Q")  # the record's line, as an index into kinds
     lines = records = 0
@@ -559,10 +585,10 @@ def index_final(
                             except UnicodeDecodeError:
                                 pass  # corrupt: parse_head says so below
                             else:
-                                digests += blake2b(raw, digest_size=8).digest()
+                                digests.append(hash(raw))
                                 oks.append(line.startswith(b'ok"', start))
                                 line_of.append(len(kinds))
-                                kinds.append(SUPERSEDED)
+                                kinds.append(FINAL)  # until a later record of the id is met
                                 lines += 1
                                 records += 1
                                 continue
@@ -578,10 +604,10 @@ def index_final(
                     if head is not None:
                         lines += 1
                         records += 1
-                        digests += id_digest(head[0]).to_bytes(8, "big")
+                        digests.append(hash(head[0].encode("utf-8", "surrogatepass")))
                         oks.append(head[1] == "ok")
                         line_of.append(len(kinds))
-                        kind = SUPERSEDED
+                        kind = FINAL
                     elif line.strip():
                         lines += 1
                         _count_event(_load_event(line), counts)
@@ -589,38 +615,51 @@ def index_final(
             index.ends.append(pos)
     counts.lines += lines
     counts.records += records
-    _resolve_final(index, array("Q", digests), oks, line_of, keep_ok)
+    _resolve_final(index, digests, oks, line_of, keep_ok)
     return index
 
 
 def _resolve_final(
     index: FinalIndex, digests: array[int], oks: bytearray, line_of: array[int], keep_ok: bool
 ) -> None:
-    """Mark each id's final record FINAL (walking backwards, the first one met is the last)."""
+    """Demote every record but the last of each id to SUPERSEDED (pass one marked all FINAL).
+
+    Most ids appear once, so the ids that repeat are found first with a sort (in C), and only
+    their records are walked, backwards: the first one met is the last written.
+    """
     kinds = index.kinds
-    last = DigestSet(len(digests))
-    failed_last = DigestSet()
-    for i in range(len(digests) - 1, -1, -1):
-        if last.add(digests[i]):
-            kinds[line_of[i]] = FINAL
-            if oks[i]:
-                index.ok += 1
-            elif keep_ok:
-                failed_last.add(digests[i])
-    index.ids = len(last)
-    if not len(failed_last):
+    ordered = sorted(digests)
+    repeated = {a for a, b in pairwise(ordered) if a == b}
+    del ordered
+    index.ids = len(digests)
+    index.ok = oks.count(1)
+    if not repeated:
         return
-    rescued = DigestSet()
+    seen: set[int] = set()
+    failed_last: dict[int, int] = {}  # keep_ok: id hash -> index of its last (failed) record
     for i in range(len(digests) - 1, -1, -1):
-        if oks[i] and digests[i] in failed_last and rescued.add(digests[i]):
-            kinds[line_of[i]] = FINAL
-    if not len(rescued):
-        return
-    for i in range(len(digests)):
-        if not oks[i] and kinds[line_of[i]] == FINAL and digests[i] in rescued:
+        digest = digests[i]
+        if digest not in repeated:
+            continue
+        if digest in seen:
             kinds[line_of[i]] = SUPERSEDED
-    index.kept_ok = len(rescued)
-    index.ok += len(rescued)
+            index.ids -= 1
+            index.ok -= oks[i]
+        else:
+            seen.add(digest)
+            if keep_ok and not oks[i]:
+                failed_last[digest] = i
+    if not failed_last:
+        return
+    for i in range(len(digests) - 1, -1, -1):  # the latest ok of each, if it has one
+        last = failed_last.pop(digests[i], None) if oks[i] else None
+        if last is not None:
+            kinds[line_of[i]] = FINAL
+            kinds[line_of[last]] = SUPERSEDED
+            index.kept_ok += 1
+            index.ok += 1
+            if not failed_last:
+                break
 
 
 def final_states(
@@ -654,30 +693,135 @@ HEAVY_FIELDS = ("transcription", "words", "utterances")
 def load_light(body: bytes) -> dict[str, Any] | None:
     """An item record without its transcript fields (:data:`HEAVY_FIELDS`), or None.
 
-    For the writer's layout (``…,"run":…,"transcription":…,"words":…,"utterances":…,
-    "duration":…}``) only the part before ``transcription`` and the part from ``duration`` on
-    are parsed, so reading a record costs the same whatever the length of its transcript. Each
-    part is parsed as a JSON object on its own, which fails unless the cut is at the record's
-    top level (a cut inside a nested value leaves unbalanced brackets; one inside a string is
-    impossible, as ``"`` is escaped there); any other layout falls back to a full parse.
+    A long record in the writer's layout is read by :func:`load_split`, so reading it costs
+    the same whatever the length of its transcript; a short one (where two small parses cost
+    more than one) or any other layout by a full parse.
     """
-    cut = body.find(_HEAVY_FROM)
-    if cut > 0 and body.startswith(b"{"):
-        tail = body.rfind(_HEAVY_TO)
-        while tail > cut:
-            try:
-                head = orjson.loads(body[:cut] + b"}")
-                rest = orjson.loads(b"{" + body[tail + 1 :])
-            except orjson.JSONDecodeError:
-                tail = body.rfind(_HEAVY_TO, cut, tail)
-                continue
-            if isinstance(head, dict) and isinstance(rest, dict):
-                head.update(rest)
-                if isinstance(head.get("id"), str) and "status" in head:
-                    return head
-            break
+    if len(body) >= _SPLIT_FROM:
+        record = load_split(body)
+        if record is not None:
+            return record
     record = _load_record(body)
     if record is not None:
         for name in HEAVY_FIELDS:
             record.pop(name, None)
     return record
+
+
+_SPLIT_FROM = 4096  # bytes: below this a full parse is as quick
+
+
+def load_split(body: bytes) -> dict[str, Any] | None:
+    """A record in the writer's layout without :data:`HEAVY_FIELDS`; None for another layout.
+
+    The layout is ``…,"run":…,"transcription":…,"words":…,"utterances":…,"duration":…}``: only
+    the part before ``transcription`` and the part from ``duration`` on are parsed. Each part is
+    parsed as a JSON object on its own, which fails unless its cut is at the record's top level
+    (a cut inside a nested value leaves unbalanced brackets; one inside a string is impossible,
+    as ``"`` is escaped there).
+    """
+    cut = body.find(_HEAVY_FROM)
+    if cut <= 0 or not body.startswith(b"{"):
+        return None
+    try:
+        head = orjson.loads(body[:cut] + b"}")
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(head, dict) and isinstance(head.get("id"), str) and "status" in head):
+        return None
+    tail = body.rfind(_HEAVY_TO)
+    while tail > cut:  # the last top-level `"duration"`: later ones are nested, so invalid
+        try:
+            rest = orjson.loads(b"{" + body[tail + 1 :])
+        except orjson.JSONDecodeError:
+            tail = body.rfind(_HEAVY_TO, cut, tail)
+            continue
+        if not isinstance(rest, dict):
+            return None
+        head.update(rest)
+        return head
+    return None
+
+
+@dataclass
+class MergeSummary:
+    """What :func:`merge_results` read and wrote."""
+
+    out: str
+    counts: ReadCounts
+    items: int = 0
+    ok: int = 0
+    kept_ok: int = 0  # ids whose ok was kept over a later failure
+    runs: int = 0  # run records written (each run once)
+
+    def line(self) -> str:
+        """The one-line summary."""
+        c = self.counts
+        kept = f"; {self.kept_ok:,} ok kept over a later failure" if self.kept_ok else ""
+        skipped = f", {c.unreadable:,} unreadable line(s) skipped" if c.unreadable else ""
+        return (
+            f"merge: {c.files} file(s), {c.records:,} record(s) -> {self.items:,} item(s) "
+            f"({self.ok:,} ok, {self.items - self.ok:,} failed{kept}), {self.runs:,} run "
+            f"record(s){skipped} -> {self.out}"
+        )
+
+
+def merge_results(paths: Sequence[str], out: str) -> MergeSummary:
+    """Merge results files into ``out``: each id's final record, and every run record once.
+
+    The rule: an id's record is its last one across ``out`` (when it already has records: a
+    merge adds to it, never drops what it holds) and then ``paths`` in order, except that an
+    ok is never lost: when the last record is failed but an earlier one is ok, the latest ok
+    is kept. Superseded records are dropped. ``out`` is locked like a run's results file
+    (ResultsBusy when a run holds it) and replaced atomically, so readers see the old file or
+    the new one, never half of one.
+
+    Raises ConfigError when ``out`` is one of ``paths``.
+    """
+    out_real = os.path.realpath(out)
+    for path in paths:
+        if os.path.realpath(path) == out_real:
+            raise ConfigError(
+                f"{_shown(out)}: is both an input and --out; to add files to it, name it only "
+                "as --out (an existing --out is read first, so nothing in it is lost)"
+            )
+    store = ResultsStore(out)
+    store.open()
+    try:
+        st = os.stat(out)
+        inputs = ([out] if st.st_size else []) + list(paths)
+        summary = MergeSummary(out, ReadCounts())
+        index = index_final(inputs, keep_ok=True, counts=summary.counts)
+        summary.items, summary.ok, summary.kept_ok = index.ids, index.ok, index.kept_ok
+        folder = os.path.dirname(out_real)
+        fd, temp = tempfile.mkstemp(prefix=".batchscribe-merge-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb", buffering=_READ_CHUNK) as handle:
+                runs: set[bytes | str] = set()
+                for _, _, body, kind in index.lines(FINAL, RUN):
+                    if kind == RUN:
+                        event = _load_event(body) or {}
+                        key = str(event.get("run_id") or "") or body
+                        if key in runs:
+                            continue  # the same run, from a file merged before
+                        runs.add(key)
+                        summary.runs += 1
+                    handle.write(body + b"\n")
+                handle.flush()
+                os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
+                os.fsync(handle.fileno())
+            os.replace(temp, out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
+        return summary
+    except OSError as exc:
+        raise ConfigError(f"{_shown(out)}: cannot write merged results: {exc.strerror}") from None
+    finally:
+        store.close()

@@ -96,18 +96,26 @@ async def call_with_retry(
             on_retry(1, first, delay)
         await clock.sleep(delay)
 
+    def stop(state: RetryCallState) -> bool:
+        return state.attempt_number >= policy.max_attempts - 1
+
     def wait(state: RetryCallState) -> float:
-        error = _failure(state)
-        delay = _checked_wait(policy, state.attempt_number + 1, error, rng)
+        # tenacity asks for the wait before it asks whether to stop: no wait for a last attempt.
+        if stop(state):
+            return 0.0
+        return _checked_wait(policy, state.attempt_number + 1, _failure(state), rng)
+
+    def before_sleep(state: RetryCallState) -> None:
+        # Runs only when a retry will really happen (after the stop check).
         if on_retry is not None:
-            on_retry(state.attempt_number + 1, error, delay)
-        return delay
+            on_retry(state.attempt_number + 1, _failure(state), state.upcoming_sleep)
 
     retrying: AsyncRetrying = AsyncRetrying(
-        stop=lambda state: state.attempt_number >= policy.max_attempts - 1,
+        stop=stop,
         wait=wait,
         retry=retry_if_exception_type(RetryableError),
         sleep=clock.sleep,
+        before_sleep=before_sleep,
         reraise=True,
     )
     try:

@@ -29,6 +29,7 @@ __all__ = [
     "expand_path",
     "in_shard",
     "parse_shard",
+    "shard_of",
 ]
 
 

@@ -115,7 +115,7 @@ async def aiobotocore_stream(endpoint: str) -> int:
         response = await client.get_object(Bucket=BUCKET, Key="big/big.wav")
         total = 0
         async with response["Body"] as body:
-            async for chunk in body.content.iter_chunked(256 * 1024):
+            async for chunk in body.iter_chunks(256 * 1024):
                 total += len(chunk)
         return total
 
@@ -213,8 +213,17 @@ def main() -> None:
         s3_store, gcs_store = obstore_s3(s3), obstore_gcs(gcs)
         rows.append(("obstore", "S3", best(ns.repeat, lambda: obstore_list(s3_store), n),
                      best(ns.repeat, coro(lambda: obstore_stream(s3_store)), size)))  # fmt: skip
-        rows.append(("obstore", "GCS", best(ns.repeat, lambda: obstore_list(gcs_store), n),
-                     best(ns.repeat, coro(lambda: obstore_stream(gcs_store)), size)))  # fmt: skip
+        try:
+            gcs_list = best(ns.repeat, lambda: obstore_list(gcs_store), n)
+        except Exception as exc:  # its GCS listing speaks the XML API, which the emulator lacks
+            print(f"obstore GCS list failed: {str(exc).splitlines()[0][:160]}")
+            gcs_list = float("nan")
+        try:
+            gcs_stream = best(ns.repeat, coro(lambda: obstore_stream(gcs_store)), size)
+        except Exception as exc:  # it needs a Last-Modified header the emulator does not send
+            print(f"obstore GCS stream failed: {str(exc).splitlines()[0][:160]}")
+            gcs_stream = float("nan")
+        rows.append(("obstore", "GCS", gcs_list, gcs_stream))
     if "aio" in ns.only:
         rows.append(("aiobotocore", "S3", best(ns.repeat, coro(lambda: aiobotocore_list(s3)), n),
                      best(ns.repeat, coro(lambda: aiobotocore_stream(s3)), size)))  # fmt: skip

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from audio_fixtures import make_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +29,27 @@ TEST_KEY = "sk-test-7f3a9c2e51d84b06a1c0ffee5eed1e55"
 
 #: Variables of the developer's shell that would change what a run does.
 _SCRUBBED = ("SMALLEST_API_KEY", "BATCHSCRIBE_ENDPOINT", "BATCHSCRIBE_DEBUG", "PYTHONWARNINGS")
+
+
+# --------------------------------------------------------------------------- soak runs
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak``: also run the tests marked ``soak`` (long; by hand, not in CI)."""
+    parser.addoption(
+        "--soak", action="store_true", default=False,
+        help="run the long soak tests (marked soak): thousands of items, dozens of kills",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``soak`` unless ``--soak`` is given."""
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
 
 
 # --------------------------------------------------------------------------- the emulator
@@ -78,15 +98,6 @@ class Archive:
         from batchscribe.emulator import transcript_for
 
         return transcript_for(self.paths[item_id].read_bytes())
-
-    def content_key(self, item_id: str, by_content: Mapping[str, int]) -> str:
-        """The key of this item's file in the emulator's ``by_content`` counts."""
-        import hashlib
-
-        digest = hashlib.sha256(self.paths[item_id].read_bytes()).hexdigest()
-        matches = [key for key in by_content if digest.startswith(key)]
-        assert len(matches) <= 1, matches
-        return matches[0] if matches else digest[:12]
 
 
 def _make_archive(
@@ -147,7 +158,7 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         *args: Any,
         env: Mapping[str, str | None] | None = None,
         timeout: float = 60,
-        input: str | bytes | None = None,  # noqa: A002 (mirrors subprocess.run)
+        input: str | bytes | None = None,
         cwd: str | Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -166,17 +177,21 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture
 def spawn_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """``spawn_cli(*args, env=None)``: start a run in the background; killed at teardown."""
+    """``spawn_cli(*args, env=None, cwd=tmp_path, stdin=DEVNULL)``: start a run in the
+    background (stdout and stderr piped); killed and reaped at teardown."""
     procs: list[subprocess.Popen[str]] = []
 
     def spawn(
-        *args: Any, env: Mapping[str, str | None] | None = None, cwd: str | Path | None = None
+        *args: Any,
+        env: Mapping[str, str | None] | None = None,
+        cwd: str | Path | None = None,
+        stdin: int = subprocess.DEVNULL,
     ) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             _argv(args),
             env=cli_env(env),
             cwd=cwd or tmp_path,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -188,6 +203,8 @@ def spawn_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
+        if proc.stdin is not None and proc.stdin.closed:
+            proc.stdin = None  # closed by the test; communicate() would try to flush it
         proc.communicate(timeout=30)
 
 
@@ -228,9 +245,3 @@ def complete_lines(path: str | Path) -> int:
         return Path(path).read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
-
-
-@pytest.fixture
-def results() -> Callable[[str | Path], tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """``results(path)`` -> (item records, run records) of a results file."""
-    return read_results

@@ -9,20 +9,19 @@ client would be caught rather than on margins that are hoped to be wide enough.
 from __future__ import annotations
 
 import csv
-import hashlib
-import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-
 from audio_fixtures import make_wav, wav_bytes
 from conftest import SAMPLES, TEST_KEY, cli_env, read_results, wait_until
+
 from batchscribe.emulator import FaultRates, content_key, transcript_for, transcript_for_url
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -30,6 +29,22 @@ OK_FIELDS = ["transcription", "words", "utterances", "duration", "request_id", "
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def emulator(emulator: Any) -> Iterator[Any]:
+    """The shared factory, checked at the end: no run retried before the server's delay."""
+    started: list[Any] = []
+
+    def start(**config: Any) -> Any:
+        emu = emulator(**config)
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        stats = emu.stats()
+        assert stats["early_retries"] == 0, stats["early_retry_examples"]
 
 
 def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -148,7 +163,10 @@ def test_csv_manifest(tmp_path, emulator, make_archive, run_cli):
     archive = make_archive(tmp_path, 3)
     manifest = write_csv(
         tmp_path / "list.csv",
-        [{"id": i, "path": f"audio/{i}.wav", "speaker": f"S{n}"} for n, i in enumerate(archive.ids)],
+        [
+            {"id": i, "path": f"audio/{i}.wav", "speaker": f"S{n}"}
+            for n, i in enumerate(archive.ids)
+        ],
     )
     out = tmp_path / "r.jsonl"
     proc = run_cli("run", manifest, "--out", out, "--endpoint", emu.endpoint("current"))
@@ -273,12 +291,12 @@ def test_emulate_flag_needs_no_key_and_no_network(tmp_path, run_cli):
     """``--emulate`` transcribes the sample archive with no key, offline (no network at all)."""
     out = tmp_path / "x.jsonl"
     argv = ["run", str(SAMPLES / "archive.jsonl"), "--emulate", "--out", str(out)]
-    # In a fresh network namespace only loopback exists, so nothing can leave the machine.
-    isolated = subprocess.run(["unshare", "-rn", "true"], capture_output=True, check=False)
-    if isolated.returncode == 0:
+    # Where a user namespace can be made, run in a fresh network namespace: only loopback exists
+    # there, so nothing can leave the machine. Elsewhere, run as is.
+    lo_up = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    if subprocess.run([*lo_up, "true"], capture_output=True, check=False).returncode == 0:
         proc = subprocess.run(
-            ["unshare", "-rn", "sh", "-c", 'ip link set lo up 2>/dev/null; exec "$@"', "sh",
-             sys.executable, "-m", "batchscribe", *argv],
+            [*lo_up, sys.executable, "-m", "batchscribe", *argv],
             env=cli_env({"SMALLEST_API_KEY": None}), cwd=tmp_path, capture_output=True,
             text=True, timeout=60, check=False,
         )  # fmt: skip
@@ -286,7 +304,9 @@ def test_emulate_flag_needs_no_key_and_no_network(tmp_path, run_cli):
         proc = run_cli(*argv, env={"SMALLEST_API_KEY": None})
     assert proc.returncode == 0, proc.stderr
     records = by_id(read_results(out)[0])
-    manifest = [orjson.loads(line) for line in (SAMPLES / "archive.jsonl").read_bytes().splitlines()]
+    manifest = [
+        orjson.loads(line) for line in (SAMPLES / "archive.jsonl").read_bytes().splitlines()
+    ]
     assert sorted(records) == sorted(entry["id"] for entry in manifest)
     for entry in manifest:
         record = records[entry["id"]]
@@ -297,6 +317,21 @@ def test_emulate_flag_needs_no_key_and_no_network(tmp_path, run_cli):
     # Real sentences, not pseudo-transcripts: the sample clips are known by their bytes.
     assert records["2020-berlin"]["transcription"] == "Guten Morgen, wie geht es Ihnen heute?"
     assert records["2019-market"]["metadata"]["tags"] == ["field", "outdoor"]
+
+
+def test_emulate_broken_sample_reports_lines_and_runs_the_rest(tmp_path, run_cli):
+    """The shipped broken.jsonl: bad lines reported as FILE:LINE, the good items done, exit 1."""
+    out = tmp_path / "x.jsonl"
+    broken = SAMPLES / "broken.jsonl"
+    proc = run_cli("run", broken, "--emulate", "--out", out, env={"SMALLEST_API_KEY": None})
+    assert proc.returncode == 1, proc.stderr
+    reported = re.findall(rf"^{re.escape(str(broken))}:(\d+): ", proc.stderr, re.M)
+    assert reported == ["2", "5", "6", "8"]
+    states = {r["id"]: (r["status"], r["cause"]) for r in read_results(out)[0]}
+    assert states == {
+        "ok-weather": ("ok", None), "missing-file": ("failed", "missing"),
+        "ok-garden": ("ok", None), "ok-remote": ("ok", None), "ok-paris": ("ok", None),
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- local problems
@@ -362,7 +397,9 @@ def test_bad_manifest_lines_reported_rest_done(tmp_path, emulator, make_archive,
 
 
 @pytest.mark.parametrize("problem", ["missing", "device"])
-def test_unreadable_source_exits_2_before_anything(tmp_path, emulator, make_archive, run_cli, problem):
+def test_unreadable_source_exits_2_before_anything(
+    tmp_path, emulator, make_archive, run_cli, problem
+):
     """A source that cannot be read exits 2 at once: no request, no results file."""
     emu = emulator()
     archive = make_archive(tmp_path, 2)
@@ -372,6 +409,18 @@ def test_unreadable_source_exits_2_before_anything(tmp_path, emulator, make_arch
     assert proc.returncode == 2
     assert str(bad) in proc.stderr
     assert not out.exists()
+    assert emu.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("where", ["no-such-dir/r.jsonl", "."])
+def test_unwritable_results_path_exits_2(tmp_path, emulator, make_archive, run_cli, where):
+    """A results path that cannot be opened (missing folder, a directory) exits 2, unsent."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 2)
+    out = tmp_path / where
+    proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint())
+    assert proc.returncode == 2
+    assert "results" in proc.stderr
     assert emu.stats()["requests"] == 0
 
 
@@ -397,13 +446,33 @@ def test_5xx_and_429_are_retried_until_ok(tmp_path, emulator, make_archive, run_
     assert sum(n for s, n in statuses.items() if s.startswith("5")) >= 1
     records = by_id(read_results(out)[0])
     for i, item_id in enumerate(archive.ids):
-        assert_ok_file_record(records[item_id], archive.paths[item_id], {"speaker": f"spk{i % 3}", "n": i})
+        assert_ok_file_record(
+            records[item_id], archive.paths[item_id], {"speaker": f"spk{i % 3}", "n": i}
+        )
     # Every request the server saw is counted in exactly one item's attempts.
     assert sum(r["attempts"] for r in records.values()) == stats["requests"]
+    assert read_results(out)[1][0]["retries"] == stats["requests"] - 5
     assert any(r["attempts"] > 1 for r in records.values())
     assert content_counts(emu, list(archive.paths.values())) == [
         records[i]["attempts"] for i in archive.ids
     ]
+
+
+def test_retries_counted_are_retries_sent(tmp_path, emulator, make_archive, run_cli):
+    """The summary's retry count equals the retries really sent, also for items that give up."""
+    emu = emulator(faults=FaultRates(p5xx=1.0))
+    archive = make_archive(tmp_path, 3)
+    out = tmp_path / "r.jsonl"
+    proc = run_cli(
+        "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+        "--max-attempts", "2",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    items, runs = read_results(out)
+    assert [r["attempts"] for r in items] == [2, 2, 2]
+    assert emu.stats()["requests"] == 6
+    assert "retries: 3 " in proc.stdout
+    assert runs[0]["retries"] == 3
 
 
 def test_400_fails_the_item_without_retry(tmp_path, emulator, make_archive, run_cli):
@@ -495,11 +564,11 @@ def test_429_pauses_the_whole_pool(tmp_path, emulator, make_archive, spawn_cli):
     # Every item has the same bytes, so the emulator files all requests under one content and
     # counts *any* request arriving before the delay it asked as an early retry: a pool-wide check.
     # Concurrency 3 against max_concurrent 2: the third request of the first wave gets an
-    # immediate 429 (retry-after-ms 1000) while the other two are held 400 ms. Those two finish
+    # immediate 429 (retry-after-ms 1200) while the other two are held 600 ms. Those two finish
     # during the pause with work still queued: a client that paused only the 429'd worker would
     # send their next items at once, 0.6 s early, and be caught. The other two are in flight
     # when the 429 is sent, so no request can race it.
-    emu = emulator(latency_ms=400, max_concurrent=2, busy_retry_ms=1000)
+    emu = emulator(latency_ms=600, max_concurrent=2, busy_retry_ms=1200)
     archive = make_archive(tmp_path, 6)
     same = wav_bytes(0.2, 440)
     for path in archive.paths.values():
@@ -529,7 +598,7 @@ def test_429_pauses_the_whole_pool(tmp_path, emulator, make_archive, spawn_cli):
 
 def test_in_flight_never_above_concurrency(tmp_path, emulator, make_archive, run_cli):
     """Requests in flight at the server never exceed --concurrency (and do reach it)."""
-    emu = emulator(latency_ms=150)
+    emu = emulator(latency_ms=200)
     archive = make_archive(tmp_path, 10)
     out = tmp_path / "r.jsonl"
     proc = run_cli(
@@ -537,7 +606,7 @@ def test_in_flight_never_above_concurrency(tmp_path, emulator, make_archive, run
     )
     assert proc.returncode == 0, proc.stderr
     stats = emu.stats()
-    # With 150 ms per answer and 10 items queued, 3 workers overlap: the cap is reached, not passed.
+    # With 200 ms per answer and 10 items queued, 3 workers overlap: the cap is reached, not passed.
     assert stats["max_in_flight"] == 3
     assert stats["requests"] == 10
 
@@ -558,7 +627,9 @@ def test_second_run_on_busy_results_exits_75_untouched(
     wait_until(lambda: emu.stats()["in_flight"] >= 1, what="the first run's requests")
     before = out.read_bytes()
     started = time.monotonic()
-    second = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), timeout=15)
+    second = run_cli(
+        "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), timeout=15
+    )
     elapsed = time.monotonic() - started
     assert second.returncode == 75, second.stderr
     assert "another batchscribe run" in second.stderr
@@ -586,7 +657,7 @@ def test_missing_key_exits_2_before_any_request(tmp_path, emulator, make_archive
     assert not out.exists()
 
 
-@pytest.mark.parametrize("mode", [0o600, 0o644])
+@pytest.mark.parametrize("mode", [0o600, 0o644], ids=["private", "world-readable"])
 def test_api_key_file(tmp_path, emulator, make_archive, run_cli, mode):
     """--api-key-file supplies the key; a key file others can read draws a warning."""
     emu = emulator()
@@ -612,7 +683,7 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
     """Even with BATCHSCRIBE_DEBUG=1, failures never put the key in stdout, stderr or results."""
     archive = make_archive(tmp_path, 4)
     (tmp_path / "audio" / "clip-000.wav").unlink()
-    (tmp_path / "audio" / "clip-001.wav").write_bytes(b"garbage, not audio " + TEST_KEY[:5].encode())
+    (tmp_path / "audio" / "clip-001.wav").write_bytes(b"garbage, not audio")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(archive.manifest.read_text() + "{bad line\n")
     debug = {"BATCHSCRIBE_DEBUG": "1"}
@@ -620,8 +691,12 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
     # 5xx on every answer, with one attempt: items fail with the server's error.
     emu = emulator(faults=FaultRates(p5xx=1.0))
     out = tmp_path / "a.jsonl"
-    proc = run_cli("run", manifest, "--out", out, "--endpoint", emu.endpoint(), "--max-attempts", "1", env=debug)
+    once = ("--max-attempts", "1")
+    proc = run_cli("run", manifest, "--out", out, "--endpoint", emu.endpoint(), *once, env=debug)
     assert proc.returncode == 1, proc.stderr
+    assert "m.jsonl:5:" in proc.stderr
+    causes = sorted(r["cause"] for r in read_results(out)[0])
+    assert causes == ["4xx", "5xx", "5xx", "missing"]
     outputs += [proc.stdout, proc.stderr, out.read_bytes()]
     # A key file (not the environment) rejected by a server expecting another key: 401.
     strict = emulator(key="sk-the-server-wants-another-one")
@@ -639,7 +714,7 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
     dead = strict.endpoint()
     strict.stop_listening()
     out = tmp_path / "c.jsonl"
-    proc = run_cli("run", manifest, "--out", out, "--endpoint", dead, "--max-attempts", "1", env=debug)
+    proc = run_cli("run", manifest, "--out", out, "--endpoint", dead, *once, env=debug)
     assert proc.returncode == 1, proc.stderr
     assert "network" in out.read_text()
     outputs += [proc.stdout, proc.stderr, out.read_bytes()]
@@ -652,6 +727,7 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
 @pytest.mark.parametrize(
     "args",
     [["--concurrency", "0"], ["--model", "whisper"], ["--language", "xx"], ["--bogus-flag"]],
+    ids=["concurrency", "model", "language", "unknown-flag"],
 )
 def test_usage_errors_exit_2(tmp_path, make_archive, run_cli, args):
     """Bad flags exit 2 with a message, before anything is opened."""
@@ -661,3 +737,21 @@ def test_usage_errors_exit_2(tmp_path, make_archive, run_cli, args):
     assert proc.returncode == 2
     assert "error" in proc.stderr
     assert not out.exists()
+
+
+def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(tmp_path, emulator, make_archive, spawn_cli):
+    """Items from a slow pipe are sent as each line arrives, not after a batch fills up."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 3)
+    lines = archive.manifest.read_text().splitlines()
+    out = tmp_path / "r.jsonl"
+    proc = spawn_cli("run", "-", "--out", out, "--endpoint", emu.endpoint(), "--no-progress",
+                     cwd=archive.root, stdin=subprocess.PIPE)  # fmt: skip
+    assert proc.stdin is not None
+    for n, line in enumerate(lines, start=1):
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        wait_until(lambda n=n: emu.stats()["requests"] >= n, timeout=20, what=f"request {n}")
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert len(read_results(out)[0]) == 3

@@ -1,0 +1,169 @@
+"""Rate limits: ``--concurrency auto`` against the emulator enforcing a rate or a concurrency cap.
+
+The bundled emulator runs in this process (a thread) with ~300 ms latency and enforces either
+``rate_limit`` R (a token bucket with 100 ms of burst) or ``max_concurrent`` C (429 beyond C in
+flight); ``batchscribe run --concurrency auto --max-runtime T`` is a child process. The
+emulator's counters are sampled every 0.25 s. Figures, over the run after a warm-up:
+
+- **sustained throughput** (200s per second) as a share of the limit (R, or C / latency):
+  target >= 0.90 (aim 0.95);
+- **429 share**: 429 answers / all answers: target < 5% (aim 2.5%).
+
+Halving cases change the emulator's limit at T/2 while the run goes on, and report how long it
+takes to get back under the new limit (the end of the last 1 s window with more than 5% 429s),
+in seconds and in round trips, and the throughput after that against the new limit.
+
+    python benchmarks/ratelimit.py [--seconds 40] [--warmup 10] [--quick] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from _bench import BENCH_KEY, batchscribe_argv, machine, run_child, table, wav_bytes, workdir
+
+LATENCY_MS = 300.0
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str
+    config: dict[str, Any]
+    limit: float  # successful requests per second the server allows
+    halve: bool = False
+
+
+SCENARIOS = [
+    Scenario("R=20/s", {"rate_limit": 20.0}, 20.0),
+    Scenario("R=200/s", {"rate_limit": 200.0}, 200.0),
+    Scenario("C=16", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000)),
+    Scenario("R=200/s -> 100/s", {"rate_limit": 200.0}, 200.0, halve=True),
+    Scenario("C=16 -> 8", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000), halve=True),
+]
+
+
+def make_manifest(root: Path, n: int) -> Path:
+    audio = root / "audio"
+    audio.mkdir(exist_ok=True)
+    for k in range(64):
+        (audio / f"a{k:02d}.wav").write_bytes(wav_bytes(0.1, 300 + 7 * k))
+    manifest = root / f"m{n}.jsonl"
+    with open(manifest, "wb") as out:
+        for i in range(n):
+            out.write(orjson.dumps({"id": f"i{i:07d}", "path": f"audio/a{i % 64:02d}.wav"}) + b"\n")
+    return manifest
+
+
+def sample(emulator: Any, stop: threading.Event, into: list[tuple[float, int, int, int]]) -> None:
+    """(seconds since start, 200s, 429s, all answers) every 0.25 s."""
+    started = time.monotonic()
+    while not stop.wait(0.25):
+        stats = emulator.stats()
+        statuses = stats["statuses"]
+        into.append((time.monotonic() - started, statuses.get("200", 0), statuses.get("429", 0),
+                     sum(statuses.values())))  # fmt: skip
+
+
+def window(samples: list[tuple[float, int, int, int]], t0: float, t1: float) -> tuple[float, float]:
+    """(200s per second, 429 share) between the samples nearest t0 and t1."""
+    a = min(samples, key=lambda s: abs(s[0] - t0))
+    b = min(samples, key=lambda s: abs(s[0] - t1))
+    seconds = max(1e-9, b[0] - a[0])
+    answers = b[3] - a[3]
+    return (b[1] - a[1]) / seconds, (b[2] - a[2]) / answers if answers else 0.0
+
+
+def settle_time(samples: list[tuple[float, int, int, int]], change: float, end: float) -> float:
+    """Seconds after ``change`` until the end of the last 1 s window with > 5% 429 answers."""
+    last_bad = change
+    t = change
+    while t + 1.0 <= end:
+        _, share = window(samples, t, t + 1.0)
+        if share > 0.05:
+            last_bad = t + 1.0
+        t += 0.25
+    return last_bad - change
+
+
+def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
+    from batchscribe.emulator import EmulatorConfig, EmulatorThread
+
+    n = int(scenario.limit * seconds * 1.5) + 200
+    config = EmulatorConfig(key=BENCH_KEY, latency_ms=LATENCY_MS, jitter_ms=20, **scenario.config)
+    samples: list[tuple[float, int, int, int]] = []
+    stop = threading.Event()
+    with workdir("bench-ratelimit-") as root, EmulatorThread(config) as emulator:
+        manifest = make_manifest(root, n)
+        sampler = threading.Thread(target=sample, args=(emulator, stop, samples), daemon=True)
+        change_at = seconds / 2
+        timer = None
+        if scenario.halve:
+            halved = dataclasses.replace(config)
+            if "rate_limit" in scenario.config:
+                halved.rate_limit = scenario.config["rate_limit"] / 2
+            else:
+                halved.max_concurrent = scenario.config["max_concurrent"] // 2
+            timer = threading.Timer(change_at, lambda: setattr(emulator, "config", halved))
+        sampler.start()
+        if timer:
+            timer.start()
+        result = run_child(
+            batchscribe_argv("run", manifest, "--out", root / "r.jsonl", "--no-progress",
+                             "--endpoint", emulator.endpoint(), "--concurrency", "auto",
+                             "--max-runtime", f"{seconds:g}", "--max-attempts", "100"),
+            env={"SMALLEST_API_KEY": BENCH_KEY},
+        )  # fmt: skip
+        stop.set()
+        sampler.join()
+        if timer:
+            timer.cancel()
+    if result.code not in (0, 4):
+        raise SystemExit(f"{scenario.name}: exit {result.code}\n{result.stdout}{result.stderr}")
+    auto_line = next((line for line in result.stdout.splitlines() if "concurrency: auto" in line),
+                     "")  # fmt: skip
+    end = min(seconds, samples[-1][0])
+    total = samples[-1]
+    all_share = total[2] / total[3] if total[3] else 0.0
+    if not scenario.halve:
+        throughput, share = window(samples, warmup, end)
+        early, _ = window(samples, 0.0, warmup)
+        return [scenario.name, f"{scenario.limit:.1f}", f"{throughput:.1f}",
+                f"{throughput / scenario.limit:.3f}", f"{share:.2%}", f"{all_share:.2%}",
+                f"{early / scenario.limit:.2f}", "", auto_line.strip()]  # fmt: skip
+    new_limit = scenario.limit / 2
+    before, share_before = window(samples, warmup, change_at)
+    settle = settle_time(samples, change_at, end)
+    after, share_after = window(samples, change_at + settle, end)
+    return [scenario.name, f"{scenario.limit:.1f} -> {new_limit:.1f}",
+            f"{before:.1f} -> {after:.1f}",
+            f"{before / scenario.limit:.3f} -> {after / new_limit:.3f}",
+            f"{share_before:.2%} -> {share_after:.2%}", f"{all_share:.2%}", "",
+            f"{settle:.2f} s = {settle / (LATENCY_MS / 1000):.1f} RTT",
+            auto_line.strip()]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=40.0, help="length of each run")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted")
+    parser.add_argument("--quick", action="store_true", help="20 s runs, 6 s warm-up")
+    parser.add_argument("--only", action="append", help="scenario names to run")
+    ns = parser.parse_args()
+    seconds, warmup = (20.0, 6.0) if ns.quick else (ns.seconds, ns.warmup)
+    print(f"# ratelimit  {machine()}  latency={LATENCY_MS:g} ms  run={seconds:g} s "
+          f"warm-up={warmup:g} s")  # fmt: skip
+    rows = [run(s, seconds, warmup) for s in SCENARIOS if not ns.only or s.name in ns.only]
+    print()
+    print(table(rows, ["limit", "allowed/s", "ok/s", "ok/limit (>=0.90)", "429 share (<5%)",
+                       "429 share, whole run", "warm-up ok/limit", "back under",
+                       "batchscribe's summary"]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

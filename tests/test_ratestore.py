@@ -1,0 +1,436 @@
+"""One rate limit for all shards: SharedRate on a fake clock and store, then real processes
+sharing --rate through a real redis-server (Redis killed mid-run included)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, read_results, wait_until
+
+from batchscribe.clock import FakeClock, settle
+from batchscribe.errors import ConfigError
+from batchscribe.ratestore import (
+    RETRY_INTERVAL,
+    SharedRate,
+    redacted_url,
+    store_key,
+    window_for,
+)
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("rate", "window"),
+    [(30, (30, 1)), (30.0, (30, 1)), (2.5, (5, 2)), (0.2, (1, 5)), (1 / 7, (1, 7)),
+     (0.01, (1, 100)), (1000, (1000, 1))],
+)  # fmt: skip
+def test_window_for_is_exact_when_it_can_be(rate: float, window: tuple[int, int]) -> None:
+    """A rate becomes whole starts per whole seconds with the same ratio."""
+    assert window_for(rate) == window
+
+
+def test_window_for_never_rounds_above_the_rate() -> None:
+    """A rate without a neat fraction is rounded down, never up."""
+    amount, seconds = window_for(math.pi)
+    assert amount / seconds <= math.pi
+    assert amount / seconds > math.pi * 0.99
+    with pytest.raises(ValueError, match="positive"):
+        window_for(0)
+
+
+def test_store_key_is_a_hash_of_the_api_key() -> None:
+    """The Redis key names a hash of the API key, stable, distinct per key, never the key."""
+    secret = "sk-live-0123456789abcdef"
+    assert secret not in store_key(secret)
+    assert store_key(secret) == store_key(secret)
+    assert store_key(secret) != store_key(secret + "x")
+
+
+def test_redacted_url_hides_the_password() -> None:
+    """A password in --rate-store never reaches a message."""
+    assert redacted_url("redis://:s3cret@cache:6380/2") == "redis://:***@cache:6380/2"
+    assert redacted_url("rediss://user:s3cret@cache/0") == "rediss://user:***@cache/0"
+    assert redacted_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://cache:6379", "expected redis://HOST[:PORT][/DB]"),
+        ("cache:6379", "expected redis://HOST[:PORT][/DB]"),
+        ("redis://", "expected redis://HOST[:PORT][/DB]"),
+        ("redis://cache:port/0", "Port could not be cast"),
+        ("redis://cache:6379/zero", "the database must be a number"),
+        ("redis://:hunter2@cache:6379/zero", "redis://:***@cache:6379/zero"),
+    ],
+)
+def test_bad_store_url_is_a_config_error(url: str, message: str) -> None:
+    """A malformed --rate-store is a configuration error (exit 2) that shows the right form."""
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        SharedRate(url, 30, fallback=_Fallback(), fallback_rate=10)
+    assert "hunter2" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- on a fake clock
+
+
+class _Fallback:
+    """A per-process limiter that lets everything through and counts."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    async def acquire(self) -> None:
+        self.starts += 1
+
+
+class _Stats:
+    def __init__(self, reset_time: float) -> None:
+        self.reset_time = reset_time
+        self.remaining = 0
+
+
+class _Store:
+    """A moving window over a fake clock's wall time that can be made unreachable."""
+
+    def __init__(self, clock: FakeClock, amount: int, seconds: float = 1.0) -> None:
+        self.clock = clock
+        self.amount = amount
+        self.seconds = seconds
+        self.starts: list[float] = []
+        self.down = False
+        self.calls = 0
+
+    def _fail(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    async def hit(self, item: Any, *identifiers: str, cost: int = 1) -> bool:
+        self._fail()
+        now = self.clock.wall()
+        recent = [t for t in self.starts if t > now - self.seconds]
+        if len(recent) >= self.amount:
+            return False
+        self.starts.append(now)
+        return True
+
+    async def get_window_stats(self, item: Any, *identifiers: str) -> _Stats:
+        self._fail()
+        now = self.clock.wall()
+        recent = [t for t in self.starts if t > now - self.seconds]
+        return _Stats(min(recent, default=now) + self.seconds)
+
+
+def _shared(
+    clock: FakeClock, store: _Store, fallback: _Fallback, notes: list[tuple[str, str]]
+) -> SharedRate:
+    return SharedRate(
+        "redis://:pw@cache:6379/0", store.amount, fallback=fallback, fallback_rate=store.amount / 3,
+        api_key="k", clock=clock, notify=lambda level, msg: notes.append((level, msg)),
+        retry_interval=5.0, window=store,
+    )  # fmt: skip
+
+
+async def test_shared_window_admits_rate_starts_per_window_then_waits() -> None:
+    """R starts go at once; the next waits until the oldest leaves the one-second window."""
+    clock, fallback, notes = FakeClock(), _Fallback(), list[tuple[str, str]]()
+    store = _Store(clock, amount=3)
+    rate = _shared(clock, store, fallback, notes)
+    await rate.start()
+    tasks = [asyncio.create_task(rate.acquire()) for _ in range(5)]
+    await settle()
+    assert sum(t.done() for t in tasks) == 3
+    await clock.advance(0.9)
+    assert sum(t.done() for t in tasks) == 3
+    await clock.advance(0.2)
+    assert sum(t.done() for t in tasks) == 5
+    assert (rate.shared_starts, fallback.starts, notes) == (5, 0, [])
+
+
+async def test_redis_lost_mid_run_warns_once_and_falls_back_after_one_window() -> None:
+    """Redis going away: one warning, a one-window pause, then starts via the R/N fallback."""
+    clock, fallback, notes = FakeClock(), _Fallback(), list[tuple[str, str]]()
+    store = _Store(clock, amount=30)
+    rate = _shared(clock, store, fallback, notes)
+    await rate.start()
+    await rate.acquire()
+    store.down = True
+    tasks = [asyncio.create_task(rate.acquire()) for _ in range(20)]
+    await settle()
+    assert not any(t.done() for t in tasks)  # the window's starts may have used the budget
+    await clock.advance(1.0)
+    assert all(t.done() for t in tasks)
+    assert fallback.starts == 20
+    assert [level for level, _ in notes] == ["warning"]
+    message = notes[0][1]
+    assert "rate store redis://:***@cache:6379/0 unreachable (ConnectionRefusedError" in message
+    assert "going on at 10 requests/s in this process" in message
+    assert "pw" not in message
+
+
+async def test_redis_back_is_used_again_after_a_probation() -> None:
+    """Once Redis answers again, starts count in it at once, and are shared alone after it."""
+    clock, fallback, notes = FakeClock(), _Fallback(), list[tuple[str, str]]()
+    store = _Store(clock, amount=30)
+    rate = _shared(clock, store, fallback, notes)
+    await rate.start()
+    store.down = True
+    first = asyncio.create_task(rate.acquire())  # noticed: on the fallback after one window
+    await settle()
+    await clock.advance(1.0)
+    await first
+    calls = store.calls
+    await rate.acquire()
+    assert store.calls == calls  # on the fallback, Redis is not asked on every start
+    store.down = False
+    await clock.advance(5.0)
+    await rate.acquire()  # due: tries Redis in the background
+    await settle()
+    assert rate.state == "probation"
+    assert notes[-1][0] == "info" and "reachable again" in notes[-1][1]
+    before = (fallback.starts, len(store.starts))
+    await rate.acquire()  # probation: both limits apply, and Redis counts the start
+    assert (fallback.starts, len(store.starts)) == (before[0] + 1, before[1] + 1)
+    await clock.advance(5.0)
+    await rate.acquire()
+    assert rate.state == "shared"
+    assert fallback.starts == before[0] + 1  # shared alone now
+    assert [level for level, _ in notes] == ["warning", "info"]
+
+
+async def test_redis_still_down_is_tried_again_every_interval() -> None:
+    """While Redis stays away, it is asked once per retry interval, not once per start."""
+    clock, fallback, notes = FakeClock(), _Fallback(), list[tuple[str, str]]()
+    store = _Store(clock, amount=30)
+    rate = _shared(clock, store, fallback, notes)
+    store.down = True
+    await rate.start()
+    assert rate.state == "fallback"
+    for _ in range(5):  # at 0, 2.5, 5, 7.5 and 10 s
+        for _ in range(10):
+            await rate.acquire()
+        await settle()
+        await clock.advance(2.5)
+    assert store.calls == 1 + 2  # the start's try, then one at 5 s and one at 10 s
+    assert fallback.starts == 50
+    assert [level for level, _ in notes] == ["warning"]
+    await rate.close()
+
+
+async def test_unreachable_at_start_starts_on_the_fallback_without_a_pause() -> None:
+    """An unreachable Redis at start is a warning, not an error: the run starts on R/N."""
+    clock, fallback, notes = FakeClock(), _Fallback(), list[tuple[str, str]]()
+    store = _Store(clock, amount=30)
+    store.down = True
+    rate = _shared(clock, store, fallback, notes)
+    await rate.start()
+    await asyncio.wait_for(rate.acquire(), timeout=1)  # no pause: nothing was shared yet
+    assert fallback.starts == 1
+    assert [level for level, _ in notes] == ["warning"]
+    assert "<SharedRate redis://:***@cache:6379/0 rate=30/s fallback" in repr(rate)
+
+
+# --------------------------------------------------------------------------- a real Redis
+
+REDIS = shutil.which("redis-server")
+needs_redis = pytest.mark.skipif(
+    REDIS is None, reason="redis-server is not installed (Debian package redis-server)"
+)
+
+
+@dataclass
+class RedisServer:
+    """A throwaway redis-server on a loopback port (no persistence)."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server on a free loopback port, killed at teardown."""
+    assert REDIS is not None
+    port = _free_port()
+    proc = subprocess.Popen(
+        [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = RedisServer(port, proc)
+    try:
+        wait_until(lambda: _pong(port) or proc.poll() is not None, timeout=10, what="redis PING")
+        assert proc.poll() is None, "redis-server exited at start"
+        yield server
+    finally:
+        server.kill()
+
+
+def _spawn_fleet(spawn_cli: Any, archive: Any, emu: Any, store: str, n: int = 3) -> list[Any]:
+    return [
+        spawn_cli("run", archive.manifest, "--out", "r.{shard}.jsonl", "--shard", f"{k}/{n}",
+                  "-j", "8", "--rate", "30", "--rate-store", store,
+                  "--endpoint", emu.endpoint(), "--no-progress")
+        for k in range(n)
+    ]  # fmt: skip
+
+
+def _busiest_second(emu: Any) -> tuple[int, list[int]]:
+    timeline = [n for n in emu.stats()["requests_per_second"]]
+    return max(timeline), timeline
+
+
+@needs_redis
+def test_three_processes_share_one_rate_through_redis(
+    tmp_path: Path,
+    emulator: Callable[..., Any],
+    make_archive: Callable[..., Any],
+    spawn_cli: Callable[..., subprocess.Popen[str]],
+    redis_server: RedisServer,
+) -> None:
+    """Three processes at --rate 30 with one Redis start at most ~30 requests a second in all."""
+    emu = emulator(latency_ms=20)
+    archive = make_archive(tmp_path, 120, seconds=0.05)
+    procs = _spawn_fleet(spawn_cli, archive, emu, redis_server.url)
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        assert "unreachable" not in stderr
+    busiest, timeline = _busiest_second(emu)
+    print(f"requests per second seen by the emulator: {timeline}")
+    # 30 per moving second at the clients; arrivals lag their starts by a few ms, so a fixed
+    # second of the emulator's may catch a few more. Without the shared store it would be 90.
+    assert busiest <= 30 * 1.1, timeline
+    assert sum(timeline) == 120
+    active = [n for n in timeline if n]
+    assert len(active) >= 4, timeline  # 120 requests at 30/s take four seconds at least
+    items = [r for k in range(3) for r in read_results(tmp_path / f"r.{k}.jsonl")[0]]
+    assert sorted(r["id"] for r in items) == sorted(archive.ids)
+
+
+@needs_redis
+def test_redis_killed_mid_run_falls_back_to_a_share_of_the_rate(
+    tmp_path: Path,
+    emulator: Callable[..., Any],
+    make_archive: Callable[..., Any],
+    spawn_cli: Callable[..., subprocess.Popen[str]],
+    redis_server: RedisServer,
+) -> None:
+    """Redis dying mid-run: each process warns once and finishes at 30/3 per second."""
+    emu = emulator(latency_ms=20)
+    archive = make_archive(tmp_path, 150, seconds=0.05)
+    procs = _spawn_fleet(spawn_cli, archive, emu, redis_server.url)
+    wait_until(lambda: emu.stats()["requests"] >= 40, timeout=30, what="40 requests")
+    redis_server.kill()
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        warnings = [line for line in stderr.splitlines() if "unreachable" in line]
+        assert len(warnings) == 1, stderr
+        assert warnings[0].startswith(
+            f"batchscribe: warning: rate store {redis_server.url} unreachable ("
+        )
+        assert "going on at 10 requests/s in this process" in warnings[0]
+    busiest, timeline = _busiest_second(emu)
+    print(f"requests per second seen by the emulator: {timeline}")
+    assert busiest <= 30 * 1.1, timeline  # 3 x 30/3 on the fallback, never a burst on top
+    items = [r for k in range(3) for r in read_results(tmp_path / f"r.{k}.jsonl")[0]]
+    assert sorted(r["id"] for r in items) == sorted(archive.ids)
+    assert all(r["status"] == "ok" for r in items)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate-store", "redis://127.0.0.1:9/0"], "--rate-store shares a --rate"),
+        (["--rate", "5", "--rate-store", "http://cache:6379"], "expected redis://HOST"),
+        (["--rate", "5", "--rate-store", "redis://:hunter2@cache/x"], "redis://:***@cache/x"),
+    ],
+)
+def test_rate_store_misuse_exits_2(
+    tmp_path: Path,
+    make_archive: Callable[..., Any],
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+    args: list[str],
+    message: str,
+) -> None:
+    """--rate-store without --rate, or a malformed URL, exits 2 before anything is written."""
+    archive = make_archive(tmp_path, 2)
+    proc = run_cli("run", archive.manifest, "--out", "r.jsonl", *args,
+                   "--endpoint", "http://127.0.0.1:9/")  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "hunter2" not in proc.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_unreachable_store_at_start_runs_on_the_fallback(
+    tmp_path: Path,
+    emulator: Callable[..., Any],
+    make_archive: Callable[..., Any],
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """A Redis that does not answer at start: one warning, and the run completes at R/N."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 6, seconds=0.05)
+    store = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    proc = run_cli(
+        "run", archive.manifest, "--out", "r.{shard}.jsonl", "--shard", "1/2", "--rate", "20",
+        "--rate-store", store, "--endpoint", emu.endpoint(), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "unreachable" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert f"rate store {store} unreachable (ConnectionError" in warnings[0]
+    assert "going on at 10 requests/s in this process instead of sharing 20/s" in warnings[0]
+    items, _ = read_results(tmp_path / "r.1.jsonl")
+    assert items and all(r["status"] == "ok" for r in items)
+
+
+def test_readme_states_the_retry_interval_and_the_extra() -> None:
+    """The README's outage behaviour and install line match the code and pyproject.toml."""
+    text = (REPO / "README.md").read_text()
+    assert f"tries Redis again every {RETRY_INTERVAL:g} seconds" in text
+    assert "pip install 'batchscribe[redis]'" in text
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r"^redis = \[\n(\s+\"[^\"]+\",\n)+\]", pyproject, re.M)
+    assert "| `--rate-store URL` |" in text

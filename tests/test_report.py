@@ -1,0 +1,626 @@
+"""Reading results files: paths and globs, final states, report, HTML page, failed list, merge."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import REPO, SAMPLES, TEST_KEY, cli_env, read_results
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchscribe.errors import ConfigError, ResultsBusy
+from batchscribe.report import build_report, display_id, failed_manifest, render_html
+from batchscribe.results import (
+    FINAL,
+    HEAVY_FIELDS,
+    ReadCounts,
+    ResultsStore,
+    expand_paths,
+    final_states,
+    index_final,
+    iter_records,
+    iter_run_records,
+    load_light,
+    load_split,
+    merge_results,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# --------------------------------------------------------------------------- building records
+
+
+def record(item_id: str, status: str = "ok", **fields: Any) -> dict[str, Any]:
+    """A record in the writer's layout (README.md, "Results format")."""
+    ok = status == "ok"
+    rec: dict[str, Any] = {
+        "id": item_id,
+        "status": status,
+        "source": fields.pop("source", f"/srv/archive/{item_id}"),
+        "size": 1000,
+        "mtime": 1.7e9,
+        "attempts": fields.pop("attempts", 1),
+        "http_status": fields.pop("http_status", 200 if ok else 503),
+        "error": None if ok else fields.pop("error", "HTTP 503: unavailable"),
+        "cause": None if ok else fields.pop("cause", "5xx"),
+        "finished_at": fields.pop("finished_at", "2026-11-25T01:02:03.456Z"),
+        "run": fields.pop("run", "run-a"),
+    }
+    if ok:
+        duration = fields.pop("duration", 2.0)
+        text = fields.pop("transcription", f"words of {item_id}")
+        rec.update(
+            transcription=text,
+            words=[{"start": 0.1, "end": 0.5, "word": w} for w in text.split()],
+            utterances=[{"start": 0.1, "end": 1.5, "text": text}],
+            duration=duration,
+            request_id=f"req-{item_id}",
+            response={
+                "status": fields.pop("response_status", "success"),
+                "language": "en",
+                "metadata": {"duration": duration, **fields.pop("meta", {})},
+            },
+        )
+    rec.update(fields)
+    return rec
+
+
+def run_record(run_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "event": "run", "started_at": "2026-11-25T01:00:00.000Z",
+        "finished_at": "2026-11-25T01:10:00.000Z", "run_id": run_id, "ok": 1, "failed": 0,
+        "retries": 0, "wall_seconds": 600.0, "items_per_second": 0.5, **fields,
+    }  # fmt: skip
+
+
+def write(path: Path, *docs: dict[str, Any] | bytes) -> Path:
+    """A results file with these records (bytes are written as they are: torn lines, junk)."""
+    path.write_bytes(b"".join(d if isinstance(d, bytes) else orjson.dumps(d) + b"\n" for d in docs))
+    return path
+
+
+def cli(*args: Any, cwd: Path, env: dict[str, str | None] | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "batchscribe", *map(str, args)],
+        cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def main(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    """The CLI in-process (quicker than a subprocess): exit code, stdout, stderr."""
+    from batchscribe.cli import main as cli_main
+
+    code = cli_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def sample_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real results of `batchscribe run sample_manifests/archive.jsonl --emulate`."""
+    where = tmp_path_factory.mktemp("sample")
+    done = cli("run", SAMPLES / "archive.jsonl", "--emulate", "--out", "r.jsonl", cwd=where)
+    assert done.returncode == 0, done.stderr
+    return where / "r.jsonl"
+
+
+# --------------------------------------------------------------------------- paths and globs
+
+
+def test_expand_paths_globs_sorted_deduplicated_and_named_errors(tmp_path: Path) -> None:
+    """Globs expand sorted, a file named twice is read once, and a miss names the pattern."""
+    for name in ("b.jsonl", "a.jsonl", "odd[1].jsonl"):
+        write(tmp_path / name, record("x"))
+    os.chdir(tmp_path)
+    assert expand_paths(["*.jsonl"]) == ["a.jsonl", "b.jsonl", "odd[1].jsonl"]
+    assert expand_paths(["b.jsonl", "*.jsonl"]) == ["b.jsonl", "a.jsonl", "odd[1].jsonl"]
+    assert expand_paths(["odd[1].jsonl"]) == ["odd[1].jsonl"]  # an existing name is literal
+    with pytest.raises(ConfigError, match=r"nope\*\.jsonl: matches no results file"):
+        expand_paths(["a.jsonl", "nope*.jsonl"])
+    with pytest.raises(ConfigError, match=r"missing\.jsonl: no such results file"):
+        expand_paths(["missing.jsonl"])
+    with pytest.raises(ConfigError, match="is a directory"):
+        expand_paths([str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- streaming readers
+
+
+def test_readers_skip_torn_junk_and_event_lines_and_count_them(tmp_path: Path) -> None:
+    """Item and run records stream out; junk, other events and a torn tail are only counted."""
+    path = write(
+        tmp_path / "r.jsonl",
+        record("a"), b"not json\n", b"\n", run_record("r1"), {"event": "note"},
+        record("b", "failed"), b'{"id":"c","status":"ok","sou',
+    )  # fmt: skip
+    counts = ReadCounts()
+    items = [(line, rec["id"]) for _, line, rec in iter_records([str(path)], counts)]
+    assert items == [(1, "a"), (6, "b")]
+    assert (counts.records, counts.runs, counts.events, counts.unreadable) == (2, 1, 1, 2)
+    runs = [(line, rec["run_id"]) for _, line, rec in iter_run_records([str(path)])]
+    assert runs == [(4, "r1")]
+
+
+def test_final_state_is_the_last_record_across_files_in_order(tmp_path: Path) -> None:
+    """A later record of an id wins, in the same file or a later one; order is file order."""
+    one = write(tmp_path / "1.jsonl", record("a", "failed"), record("b"), record("c"))
+    two = write(tmp_path / "2.jsonl", record("c", "failed"), record("a", attempts=3))
+    finals = [(Path(p).name, line, r["id"], r["status"]) for p, line, r in final_states(
+        [str(one), str(two)]
+    )]  # fmt: skip
+    assert finals == [("1.jsonl", 2, "b", "ok"), ("2.jsonl", 1, "c", "failed"),
+                      ("2.jsonl", 2, "a", "ok")]  # fmt: skip
+
+
+def test_keep_ok_prefers_the_latest_ok_over_a_later_failure(tmp_path: Path) -> None:
+    """With keep_ok an id whose last record failed keeps its latest ok record instead."""
+    path = write(
+        tmp_path / "r.jsonl",
+        record("a", transcription="first"), record("a", transcription="second"),
+        record("a", "failed"), record("b", "failed"), record("b", "failed", cause="timeout"),
+    )  # fmt: skip
+    kept = {r["id"]: r for _, _, r in final_states([str(path)], keep_ok=True)}
+    assert kept["a"]["transcription"] == "second"
+    assert kept["b"]["cause"] == "timeout"
+    plain = {r["id"]: r["status"] for _, _, r in final_states([str(path)])}
+    assert plain == {"a": "failed", "b": "failed"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.sampled_from("abcdef"), st.booleans()), max_size=12),
+        min_size=1, max_size=3,
+    ),
+    st.booleans(),
+)  # fmt: skip
+def test_final_states_match_a_dict_model(
+    tmp_path_factory: pytest.TempPathFactory, files: list[list[tuple[str, bool]]], keep_ok: bool
+) -> None:
+    """The two-pass compact index agrees with "last record wins" (or "latest ok wins")."""
+    where = tmp_path_factory.mktemp("model")
+    paths, expected, position = [], {}, {}
+    n = 0
+    for i, entries in enumerate(files):
+        docs = []
+        for item_id, ok in entries:
+            docs.append(record(item_id, "ok" if ok else "failed", attempts=n))
+            if not (keep_ok and not ok and expected.get(item_id, (None, False))[1]):
+                expected[item_id], position[item_id] = (n, ok), n
+            n += 1
+        paths.append(str(write(where / f"{i}.jsonl", *docs)))
+    got = [(r["id"], r["attempts"]) for _, _, r in final_states(paths, keep_ok=keep_ok)]
+    assert got == sorted(((k, v[0]) for k, v in expected.items()), key=lambda kv: position[kv[0]])
+
+
+def test_pass_two_refuses_a_file_replaced_in_between(tmp_path: Path) -> None:
+    """A file swapped between the two passes is an error, never a silently wrong answer."""
+    path = write(tmp_path / "r.jsonl", record("a"), record("b"))
+    index = index_final([str(path)])
+    write(tmp_path / "new.jsonl", record("x"))
+    os.replace(tmp_path / "new.jsonl", path)
+    with pytest.raises(ConfigError, match="replaced or truncated"):
+        list(index.lines(FINAL))
+
+
+_tricky = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from([',"duration":', ',"transcription":', '"}', "]}", "\\", '\\"']),
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | _tricky,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["duration", "transcription", "x", "words"]), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values, _json_values, _json_values, st.booleans())
+def test_light_load_equals_a_full_parse_without_the_transcript(
+    words: Any, metadata: Any, text: Any, drop_duration: bool
+) -> None:
+    """Skipping the transcript never changes any other field, whatever the records hold."""
+    rec = record("x/y", transcription="a b")
+    rec.update(words=words, utterances=[words], transcription=text, metadata=metadata)
+    if drop_duration:
+        del rec["duration"]
+    line = orjson.dumps(rec)
+    expected = {k: v for k, v in orjson.loads(line).items() if k not in HEAVY_FIELDS}
+    assert load_split(line) in (expected, None)
+    assert load_split(line) == expected or drop_duration  # the writer always writes duration
+    assert load_light(line) == expected
+    assert load_light(line + b" " * 5000) == expected  # long enough for the split path
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_totals_over_final_states(tmp_path: Path) -> None:
+    """States, causes, HTTP statuses, retries, audio, runs (once each) and the slowest items."""
+    one = write(
+        tmp_path / "1.jsonl",
+        record("a", "failed", attempts=6, cause="5xx", http_status=503),
+        record("b", attempts=2, duration=10.0, meta={"processing_time_ms": 900}),
+        record("c", "failed", attempts=0, cause="missing", http_status=None, error="not found"),
+        record("d", response_status="processing", duration=None, transcription=""),
+        run_record("r1"),
+    )  # fmt: skip
+    two = write(
+        tmp_path / "2.jsonl",
+        run_record("r1"),  # the same run, as a merged file would carry it
+        record("a", attempts=3, duration=5.5, meta={"processing_time_ms": 4000}),
+        record("e", "failed", attempts=4, cause="429", http_status=429),
+        run_record("r2", ok=1, failed=1),
+        b"garbage\n",
+    )  # fmt: skip
+    report = build_report([str(one), str(two)], top=5)
+    assert (report.items, report.ok, report.failed, report.webhook_pending) == (5, 3, 2, 1)
+    assert report.failed_by_cause == {"missing": 1, "429": 1}
+    assert report.failed_by_status == {"none": 1, "429": 1}
+    assert report.retries == (3 - 1) + (2 - 1) + (4 - 1)
+    assert report.audio_seconds == pytest.approx(15.5)
+    assert [r["run_id"] for r in report.runs] == ["r1", "r2"]
+    assert [e["id"] for e in report.slowest] == ["a", "b"]
+    assert [e["id"] for e in report.most_attempts] == ["e", "a", "b"]
+    assert report.superseded == 1 and report.counts.unreadable == 1
+    doc = report.as_dict()
+    assert doc["failed_by_http_status"] == {"none": 1, "429": 1}
+    assert doc["top_errors"][0]["count"] == 1
+    text = "\n".join(report.lines())
+    assert "items: 5  ok: 3 (60.0%)  failed: 2" in text
+    assert "failed by cause: missing: 1  429: 1" in text
+
+
+def _generate(path: Path, n: int) -> dict[str, Any]:
+    """n records (5% failed, every 10th id retried later) and what a report must find."""
+    expect = {"ok": 0, "failed": 0, "retries": 0, "audio": 0.0, "items": 0}
+    with open(path, "wb") as out:
+        for i in range(n):
+            failed = i % 20 == 7
+            rec = record(
+                f"arch/{i // 1000:03d}/c{i}.wav", "failed" if failed else "ok",
+                attempts=3 if failed else 1, duration=1.5, run=f"run{i * 4 // n}",
+            )  # fmt: skip
+            out.write(orjson.dumps(rec) + b"\n")
+        for i in range(0, n, 10):  # a later run retries every 10th id: ok, one retry
+            rec = record(f"arch/{i // 1000:03d}/c{i}.wav", attempts=2, duration=1.5, run="run9")
+            out.write(orjson.dumps(rec) + b"\n")
+        out.write(orjson.dumps(run_record("run9")) + b"\n")
+    retried = set(range(0, n, 10))
+    for i in range(n):
+        expect["items"] += 1
+        if i in retried:
+            expect["ok"] += 1
+            expect["retries"] += 1
+            expect["audio"] += 1.5
+        elif i % 20 == 7:
+            expect["failed"] += 1
+            expect["retries"] += 2
+        else:
+            expect["ok"] += 1
+            expect["audio"] += 1.5
+    return expect
+
+
+def test_report_streams_a_hundred_thousand_lines(tmp_path: Path) -> None:
+    """A 110k-line file reports exact counts (the 1M-line timing is measured by hand)."""
+    path = tmp_path / "big.jsonl"
+    expect = _generate(path, 100_000)
+    report = build_report([str(path)], charts=True)
+    assert report.counts.records == 110_000
+    assert (report.items, report.ok, report.failed) == (
+        expect["items"], expect["ok"], expect["failed"],
+    )  # fmt: skip
+    assert report.retries == expect["retries"]
+    assert report.audio_seconds == pytest.approx(expect["audio"])
+    assert report.failed_by_cause == {"5xx": expect["failed"]}
+    assert sum(len(t) for t in report.timeline.values()) == 110_000
+    assert len(report.durations) == expect["ok"]
+
+
+def test_light_load_of_the_engines_real_records(sample_results: Path) -> None:
+    """The engine's own layout takes the fast path and loses nothing but the transcript."""
+    for line in sample_results.read_bytes().splitlines():
+        full = orjson.loads(line)
+        if "event" not in full:
+            assert line.find(b',"transcription":') < line.rfind(b',"duration":')
+            assert load_split(line) == {k: v for k, v in full.items() if k not in HEAVY_FIELDS}
+
+
+def test_report_cli_on_the_sample_archive(sample_results: Path, tmp_path: Path) -> None:
+    """`batchscribe report` (text and --json) over the real results of the sample archive."""
+    items, runs = read_results(sample_results)
+    text = cli("report", sample_results, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "items: 10  ok: 10 (100.0%)  failed: 0" in text.stdout
+    assert runs[0]["run_id"] in text.stdout
+    done = cli("report", "--json", sample_results, cwd=tmp_path)
+    doc = orjson.loads(done.stdout)
+    assert doc["items"] == 10 and doc["ok"] == 10 and doc["failed"] == 0
+    assert doc["audio_seconds"] == pytest.approx(sum(r["duration"] for r in items), abs=1e-3)
+    assert [r["run_id"] for r in doc["runs"]] == [runs[0]["run_id"]]
+    assert len(doc["slowest"]) == 10
+    missing = cli("report", tmp_path / "nope-*.jsonl", cwd=tmp_path)
+    assert missing.returncode == 2 and "matches no results file" in missing.stderr
+
+
+def test_report_output_never_shows_the_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key that found its way into a record is redacted in text, JSON and HTML output."""
+    monkeypatch.setenv("SMALLEST_API_KEY", TEST_KEY)
+    path = write(
+        tmp_path / "r.jsonl",
+        record(f"https://h/a.mp3?key={TEST_KEY}", "failed", error=f"HTTP 400: key {TEST_KEY}"),
+        record("b"),
+    )  # fmt: skip
+    page = tmp_path / "page.html"
+    for args in (["--json"], [], ["--html", page]):
+        code, out, err = main(capsys, "report", path, *args)
+        assert code == 0, err
+        assert TEST_KEY not in out + err
+    assert TEST_KEY not in page.read_text()
+    assert "***" in page.read_text()
+
+
+def test_display_id_hides_a_url_query_and_escapes_control_characters() -> None:
+    """Signed URLs lose their signature in reports; control characters cannot garble a line."""
+    assert display_id("https://b.s3.amazonaws.com/a.mp3?X-Amz-Signature=abc") == (
+        "https://b.s3.amazonaws.com/a.mp3?…"
+    )
+    assert display_id("a\nb\x1b") == "a\\nb\\x1b"
+
+
+# --------------------------------------------------------------------------- the HTML page
+
+
+def _html_report(tmp_path: Path) -> Path:
+    docs: list[dict[str, Any]] = []
+    for run, (start, n) in enumerate([(0, 60), (7200, 90)]):
+        for i in range(n):
+            second = start + i * 7 + (i % 3)
+            stamp = (
+                f"2026-11-25T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}.000Z"
+            )
+            status = "failed" if i % 11 == 0 else "ok"
+            cause = ["5xx", "429", "timeout", "network"][i % 4]
+            docs.append(record(f"r{run}/c{i}.wav", status, cause=cause, finished_at=stamp,
+                               run=f"run{run}", duration=1 + (i * 37 % 23) / 2,
+                               http_status=503 if cause == "5xx" else None))  # fmt: skip
+        docs.append(run_record(f"run{run}", started_at=docs[-n]["finished_at"]))
+    path = write(tmp_path / "r.jsonl", *docs)
+    page = tmp_path / "report.html"
+    done = cli("report", path, "--html", page, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return page
+
+
+def test_html_report_is_self_contained(tmp_path: Path) -> None:
+    """One file: inline CSS and SVG, no script, nothing fetched; every chart is there."""
+    html = _html_report(tmp_path).read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    for banned in ("<script", "src=", "<link", "url(", "@import"):
+        assert banned not in html
+    assert html.count("<svg") == 4  # timeline, outcomes, HTTP statuses, durations
+    for title in ("Items finished over time", "Outcomes and failure causes", "Audio duration"):
+        assert title in html
+    assert "time since the run started" in html and "audio duration (s)" in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    """A real browser draws the page: the screenshot is colourful, not blank."""
+    from PIL import Image
+
+    page = _html_report(tmp_path)
+    shot = tmp_path / "shot.png"
+    assert CHROMIUM is not None
+    subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+            "--window-size=1200,1600", page.as_uri(),
+        ],
+        capture_output=True, timeout=90, check=True,
+    )  # fmt: skip
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+        assert rgb.size == (1200, 1600)
+        colours = rgb.getcolors(maxcolors=1 << 20) or []
+    non_white = sum(n for n, c in colours if min(c) < 235)
+    assert len(colours) > 200  # text antialiasing, several chart colours
+    assert non_white > 0.04 * 1200 * 1600
+    palette = {"#4e79a7": (78, 121, 167), "#59a14f": (89, 161, 79)}  # line 1, ok bar
+    present = {c for _, c in colours}
+    assert all(rgb_value in present for rgb_value in palette.values())
+
+
+def test_html_report_of_empty_and_failure_only_files(tmp_path: Path) -> None:
+    """Nothing to chart is said in words, never a crash or an empty axis."""
+    empty = write(tmp_path / "empty.jsonl")
+    html = render_html(build_report([str(empty)], charts=True))
+    assert "No finish times recorded." in html and "No ok items with a duration." in html
+    failed = write(tmp_path / "f.jsonl", record("a", "failed", finished_at="bad"))
+    html = render_html(build_report([str(failed)], charts=True))
+    assert "failed: 5xx" in html and "HTTP 503" in html and "No run records." in html
+
+
+# --------------------------------------------------------------------------- failed items
+
+
+def test_failed_manifest_lists_final_failures_with_source_and_metadata(tmp_path: Path) -> None:
+    """Ids whose last record failed come back as manifest entries, filtered by cause."""
+    path = write(
+        tmp_path / "r.jsonl",
+        record("a", "failed", cause="5xx", metadata={"speaker": "Ada", "n": 1}),
+        record("b", "failed", cause="timeout", source="https://h/b.mp3?sig=1"),
+        record("c", "failed", cause="429"),
+        record("c"),
+        record("d", "failed", cause="missing", params={"language": "de"}),
+    )  # fmt: skip
+    entries = list(failed_manifest([str(path)]))
+    assert entries == [
+        {"id": "a", "path": "/srv/archive/a", "speaker": "Ada", "n": 1},
+        {"id": "b", "url": "https://h/b.mp3?sig=1"},
+        {"id": "d", "path": "/srv/archive/d", "language": "de"},
+    ]
+    only = [e["id"] for e in failed_manifest([str(path)], causes={"timeout", "missing"})]
+    assert only == ["b", "d"]
+
+
+def test_failed_cli_causes_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--cause takes repeats and comma lists, rejects unknown causes, --out never hits input."""
+    path = write(
+        tmp_path / "r.jsonl", record("a", "failed", cause="5xx"),
+        record("b", "failed", cause="network"), record("c", "failed", cause="4xx"),
+    )  # fmt: skip
+    code, out, err = main(capsys, "failed", path, "--cause", "5xx,network", "--cause", "4xx")
+    assert [orjson.loads(x)["id"] for x in out.splitlines()] == ["a", "b", "c"]
+    assert "3 failed item(s) listed" in err
+    again = tmp_path / "again.jsonl"
+    code, out, err = main(capsys, "failed", path, "--cause", "network", "--out", again)
+    assert code == 0 and out == ""
+    assert again.read_bytes().count(b"\n") == 1
+    code, _, err = main(capsys, "failed", path, "--cause", "5xx,oops")
+    assert code == 2 and "'oops' is not a failure cause" in err
+    code, _, err = main(capsys, "failed", path, "--out", path)
+    assert code == 2 and "is one of the results files" in err
+
+
+def test_failed_into_a_pipe_closed_early_is_not_an_error(tmp_path: Path) -> None:
+    """`batchscribe failed r.jsonl | head -1` exits 0 without a traceback or internal error."""
+    path = write(tmp_path / "r.jsonl", *(record(f"item-{i:05d}", "failed") for i in range(5000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchscribe", "failed", str(path)], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert orjson.loads(proc.stdout.readline())["id"] == "item-00000"
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert b"error" not in err
+
+
+def test_failed_then_run_retries_exactly_what_failed(tmp_path: Path, make_archive: Any) -> None:
+    """`failed r > again && run again --out r --retry-failed` turns the failures ok."""
+    archive = make_archive(tmp_path, 3)
+    with open(archive.manifest, "ab") as out:
+        out.write(b'{"id": "late", "path": "audio/late.wav", "speaker": "Zoe", "n": 99}\n')
+    first = cli("run", archive.manifest, "--emulate", "--out", "r.jsonl", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    shutil.copy(archive.paths["clip-000"], tmp_path / "audio" / "late.wav")
+    listed = cli("failed", "r.jsonl", "--out", "again.jsonl", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    again = [orjson.loads(x) for x in (tmp_path / "again.jsonl").read_bytes().splitlines()]
+    assert again == [{"id": "late", "path": str(tmp_path / "audio" / "late.wav"),
+                      "speaker": "Zoe", "n": 99}]  # fmt: skip
+    rerun = cli("run", "again.jsonl", "--emulate", "--out", "r.jsonl", "--retry-failed",
+                cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    final = {r["id"]: r for _, _, r in final_states([str(tmp_path / "r.jsonl")])}
+    assert {k: r["status"] for k, r in final.items()} == dict.fromkeys(
+        ["clip-000", "clip-001", "clip-002", "late"], "ok"
+    )
+    assert final["late"]["metadata"] == {"speaker": "Zoe", "n": 99}
+    assert cli("failed", "r.jsonl", cwd=tmp_path).stdout == ""
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def test_merge_keeps_last_states_never_loses_an_ok_and_carries_runs(tmp_path: Path) -> None:
+    """Last record wins across inputs in order, except that an ok outlives a later failure."""
+    one = write(tmp_path / "1.jsonl", record("a"), record("b", "failed"), record("c"),
+                run_record("r1"))  # fmt: skip
+    two = write(tmp_path / "2.jsonl", record("a", "failed"), record("b", attempts=4),
+                record("d", "failed"), run_record("r1"), run_record("r2"))  # fmt: skip
+    out = tmp_path / "all.jsonl"
+    summary = merge_results([str(one), str(two)], str(out))
+    items, runs = read_results(out)
+    assert [(r["id"], r["status"], r["attempts"]) for r in items] == [
+        ("a", "ok", 1), ("c", "ok", 1), ("b", "ok", 4), ("d", "failed", 1),
+    ]  # fmt: skip
+    assert [r["run_id"] for r in runs] == ["r1", "r2"]
+    assert (summary.items, summary.ok, summary.kept_ok, summary.runs) == (4, 3, 1, 2)
+    # Merging into an existing file adds to it: what it holds comes first, and stays.
+    three = write(tmp_path / "3.jsonl", record("e"), record("d"))
+    merge_results([str(three)], str(out))
+    items, runs = read_results(out)
+    assert sorted((r["id"], r["status"]) for r in items) == [
+        ("a", "ok"), ("b", "ok"), ("c", "ok"), ("d", "ok"), ("e", "ok"),
+    ]  # fmt: skip
+    assert len(runs) == 2
+
+
+def test_merge_refuses_its_input_and_a_locked_output(tmp_path: Path) -> None:
+    """--out may not be an input, and a results file a run holds is never written."""
+    one = write(tmp_path / "1.jsonl", record("a"))
+    with pytest.raises(ConfigError, match="both an input and --out"):
+        merge_results([str(one)], str(one))
+    busy = tmp_path / "busy.jsonl"
+    store = ResultsStore(str(busy))
+    store.open()
+    try:
+        with pytest.raises(ResultsBusy):
+            merge_results([str(one)], str(busy))
+        done = cli("merge", one, "--out", busy, cwd=tmp_path)
+        assert done.returncode == 75, done.stderr
+    finally:
+        store.close()
+    assert busy.read_bytes() == b""
+
+
+def test_merge_cli_with_globs_feeds_a_resumable_run(sample_results: Path, tmp_path: Path) -> None:
+    """`merge 'part-*.jsonl' --out all` makes a file a run resumes from: nothing is resent."""
+    lines = sample_results.read_bytes().splitlines(keepends=True)
+    (tmp_path / "part-1.jsonl").write_bytes(b"".join(lines[:4]))
+    (tmp_path / "part-2.jsonl").write_bytes(b"".join(lines[4:]))
+    done = cli("merge", "part-*.jsonl", "--out", "all.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "-> 10 item(s) (10 ok, 0 failed)" in done.stdout
+    rerun = cli("run", SAMPLES / "archive.jsonl", "--emulate", "--out", "all.jsonl",
+                cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "skipped (done earlier): 10" in rerun.stdout
+
+
+def test_readme_documents_the_results_commands() -> None:
+    """Each command has a README usage line, and every flag the section names exists."""
+    import re
+
+    from batchscribe.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Reading results", 1)[1].split("\n## ", 1)[0]
+    assert "batchscribe failed r.jsonl > again.jsonl" in readme
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command in ("report", "failed", "export", "merge"):
+        usage = re.search(rf"\*\*`batchscribe {command} ([^`]*)`\*\*", section)
+        assert usage, f"no usage line for {command}"
+        helptext = sub.choices[command].format_help()  # type: ignore[attr-defined]
+        for flag in re.findall(r"--[a-z][a-z-]+", usage.group(1)):
+            assert flag in helptext, (command, flag)
+
+
+@pytest.fixture(autouse=True)
+def _keep_cwd() -> Iterator[None]:
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)
