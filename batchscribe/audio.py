@@ -6,7 +6,10 @@ Used for audio accounting when a response carries no duration, and by ``--dry-ru
 from __future__ import annotations
 
 import contextlib
+import io
+import struct
 import wave
+from typing import Any
 
 
 def audio_duration(path: str) -> float | None:
@@ -25,4 +28,76 @@ def audio_duration(path: str) -> float | None:
         rate = handle.getframerate()
         if rate > 0:
             return handle.getnframes() / rate
+    return None
+
+
+class _Sparse(io.RawIOBase):
+    """A read-only file of ``size`` bytes whose first bytes are ``head`` and the rest zeros:
+    mutagen sees the real length (CBR MP3 durations come from it) without the whole object."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        self._head = head
+        self._size = max(size, len(head))
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        real = max(0, min(n, len(self._head) - self._pos))
+        view[:real] = self._head[self._pos : self._pos + real]
+        view[real:n] = bytes(n - real)
+        self._pos += n
+        return n
+
+
+def head_duration(head: bytes, size: int) -> float | None:
+    """Seconds of audio from an object's first bytes and its total size (remote objects).
+
+    WAV is exact from its header and the size; other formats as far as their headers tell
+    (FLAC's sample count, an MP3's Xing header or its bitrate over the size); None otherwise.
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return _wav_head_duration(head, size)
+    try:
+        import mutagen
+
+        info = mutagen.File(io.BufferedReader(_Sparse(head, size)))
+    except Exception:  # a duration is best effort, as for local files
+        return None
+    length = getattr(getattr(info, "info", None), "length", None)
+    if isinstance(length, (int, float)) and length > 0:
+        return float(length)
+    return None
+
+
+def _wav_head_duration(head: bytes, size: int) -> float | None:
+    offset, byte_rate = 12, 0
+    while offset + 8 <= len(head):
+        chunk_id = head[offset : offset + 4]
+        (chunk_size,) = struct.unpack_from("<I", head, offset + 4)
+        body = offset + 8
+        if chunk_id == b"fmt " and body + 12 <= len(head):
+            (byte_rate,) = struct.unpack_from("<I", head, body + 8)
+        elif chunk_id == b"data":
+            if not byte_rate:
+                return None
+            available = size - body
+            # 0 and 0xFFFFFFFF mark a streamed WAV whose length was never patched in.
+            data = available if chunk_size in (0, 0xFFFFFFFF) else min(chunk_size, available)
+            return max(0, data) / byte_rate
+        offset = body + chunk_size + (chunk_size & 1)
     return None

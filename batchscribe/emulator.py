@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 from aiohttp import web
@@ -322,21 +322,47 @@ def _sample_for_url(url: str) -> _Sample | None:
     return None
 
 
+_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
+_SIGNING_NAMES = frozenset({"signature", "expires", "awsaccesskeyid", "googleaccessid"})
+
+
+def canonical_url(url: str) -> str:
+    """``url`` without the query parameters that sign it (``X-Amz-*``, ``X-Goog-*``,
+    ``Signature``, ``Expires``, ...): what names the audio. The service fetches the same object
+    whatever the signature, so a URL signed anew for a retry is the same content."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    kept = [
+        pair
+        for pair in parts.query.split("&")
+        if not (
+            (name := unquote(pair.partition("=")[0]).lower()).startswith(_SIGNING_PREFIXES)
+            or name in _SIGNING_NAMES
+        )
+    ]
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
 def transcript_for_url(url: str) -> str:
     """The transcription the emulator returns for a URL-mode request (it fetches nothing).
 
     Args:
         url: the ``url`` of the JSON body; one whose path ends with a sample clip's path under
             ``archive/`` (``https://example.org/a/2019/01-weather.wav``) gives its sentence.
+            Its signing query parameters do not count (see :func:`canonical_url`).
     """
     sample = _sample_for_url(url)
-    return sample.sentence if sample else _pseudo_sentence(hashlib.sha256(url.encode()).digest())
+    if sample:
+        return sample.sentence
+    return _pseudo_sentence(hashlib.sha256(canonical_url(url).encode()).digest())
 
 
 def content_key(content: bytes | str) -> str:
     """The short content hash the emulator files requests under in ``stats()["by_content"]``:
-    the first 12 hex digits of the sha256 of a raw body, or of a URL string in URL mode."""
-    data = content.encode() if isinstance(content, str) else content
+    the first 12 hex digits of the sha256 of a raw body, or of a URL string in URL mode
+    (without its signing query parameters: see :func:`canonical_url`)."""
+    data = canonical_url(content).encode() if isinstance(content, str) else content
     return hashlib.sha256(data).hexdigest()[:12]
 
 
@@ -735,7 +761,7 @@ class _Emulator:
                 url = _url_from_json(body.head)
             except ValueError as exc:
                 return self._error(400, str(exc), request_id), ""
-            digest = hashlib.sha256(url.encode()).digest()
+            digest = hashlib.sha256(canonical_url(url).encode()).digest()
         else:
             digest = body.digest
             url = None

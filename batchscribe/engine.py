@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import random
 import signal
@@ -20,7 +21,6 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -28,8 +28,9 @@ import aiofiles
 import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
+from yarl import URL
 
-from batchscribe import manifest
+from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.clock import Clock, LoopClock
 from batchscribe.control import AdaptiveConcurrency, ConcurrencyLimit, Pacer, PoolPause
@@ -111,6 +112,8 @@ class RunOptions:
             reported by shard 0 only.
         rate_store: with ``rate``, ``redis://HOST[:PORT][/DB]``: every process using this Redis
             and API key shares one budget of ``rate`` starts per second (``--rate-store``).
+        via_client: stream ``s3://``/``gs://`` objects through this machine even for
+            ``model=pulse`` (default: send them as presigned URLs; ``--via-client``).
     """
 
     sources: Sequence[str]
@@ -133,6 +136,7 @@ class RunOptions:
     max_runtime: float | None = None
     shard: Shard | None = None
     rate_store: str | None = None
+    via_client: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work, before anything is opened."""
@@ -182,12 +186,34 @@ class _Stopped(Exception):
 
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T00:00:00.000Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    global _utc_second
+    now = time.time()
+    second = int(now)
+    cached, prefix = _utc_second
+    if second != cached:
+        # Formatting the date is most of the cost; it changes once a second, not per record.
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _utc_second = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1000):03d}Z"
+
+
+_utc_second = (-1, "")
 
 
 @lru_cache(maxsize=256)
-def _query(params: PulseParams) -> dict[str, str]:
-    return build_query(params)
+def _request_url(endpoint: str, params: PulseParams) -> URL:
+    """The endpoint with the query string, built once per distinct set of parameters."""
+    return URL(endpoint).with_query(build_query(params))
+
+
+@lru_cache(maxsize=64)
+def _mime_of(extension: str) -> str:
+    return content_type_for(extension)
+
+
+def _content_type(path: str) -> str:
+    """``content_type_for`` by the file's extension (os.path is far cheaper than PurePath)."""
+    return _mime_of("x" + os.path.splitext(path)[1])
 
 
 _RESERVED = frozenset({"transcription", "words", "utterances", "request_id"})
@@ -224,6 +250,7 @@ class Engine:
         self.limit = ConcurrencyLimit(self.summary.concurrency)
         self.pacer = Pacer(self.clock)
         self._sending = 0  # requests past _acquire and not yet answered
+        self._small_reads = _SmallReads()
         # --rate: a leaky bucket holding one start, so starts are spaced 1/rate apart (no volley
         # after an idle spell) and a minute never sees more than 60 * rate + 1 of them.
         self.rate_limiter: Acquirer | None = (
@@ -257,6 +284,7 @@ class Engine:
         self._work_left = False  # a stop left items unsent
         self._runtime_stop = False
         self._in_process = 0
+        self._cloud: cloud.CloudSender | None = None  # made with the first s3:// / gs:// item
         # Workers whose item is between requests (waiting for a slot or a retry): a stop
         # cancels them at once, so a stop never starts a request or waits out a backoff.
         self._between: set[asyncio.Task[Any]] = set()
@@ -467,7 +495,14 @@ class Engine:
         problem = check_combination(params, url_input=item.is_url)
         if problem:
             return self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
-        if not item.is_url:
+        is_cloud = cloud.is_cloud_uri(item.source)
+        if is_cloud:
+            unfit = await self._cloud_sender().prepare(item, record, model=params.model)
+            if unfit is not None:
+                if unfit.verdict is Verdict.ABORT:
+                    return self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
+                return self._finish(item, record, 0, unfit)
+        elif not item.is_url:
             try:
                 st = os.stat(item.source)
             except FileNotFoundError:
@@ -502,6 +537,8 @@ class Engine:
             try:
                 attempts += 1
                 outcome = await self._send(item, params, size)
+                if is_cloud:  # a signed URL must never reach a record or a log line
+                    outcome = cloud.scrub_outcome(outcome)
             finally:
                 self.limit.release()
                 self._sending -= 1
@@ -557,9 +594,12 @@ class Engine:
 
     async def _acquire(self) -> float:
         """Wait for a pool-wide pause to end, a free slot and the turn to start (``--rate``,
-        the adaptive pacer), re-checking the pause; return the clock time of the start."""
+        the adaptive pacer), re-checking the pause; return the clock time of the start (read
+        only for the adaptive controller, 0.0 without it)."""
+        pause = self.pause
         while True:
-            await self.pause.wait()
+            if pause.pauses:  # (no clock reads on the per-item path until a first pause)
+                await pause.wait()
             await self.limit.acquire()
             try:
                 if self.rate_limiter is not None:
@@ -569,8 +609,8 @@ class Engine:
             except BaseException:
                 self.limit.release()
                 raise
-            if self.pause.remaining <= 0:
-                return self.clock.now()
+            if not pause.pauses or pause.remaining <= 0:
+                return self.clock.now() if self.controller is not None else 0.0
             self.limit.release()
 
     def _adapt(self, started: float, outcome: Outcome) -> None:
@@ -594,20 +634,23 @@ class Engine:
         session = self._session
         assert session is not None
         data: Any
-        if item.is_url:
+        if cloud.is_cloud_uri(item.source):
+            try:
+                data, headers = await self._cloud_sender().request(item, model=params.model)
+            except cloud.CloudError as exc:
+                return exc.outcome
+        elif item.is_url:
             data = orjson.dumps({"url": item.source})
             headers = {"Content-Type": "application/json"}
         else:
             data = None  # read inside the try below: a file that vanished is an outcome
-            headers = {
-                "Content-Type": content_type_for(item.source),
-                "Content-Length": str(size),
-            }
+            # (Content-Length: a streamed body would otherwise go chunked.)
+            headers = {"Content-Type": _content_type(item.source), "Content-Length": str(size)}
         try:
             if data is None:
-                data = await _file_body(item.source, size)
+                data = await self._small_reads.read(item.source, size)
             async with session.post(
-                self._endpoint, params=_query(params), data=data, headers=headers
+                _request_url(self._endpoint, params), data=data, headers=headers
             ) as response:
                 body = await response.read()
                 return classify(response.status, response.headers, body, now=self.clock.wall())
@@ -619,15 +662,28 @@ class Engine:
             return Outcome(Verdict.FAIL, None, "missing", "file disappeared before upload")
         except FileChanged:
             return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
+        except cloud.CloudError as exc:  # the bucket failed while its object was streamed
+            return exc.outcome
         except aiohttp.ClientPayloadError:
             return Outcome(Verdict.RETRY, None, "network", "response body cut short")
         except aiohttp.ClientError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, FileChanged):
                 return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
+            if isinstance(cause, cloud.CloudError):
+                return cause.outcome
             return Outcome(Verdict.RETRY, None, "network", _network_error(exc))
         except OSError as exc:
             return Outcome(Verdict.RETRY, None, "network", f"{type(exc).__name__}: {exc.strerror}")
+        finally:
+            if inspect.isasyncgen(data):  # a body not read to its end: release its connection
+                await data.aclose()
+
+    def _cloud_sender(self) -> cloud.CloudSender:
+        if self._cloud is None:
+            options = self.options
+            self._cloud = cloud.CloudSender(timeout=options.timeout, via_client=options.via_client)
+        return self._cloud
 
     def _on_retry(self, item: Item, attempt: int, error: RetryableError, delay: float) -> None:
         self.summary.retries += 1
@@ -671,6 +727,8 @@ class Engine:
             record["duration"] = duration
             record["request_id"] = payload.get("request_id")
             record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
+        if item.params:
+            record["params"] = dict(item.params)  # per-item Pulse overrides, for reruns
         if item.metadata:
             record["metadata"] = item.metadata
         store = self._store
@@ -812,6 +870,8 @@ class Engine:
                     )
         if emulator is not None:
             await emulator.close()
+        if self._cloud is not None:
+            await self._cloud.close()
 
     def _fail_at_close(self, exc: RunAborted) -> None:
         """The results file failed as the run ended: exit 3, said on stderr like any abort."""
@@ -939,16 +999,51 @@ def _file_problem(path: str, st: os.stat_result) -> Outcome | None:
     return None
 
 
-async def _file_body(path: str, size: int) -> bytes | AsyncIterator[bytes]:
-    """The upload body of a file, opened afresh for each attempt; FileChanged if its size moved.
+class _SmallReads:
+    """Where small files are read: inline while reads are quick, else in a thread.
 
-    A file of at most one chunk is read in one hop to a thread (open, read, close) and sent as
-    bytes: the same memory as streaming it, a quarter of the thread hops, and a body that is
-    complete when sent, so the connection goes back to the pool for reuse. Larger files stream.
+    A file of at most one chunk is read whole (open, read, close) and sent as bytes: the same
+    memory as streaming it, and a body that is complete when sent, so the connection goes back
+    to the pool for reuse. On a local disk that takes microseconds, far less than a hop to a
+    thread and back (~200 us of CPU on a 2-core machine, most of a small item's cost); but a
+    network mount may take milliseconds, which must not stall the event loop. So reads go
+    inline while a moving average of their time (wherever they ran) stays under ``limit``, and
+    to a thread while it does not: one slow read (a preempted process, a cold cache) costs a
+    few reads in a thread, a slow mount keeps them all there.
     """
-    if size > UPLOAD_CHUNK:
-        return _file_chunks(path, size)
-    return await asyncio.get_running_loop().run_in_executor(None, _read_small, path, size)
+
+    limit = 0.001  # seconds: the average read time above which reads leave the event loop
+    _weight = 0.1  # of the newest read in the moving average
+
+    def __init__(self) -> None:
+        self.average = 0.0
+
+    @property
+    def inline(self) -> bool:
+        return self.average < self.limit
+
+    def _note(self, seconds: float) -> None:
+        self.average += (seconds - self.average) * self._weight
+
+    async def read(self, path: str, size: int) -> bytes | AsyncIterator[bytes]:
+        """The upload body of a file, opened afresh for each attempt (FileChanged if its size
+        moved); files over one chunk stream."""
+        if size > UPLOAD_CHUNK:
+            return _file_chunks(path, size)
+        if self.inline:
+            data, seconds = _read_small_timed(path, size)
+        else:
+            loop = asyncio.get_running_loop()
+            data, seconds = await loop.run_in_executor(None, _read_small_timed, path, size)
+        self._note(seconds)
+        return data
+
+
+def _read_small_timed(path: str, size: int) -> tuple[bytes, float]:
+    """:func:`_read_small` and the seconds it took."""
+    started = time.perf_counter()
+    data = _read_small(path, size)
+    return data, time.perf_counter() - started
 
 
 def _read_small(path: str, size: int) -> bytes:

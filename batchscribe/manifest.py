@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 
+from batchscribe import cloud
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
@@ -42,7 +43,9 @@ class Item:
     ``source`` is an absolute file path (relative manifest paths resolved against the manifest's
     folder) or the URL; ``params`` holds the item's validated Pulse parameter overrides (empty
     when none); ``metadata`` every other manifest field (None when none); ``origin`` says where
-    the item came from (``FILE:LINE``, or the file's path for directory items).
+    the item came from (``FILE:LINE``, or the file's path for directory items). A cloud object
+    (``s3://``, ``gs://``; ``is_url`` False) from a bucket listing also has its ``size`` and
+    ``version`` (ETag or GCS generation); None when unknown.
     """
 
     id: str
@@ -51,6 +54,8 @@ class Item:
     params: Mapping[str, Any]
     metadata: Mapping[str, Any] | None
     origin: str
+    size: int | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,12 @@ def check_sources(sources: Sequence[str]) -> None:
                 raise ManifestError("- (stdin) is given more than once")
             stdin_seen = True
             continue
+        if cloud.is_cloud_uri(source):
+            try:
+                cloud.check_source(source)  # lists one key: fails before any request is sent
+            except cloud.CloudConfigError as exc:
+                raise ManifestError(str(exc)) from None
+            continue
         name = _printable(source)
         try:
             mode = os.stat(source).st_mode
@@ -165,6 +176,8 @@ def iter_sources(
                 yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen)
             except OSError as exc:
                 raise ManifestError(f"{STDIN_NAME}: read failed: {_reason(exc)}") from exc
+        elif cloud.is_cloud_uri(source):
+            yield from _read_bucket(source, seen)
         elif os.path.isdir(source):
             try:
                 yield from _read_directory(source, seen)
@@ -289,7 +302,7 @@ def _parse_text(
             continue
         if not text or text[0] == "#":
             continue
-        if _looks_like_url(text):
+        if _looks_like_url(text) and not cloud.is_cloud_uri(text):
             result = _make_item(None, text, None, {}, None, base, f"{file}:{lineno}", seen)
         else:
             result = _make_item(text, None, None, {}, None, base, f"{file}:{lineno}", seen)
@@ -391,6 +404,19 @@ def _csv_header_problem(names: list[str]) -> str | None:
         repeated = next(name for name in named if named.count(name) > 1)
         return f"the CSV header repeats the column {_quote(repeated)}"
     return None
+
+
+def _read_bucket(uri: str, seen: DigestSet) -> Iterator[Item | Problem]:
+    """The audio objects under a cloud prefix, streamed; ids are keys relative to the prefix."""
+    try:
+        for found in cloud.iter_objects(uri):
+            if not seen.add(id_digest(found.rel)):
+                message = f"duplicate id {_quote(found.rel)} (first seen earlier)"
+                yield Problem(found.uri, 0, message)
+                continue
+            yield Item(found.rel, found.uri, False, {}, None, found.uri, found.size, found.version)
+    except cloud.CloudConfigError as exc:
+        raise ManifestError(str(exc)) from None
 
 
 def _read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:
@@ -529,7 +555,7 @@ def _make_item(
             return '"path" is empty'
         if "\x00" in path:
             return f'"path" contains a NUL character: {_quote(path)}'
-        source = _resolve(base, path)
+        source = path if cloud.is_cloud_uri(path) else _resolve(base, path)
         is_url = False
         if item_id is None:
             item_id = path

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from batchscribe import manifest
+from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
@@ -37,6 +37,10 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
         return "retry" if retry_failed else "failed"
     if rescan_changed and not item.is_url:
         stored = resume.ok_fingerprint(key)
+        if stored is not None and cloud.is_cloud_uri(item.source):
+            # The listing's size and ETag/generation (or a HEAD for a manifest-named object).
+            live = cloud.live_fingerprint(item.source, item.size, item.version)
+            return "changed" if live is not None and live != stored else "done"
         if stored is not None:
             try:
                 st = os.stat(item.source)
@@ -160,8 +164,9 @@ def dry_run(
                 plan.url_items += 1
                 plan.unknown_duration += 1
                 continue
-            with contextlib.suppress(OSError):
-                plan.bytes_to_send += os.stat(item.source).st_size
+            if not cloud.is_cloud_uri(item.source):  # an object's size comes with its header
+                with contextlib.suppress(OSError):
+                    plan.bytes_to_send += os.stat(item.source).st_size
             to_measure.append(item.source)
             if len(to_measure) >= 1024:
                 _measure(pool, to_measure, plan)
@@ -169,8 +174,16 @@ def dry_run(
     return plan
 
 
+def _size_and_duration(source: str) -> tuple[int, float | None]:
+    """(bytes not yet counted, audio seconds): a cloud object's from a ranged GET of its head."""
+    if cloud.is_cloud_uri(source):
+        return cloud.header_duration(source)
+    return 0, audio_duration(source)
+
+
 def _measure(pool: ThreadPoolExecutor, paths: list[str], plan: Plan) -> None:
-    for duration in pool.map(audio_duration, paths):
+    for size, duration in pool.map(_size_and_duration, paths):
+        plan.bytes_to_send += size
         if duration is None:
             plan.unknown_duration += 1
         else:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from batchscribe.cloud import scrub as scrub_signed_urls
 from batchscribe.events import (
     Event,
     InvalidLine,
@@ -41,7 +42,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return text
+        return scrub_signed_urls(text)  # presigned URLs' signatures, whatever signed them
 
 
 class Console:

@@ -86,7 +86,7 @@ def fingerprint(size: object, version: object) -> int:
 def record_fingerprint(record: dict[str, Any]) -> int:
     """The fingerprint of the source as a record saw it (0 when it recorded neither)."""
     size = record.get("size")
-    version = record.get("etag", record.get("mtime"))
+    version = record.get("etag", record.get("generation", record.get("mtime")))
     if size is None or version is None:
         return 0
     return fingerprint(size, version)

@@ -170,46 +170,45 @@ def run_child(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCRIBE_")}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv), env=full_env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
-    )
-    samples: list[tuple[float, float]] = []
-    stop = threading.Event()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            list(argv), env=full_env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        )
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
 
-    def sample() -> None:
-        assert sample_every is not None
-        while not stop.wait(sample_every):
-            value = rss_mb(proc.pid)
-            if value is not None:
-                samples.append((time.monotonic() - started, value))
+        def sample() -> None:
+            assert sample_every is not None
+            while not stop.wait(sample_every):
+                value = rss_mb(proc.pid)
+                if value is not None:
+                    samples.append((time.monotonic() - started, value))
 
-    sampler = threading.Thread(target=sample, daemon=True) if sample_every else None
-    if sampler:
-        sampler.start()
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        timer.cancel()
-        stop.set()
-    wall = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out.seek(0)
-    err.seek(0)
-    return ChildResult(
-        wall=wall,
-        user=usage.ru_utime,
-        system=usage.ru_stime,
-        maxrss_mb=usage.ru_maxrss / 1024,
-        code=proc.returncode,
-        stdout=out.read().decode(errors="replace"),
-        stderr=err.read().decode(errors="replace"),
-        samples=samples,
-    )
+        sampler = threading.Thread(target=sample, daemon=True) if sample_every else None
+        if sampler:
+            sampler.start()
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+            stop.set()
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ChildResult(
+            wall=wall,
+            user=usage.ru_utime,
+            system=usage.ru_stime,
+            maxrss_mb=usage.ru_maxrss / 1024,
+            code=proc.returncode,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            samples=samples,
+        )
 
 
 def batchscribe_argv(*args: object) -> list[str]:
@@ -221,6 +220,9 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     """A markdown table (also readable on a terminal)."""
     cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in cells
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)

@@ -20,8 +20,7 @@ import orjson
 QUERY = {"model": "pulse", "language": "en", "word_timestamps": "true"}
 
 
-async def main(manifest: str, endpoint: str, concurrency: int, out: str) -> None:
-    base = os.path.dirname(os.path.abspath(manifest))
+async def main(manifest: str, base: str, endpoint: str, concurrency: int, out: str) -> None:
     with open(manifest, "rb") as handle:
         items = [orjson.loads(line) for line in handle if line.strip()]
     key = os.environ.get("SMALLEST_API_KEY", "")
@@ -55,4 +54,5 @@ if __name__ == "__main__":
     parser.add_argument("-j", "--concurrency", type=int, default=64)
     parser.add_argument("--out", required=True)
     ns = parser.parse_args()
-    asyncio.run(main(ns.manifest, ns.endpoint, ns.concurrency, ns.out))
+    base = os.path.dirname(os.path.abspath(ns.manifest))
+    asyncio.run(main(ns.manifest, base, ns.endpoint, ns.concurrency, ns.out))

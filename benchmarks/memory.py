@@ -61,8 +61,15 @@ def resume_case(n: int, repeat: int) -> list[list[str]]:
               f"in {time.monotonic() - started:.1f} s")  # fmt: skip
         for i in range(repeat):
             result = run_child(
-                batchscribe_argv("run", manifest, "--out", results, "--no-progress",
-                                 "--endpoint", "http://127.0.0.1:9/unused"),  # fmt: skip
+                batchscribe_argv(
+                    "run",
+                    manifest,
+                    "--out",
+                    results,
+                    "--no-progress",
+                    "--endpoint",
+                    "http://127.0.0.1:9/unused",
+                ),
                 env={"SMALLEST_API_KEY": BENCH_KEY},
             )
             skipped = [line for line in result.stdout.splitlines() if "skipped" in line]
@@ -78,9 +85,10 @@ def resume_case(n: int, repeat: int) -> list[list[str]]:
 def long_case(items: int) -> tuple[list[str], list[tuple[float, float]]]:
     from batchscribe.emulator import EmulatorConfig, EmulatorThread
 
-    with workdir("bench-memory-long-") as root, EmulatorThread(
-        EmulatorConfig(key=BENCH_KEY, latency_ms=0)
-    ) as emulator:
+    with (
+        workdir("bench-memory-long-") as root,
+        EmulatorThread(EmulatorConfig(key=BENCH_KEY, latency_ms=0)) as emulator,
+    ):
         audio = root / "audio"
         audio.mkdir()
         for k in range(64):

@@ -37,6 +37,7 @@ class Scenario:
     config: dict[str, Any]
     limit: float  # successful requests per second the server allows
     halve: bool = False
+    args: tuple[str, ...] = ("--concurrency", "auto")
 
 
 SCENARIOS = [
@@ -45,6 +46,14 @@ SCENARIOS = [
     Scenario("C=16", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000)),
     Scenario("R=200/s -> 100/s", {"rate_limit": 200.0}, 200.0, halve=True),
     Scenario("C=16 -> 8", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000), halve=True),
+    # References: what a user who knows the cap gets with a fixed -j 16, and --rate on its own.
+    Scenario(
+        "C=16, fixed -j 16",
+        {"max_concurrent": 16},
+        16 / (LATENCY_MS / 1000),
+        args=("--concurrency", "16"),
+    ),
+    Scenario("--rate 50 -j 64, no server limit", {}, 50.0, args=("-j", "64", "--rate", "50")),
 ]
 
 
@@ -115,18 +124,27 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
             timer.start()
         result = run_child(
             batchscribe_argv("run", manifest, "--out", root / "r.jsonl", "--no-progress",
-                             "--endpoint", emulator.endpoint(), "--concurrency", "auto",
+                             "--endpoint", emulator.endpoint(), *scenario.args,
                              "--max-runtime", f"{seconds:g}", "--max-attempts", "100"),
             env={"SMALLEST_API_KEY": BENCH_KEY},
         )  # fmt: skip
         stop.set()
         sampler.join()
+        per_second = emulator.stats()["requests_per_second"]
         if timer:
             timer.cancel()
     if result.code not in (0, 4):
         raise SystemExit(f"{scenario.name}: exit {result.code}\n{result.stdout}{result.stderr}")
     auto_line = next((line for line in result.stdout.splitlines() if "concurrency: auto" in line),
-                     "")  # fmt: skip
+                     " ".join(scenario.args))  # fmt: skip
+    if "--rate" in scenario.args:
+        # Request starts per second as the server counted them (whole seconds of the run).
+        full = per_second[1:-1]
+        mean = sum(full) / len(full)
+        return [scenario.name, f"{scenario.limit:.1f}", f"{mean:.1f} starts/s",
+                f"{mean / scenario.limit:.3f}", "", "", "",
+                f"max in one second: {max(full)}", f"starts over {len(full)} s: {sum(full)}"
+                f" (allowed {scenario.limit * len(full):.0f} + 1)"]  # fmt: skip
     end = min(seconds, samples[-1][0])
     total = samples[-1]
     all_share = total[2] / total[3] if total[3] else 0.0

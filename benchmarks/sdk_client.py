@@ -21,8 +21,7 @@ from smallestai import AsyncSmallestAI
 from smallestai.environment import SmallestAIEnvironment
 
 
-async def main(manifest: str, base_url: str, concurrency: int, out: str) -> None:
-    base = os.path.dirname(os.path.abspath(manifest))
+async def main(manifest: str, base: str, base_url: str, concurrency: int, out: str) -> None:
     with open(manifest, "rb") as handle:
         items = [orjson.loads(line) for line in handle if line.strip()]
     environment = SmallestAIEnvironment(
@@ -42,8 +41,9 @@ async def main(manifest: str, base_url: str, concurrency: int, out: str) -> None
                     model="pulse", language="en", request=data, word_timestamps=True
                 )
                 line = answer.model_dump_json()
-                results.write(b'{"id":' + orjson.dumps(item["id"]) + b',"result":'
-                              + line.encode() + b"}\n")
+                results.write(
+                    b'{"id":' + orjson.dumps(item["id"]) + b',"result":' + line.encode() + b"}\n"
+                )
 
         await asyncio.gather(*(one(item) for item in items))
     print(f"sdk: {len(items)} items in {time.monotonic() - started:.3f} s")
@@ -56,4 +56,5 @@ if __name__ == "__main__":
     parser.add_argument("-j", "--concurrency", type=int, default=64)
     parser.add_argument("--out", required=True)
     ns = parser.parse_args()
-    asyncio.run(main(ns.manifest, ns.base_url, ns.concurrency, ns.out))
+    base = os.path.dirname(os.path.abspath(ns.manifest))
+    asyncio.run(main(ns.manifest, base, ns.base_url, ns.concurrency, ns.out))

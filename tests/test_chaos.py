@@ -94,10 +94,12 @@ class Scenario:
         return set(self.archive.ids) | set(self.junk) | set(self.big) | set(self.gone)
 
 
-def build_scenario(root: Path, make_archive: Any, good: int, bad_each: int) -> Scenario:
-    """``good`` distinct short WAVs and ``bad_each`` items of each must-fail kind."""
+def build_scenario(
+    root: Path, make_archive: Any, good: int, bad_each: int, rng: random.Random
+) -> Scenario:
+    """``good`` distinct short WAVs and ``bad_each`` items of each must-fail kind, shuffled."""
     archive = make_archive(root, good, seconds=0.05)
-    lines = [archive.manifest.read_bytes()]
+    lines = archive.manifest.read_bytes().splitlines(keepends=True)
     junk: dict[str, Path] = {}
     big: dict[str, Path] = {}
     gone: list[str] = []
@@ -114,6 +116,7 @@ def build_scenario(root: Path, make_archive: Any, good: int, bad_each: int) -> S
         *({"id": k, "path": str(root / "bad" / f"{k}.wav")} for k in gone),
     ]
     lines += [orjson.dumps(e) + b"\n" for e in entries]
+    rng.shuffle(lines)
     manifest = root / "chaos.jsonl"
     manifest.write_bytes(b"".join(lines))
     assert all(p.stat().st_size > MAX_PAYLOAD for p in big.values())
@@ -178,10 +181,10 @@ def run_campaign(
     every run's invariants and the final results. Returns the figures."""
     started = time.monotonic()
     rng = random.Random(seed)
-    scenario = build_scenario(tmp_path, make_archive, good, bad_each=3)
+    scenario = build_scenario(tmp_path, make_archive, good, bad_each=3, rng=rng)
     emu = emulator(
-        faults=faults, stall_seconds=STALL_S, retry_delay_s=0.2,
-        max_payload=MAX_PAYLOAD, seed=seed,
+        faults=faults, stall_seconds=STALL_S, retry_delay_s=0.2, max_payload=MAX_PAYLOAD,
+        latency_ms=20, jitter_ms=15, seed=seed,  # answers overlap, so the --concurrency cap bites
     )  # fmt: skip
     out = tmp_path / "results.jsonl"
     args = (
@@ -243,6 +246,7 @@ def test_kill_9_at_random_moments_under_hostile_faults_loses_nothing(
     )  # fmt: skip
     print_figures("chaos (default)", figures)
     assert figures.kills >= 4, "the kills did not land mid-run"
+    assert figures.max_in_flight > 4, "requests never overlapped: the cap was not exercised"
     for kind in ("429 (fault)", "5xx", "reset", "truncated", "stall"):
         assert figures.faults[kind] >= 1, f"no {kind} fault was injected: {figures.faults}"
 

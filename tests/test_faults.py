@@ -41,9 +41,7 @@ def by_id(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_unreachable_for_the_whole_run_fails_items_with_a_clear_cause(
     tmp_path, emulator, make_archive, run_cli
 ):
-    """Connection refused throughout: each item is tried exactly --max-attempts times, then
-    recorded failed (cause network, naming the address); no crash, no hang; a later
-    --retry-failed run completes them."""
+    """Connection refused throughout: --max-attempts tries, failed (network), then retryable."""
     emu = emulator()
     emu.stop_listening()
     archive = make_archive(tmp_path, 4)
@@ -71,9 +69,7 @@ def test_unreachable_for_the_whole_run_fails_items_with_a_clear_cause(
 
 
 def test_outage_mid_run_is_ridden_out(tmp_path, emulator, make_archive, spawn_cli, request):
-    """The service goes away mid-run (connections dropped, then refused) for a few seconds (a
-    minute with --soak): the run retries through it and ends with every item ok, once, never
-    retrying before a server's delay."""
+    """A mid-run outage (seconds; a minute with --soak) is retried through: all ok, once."""
     soak = request.config.getoption("--soak")
     outage = 60.0 if soak else 3.0
     emu = emulator(latency_ms=60)
@@ -120,8 +116,7 @@ def _draw(seed: int, body: bytes, n: int) -> float:
 def test_stalled_answer_times_out_and_does_not_block_the_others(
     tmp_path, emulator, make_archive, run_cli
 ):
-    """A stalled answer is given up after --timeout and retried; meanwhile the other worker
-    finishes every other item."""
+    """A stalled answer times out after --timeout and never holds up the other items."""
     archive = make_archive(tmp_path, 6)
     bodies = [archive.paths[i].read_bytes() for i in archive.ids]
     # A seed under which only the first item stalls, and only on its first request.
@@ -185,8 +180,7 @@ def _notes_manifest(tmp_path: Path, n: int, note_bytes: int) -> tuple[Path, list
 def test_disk_full_stops_with_exit_3_and_the_next_run_recovers(
     tmp_path, emulator, run_cli, small_tmpfs
 ):
-    """ENOSPC on the results file: one clear line naming the file, exit 3, earlier records
-    kept readable; once space is freed the next start cuts any partial line and finishes."""
+    """Disk full: one line naming the file, exit 3, earlier records kept; the rerun recovers."""
     emu = emulator()
     manifest, ids = _notes_manifest(tmp_path, 24, 20_000)  # ~20 KB records: ~480 KB in all
     out = small_tmpfs / "r.jsonl"
@@ -244,8 +238,7 @@ raise SystemExit(main(sys.argv[4:]))
 
 @pytest.mark.parametrize("kind", ["write", "fsync"])
 def test_io_error_on_the_results_file_stops_cleanly(tmp_path, emulator, make_archive, kind):
-    """EIO from write (after a short write) or from fsync: one clear line naming the results
-    file, exit 3, no traceback; the next start cuts the partial line and completes the run."""
+    """EIO on write or fsync: one line naming the file, exit 3; the next run repairs, finishes."""
     emu = emulator()
     archive = make_archive(tmp_path, 12)
     out = tmp_path / "r.jsonl"
@@ -278,8 +271,7 @@ def test_io_error_on_the_results_file_stops_cleanly(tmp_path, emulator, make_arc
 
 
 def test_failed_fsync_is_never_taken_as_success(tmp_path, monkeypatch):
-    """After fsync fails, the store never reports a later sync, append or close as durable:
-    each raises again instead of fsyncing a descriptor whose dirty pages may be gone."""
+    """After a failed fsync the store never fsyncs again nor reports a later sync as durable."""
     path = tmp_path / "r.jsonl"
     store = ResultsStore(str(path))
     store.open()
@@ -304,8 +296,7 @@ def test_failed_fsync_is_never_taken_as_success(tmp_path, monkeypatch):
 
 
 def test_failed_write_stops_further_appends(tmp_path, monkeypatch):
-    """A write that fails part-way (a short write, then an error) poisons the store: no later
-    record is appended after the partial line, where it would be lost in the repair."""
+    """A write that fails part-way poisons the store: nothing is appended after a partial line."""
     path = tmp_path / "r.jsonl"
     store = ResultsStore(str(path))
     store.open()
@@ -333,8 +324,7 @@ def test_failed_write_stops_further_appends(tmp_path, monkeypatch):
 def test_in_process_run_reports_disk_errors_in_the_summary(
     tmp_path, emulator, make_archive, monkeypatch
 ):
-    """The Python API: a results write error ends the run with exit code 3 and the cause in
-    ``summary.aborted``; it never raises out of run_batch."""
+    """run_batch reports a results write error as exit code 3 and summary.aborted, never raises."""
     emu = emulator()
     archive = make_archive(tmp_path, 6)
     out = tmp_path / "r.jsonl"
@@ -381,9 +371,7 @@ def _run_without_dac_override(args: list[str], cwd: Path) -> subprocess.Complete
 def test_unreadable_missing_and_special_files_fail_without_a_request(
     tmp_path, emulator, make_archive
 ):
-    """An audio file the process may not read (mode 000, no CAP_DAC_OVERRIDE), a dangling
-    symlink and a FIFO are recorded failed with their cause and never sent (the FIFO is never
-    opened, so nothing blocks); the rest is done."""
+    """Unreadable, dangling and FIFO audio fail with their cause, unsent; a FIFO never blocks."""
     emu = emulator()
     archive = make_archive(tmp_path, 5)
     archive.paths["clip-001"].chmod(0o000)
@@ -436,9 +424,7 @@ def _upload_position(pid: int, path: Path) -> int | None:
 
 @pytest.mark.parametrize("change", ["truncated", "deleted"])
 def test_audio_changed_while_uploading(tmp_path, emulator, spawn_cli, change):
-    """A file truncated mid-upload is never transcribed from its partial bytes: the item ends
-    failed with cause file_changed. A file deleted mid-upload is sent whole from the open
-    descriptor and transcribed as it was."""
+    """Truncated mid-upload fails file_changed; deleted mid-upload is sent whole from the fd."""
     emu = emulator()
     audio = tmp_path / "long.wav"
     body = _big_wav(audio, 40)
@@ -480,9 +466,7 @@ def test_audio_changed_while_uploading(tmp_path, emulator, spawn_cli, change):
 
 
 def test_directory_with_odd_entries(tmp_path, emulator, run_cli):
-    """A scanned folder with a zero-byte file, a non-audio .wav, non-audio files, a file name
-    that is not UTF-8, a symlink loop, a dangling link and a FIFO: the run ends, every result
-    line is valid JSON, and each entry gets the fate it should."""
+    """A folder of odd entries (empty, fake, non-UTF-8 name, loops, FIFO) runs to a valid file."""
     emu = emulator()
     root = tmp_path / "archive"
     good = make_wav(root / "good.wav", freq=610)

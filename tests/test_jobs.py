@@ -271,3 +271,25 @@ def test_readme_systemd_units_verify(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_rerun_of_failed_items_keeps_their_own_pulse_parameters(tmp_path, emulator, run_cli) -> None:
+    """An item's own manifest parameters (language, diarize) survive failed -> run."""
+    emu = emulator()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "berlin", "path": "later.wav", "language": "de", "diarize": true}\n')
+    out = tmp_path / "r.jsonl"
+    assert _run_dir(run_cli, emu, manifest, out).returncode == 1  # the file is not there yet
+    items, _ = read_results(out)
+    assert items[0]["params"] == {"language": "de", "diarize": True}
+    again = run_cli("failed", out)
+    assert again.returncode == 0, again.stderr
+    rerun = tmp_path / "again.jsonl"
+    rerun.write_text(again.stdout)
+    make_wav(tmp_path / "later.wav", freq=500)
+    proc = _run_dir(run_cli, emu, rerun, out, "--retry-failed")
+    assert proc.returncode == 0, proc.stderr
+    items, _ = read_results(out)
+    assert items[-1]["status"] == "ok"
+    assert items[-1]["response"]["language"] == "de"
+    assert items[-1]["utterances"][0]["speaker"] is not None
