@@ -229,7 +229,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     pace.add_argument(
         "--rate", type=_per_second, metavar="R",
-        help="at most R request starts per second, evenly spaced (default: no limit)",
+        help="at most R request starts per second, spaced 1/R apart (default: no limit)",
     )  # fmt: skip
     pace.add_argument(
         "--max-attempts", type=_positive_int, default=6, metavar="N",

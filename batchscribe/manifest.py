@@ -152,7 +152,11 @@ def check_sources(sources: Sequence[str]) -> None:
 
 
 def iter_sources(
-    sources: Sequence[str], *, stdin: BinaryIO | None = None, seen: DigestSet | None = None
+    sources: Sequence[str],
+    *,
+    stdin: BinaryIO | None = None,
+    seen: DigestSet | None = None,
+    checked: bool = False,
 ) -> Iterator[Item | Problem]:
     """Stream the items and problems of every source, in order.
 
@@ -165,8 +169,10 @@ def iter_sources(
         stdin: the stream to read for ``-`` (default: ``sys.stdin.buffer``).
         seen: id digests already taken, shared across sources; an item whose id is in it is a
             duplicate (a problem). Created when None; valid items' ids are added to it.
+        checked: the caller has just run :func:`check_sources` (a bucket check costs a request).
     """
-    check_sources(sources)
+    if not checked:
+        check_sources(sources)
     if seen is None:
         seen = DigestSet()
     for source in sources:

@@ -144,7 +144,9 @@ def dry_run(
     to_measure: list[str] = []
 
     def items() -> Iterator[Item]:
-        entries: Iterable[Item | Problem] = manifest.iter_sources(sources, stdin=stdin)
+        entries: Iterable[Item | Problem] = manifest.iter_sources(
+            sources, stdin=stdin, checked=True
+        )
         if shard is not None:
             entries = ShardFilter(entries, shard)
         for entry in entries:

@@ -146,12 +146,12 @@ class ChildResult:
         return self.user + self.system
 
 
-def rss_mb(pid: int) -> float | None:
-    """The resident set of a live process in MB (None once it is gone)."""
+def rss_mb(pid: int, field: bytes = b"VmRSS:") -> float | None:
+    """The resident set (or, with ``VmHWM:``, its peak so far) of a live process in MB."""
     try:
         with open(f"/proc/{pid}/status", "rb") as handle:
             for line in handle:
-                if line.startswith(b"VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -176,18 +176,27 @@ def run_child(
             list(argv), env=full_env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL
         )
         samples: list[tuple[float, float]] = []
+        peak = [0.0]
         stop = threading.Event()
 
         def sample() -> None:
-            assert sample_every is not None
-            while not stop.wait(sample_every):
-                value = rss_mb(proc.pid)
-                if value is not None:
-                    samples.append((time.monotonic() - started, value))
+            # The peak comes from /proc's VmHWM (the high-water mark since exec), polled every
+            # 20 ms: wait4's ru_maxrss also counts the moments between fork and exec, when the
+            # child still shares this (possibly much larger) process's memory.
+            last = 0.0
+            while not stop.wait(0.02):
+                hwm = rss_mb(proc.pid, b"VmHWM:")
+                if hwm is not None:
+                    peak[0] = max(peak[0], hwm)
+                now = time.monotonic() - started
+                if sample_every is not None and now - last >= sample_every:
+                    value = rss_mb(proc.pid)
+                    if value is not None:
+                        samples.append((now, value))
+                        last = now
 
-        sampler = threading.Thread(target=sample, daemon=True) if sample_every else None
-        if sampler:
-            sampler.start()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -203,7 +212,7 @@ def run_child(
             wall=wall,
             user=usage.ru_utime,
             system=usage.ru_stime,
-            maxrss_mb=usage.ru_maxrss / 1024,
+            maxrss_mb=peak[0] or usage.ru_maxrss / 1024,
             code=proc.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),

@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from audio_fixtures import wav_bytes
 from conftest import REPO, cli_env, read_results
 
@@ -28,8 +27,9 @@ pytest.importorskip("gcloud.aio.storage")
 pytest.importorskip("moto.server")
 pytest.importorskip("gcp_storage_emulator.server")
 
-from batchscribe import cloud  # noqa: E402 (after the skips: the cloud extra may be absent)
-from batchscribe.emulator import (  # noqa: E402
+# After the skips: without the cloud extra the whole module is skipped.
+from batchscribe import cloud
+from batchscribe.emulator import (
     FaultRates,
     canonical_url,
     content_key,
@@ -66,8 +66,8 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def gcs_host() -> Iterator[str]:
     """gcp-storage-emulator in memory on a free loopback port, for the whole module."""
-    from gcp_storage_emulator import storage
-    from gcp_storage_emulator.server import create_server
+    from gcp_storage_emulator import storage  # type: ignore[import-untyped]
+    from gcp_storage_emulator.server import create_server  # type: ignore[import-untyped]
 
     with pytest.MonkeyPatch.context() as patch:
         # It rewrites a metadata file of every object on each upload; in memory nothing reads it.
@@ -134,7 +134,7 @@ def cloud_env(
 
 
 @pytest.fixture
-def buckets(cloud_env: dict[str, str]) -> Callable[[str], "Bucket"]:
+def buckets(cloud_env: dict[str, str]) -> Callable[[str], Bucket]:
     """``buckets("s3")`` / ``buckets("gs")``: a new empty bucket with a unique name."""
 
     def make(scheme: str) -> Bucket:
@@ -160,7 +160,7 @@ class Bucket:
             answer.raise_for_status()
 
     def s3(self) -> Any:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         return boto3.client(
             "s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
@@ -193,23 +193,30 @@ def run_cli(
 
 
 def assert_no_signature(*texts: str) -> None:
+    """Fail if any text holds a presigned URL's credentials."""
     for text in texts:
         for marker in SIGNATURE_MARKERS:
             assert marker not in text, f"{marker} leaked: {text[:400]}"
 
 
 def outputs(proc: subprocess.CompletedProcess[str], *files: Path) -> list[str]:
+    """A run's stdout, stderr and the files it wrote."""
     return [proc.stdout, proc.stderr, *(f.read_text() for f in files if f.exists())]
 
 
 def by_id(path: Path) -> dict[str, dict[str, Any]]:
+    """The last record of each id in a results file."""
     return {record["id"]: record for record in read_results(path)[0]}
+
+
+Buckets = Callable[[str], Bucket]
+Emulator = Callable[..., Any]
 
 
 # --------------------------------------------------------------------------- listing
 
 
-def test_s3_listing_is_paginated_streamed_and_filtered(buckets):
+def test_s3_listing_is_paginated_streamed_and_filtered(buckets: Buckets) -> None:
     """Listing pages through the prefix lazily (page 1 serves the first item), keeps audio by
     extension, skips hidden keys and sibling prefixes, and ids each object relative to it."""
     bucket = buckets("s3")
@@ -227,7 +234,7 @@ def test_s3_listing_is_paginated_streamed_and_filtered(buckets):
     assert first.size == 16 and first.version.startswith('"')  # the S3 ETag
 
 
-def test_gcs_listing_gives_relative_ids_sizes_and_generations(buckets):
+def test_gcs_listing_gives_relative_ids_sizes_and_generations(buckets: Buckets) -> None:
     """A gs:// prefix is read as a folder: relative ids, sizes and generations; hidden skipped."""
     bucket = buckets("gs")
     for key in ("calls/a.wav", "calls/b/c.flac", "calls/.x.wav", "calls.wav", "callsx/d.wav"):
@@ -240,7 +247,9 @@ def test_gcs_listing_gives_relative_ids_sizes_and_generations(buckets):
 # --------------------------------------------------------------------------- URL mode
 
 
-def test_s3_url_mode_end_to_end_and_rerun_sends_nothing(tmp_path, buckets, emulator):
+def test_s3_url_mode_end_to_end_and_rerun_sends_nothing(
+    tmp_path: Path, buckets: Buckets, emulator: Emulator
+) -> None:
     """model=pulse sends each object as a presigned URL: records name the s3:// object with its
     size and ETag, the transcript is the URL's, no signature reaches any output, and a rerun
     sends nothing."""
@@ -263,7 +272,8 @@ def test_s3_url_mode_end_to_end_and_rerun_sends_nothing(tmp_path, buckets, emula
         assert record["source"] == bucket.uri(f"archive/{key}")
         assert record["size"] == len(data) and record["etag"].startswith('"')
         # What the service was given: the object's URL (path style at the endpoint), signed.
-        assert record["transcription"] == transcript_for_url(f"{endpoint}/{bucket.name}/archive/{key}")
+        url = f"{endpoint}/{bucket.name}/archive/{key}"
+        assert record["transcription"] == transcript_for_url(url)
     assert emu.stats()["statuses"] == {"200": 3}
     assert_no_signature(*outputs(proc, out, log))
 
@@ -272,7 +282,9 @@ def test_s3_url_mode_end_to_end_and_rerun_sends_nothing(tmp_path, buckets, emula
     assert emu.stats()["requests"] == 3  # all done: nothing sent
 
 
-def test_manifest_names_cloud_objects_and_a_missing_one_fails_unsent(tmp_path, buckets, emulator):
+def test_manifest_names_cloud_objects_and_a_missing_one_fails_unsent(
+    tmp_path: Path, buckets: Buckets, emulator: Emulator
+) -> None:
     """Manifest paths and text-list lines may name s3:// and gs:// objects (looked up for size
     and version); a missing object is recorded failed without a request."""
     s3, gs = buckets("s3"), buckets("gs")
@@ -305,8 +317,8 @@ def test_manifest_names_cloud_objects_and_a_missing_one_fails_unsent(tmp_path, b
 
 
 async def test_each_attempt_signs_a_fresh_url_valid_for_the_request(
-    tmp_path, buckets, emulator, monkeypatch
-):
+    tmp_path: Path, buckets: Buckets, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A retry never reuses a URL: every attempt signs anew (new date, new signature) with an
     expiry of --timeout plus the margin, and the retried result names no signature."""
     from batchscribe import RunOptions, run_batch_async
@@ -355,7 +367,9 @@ async def test_each_attempt_signs_a_fresh_url_valid_for_the_request(
 
 
 @pytest.mark.parametrize("mode", [["--model", "pulse-pro"], ["--via-client"]])
-def test_s3_objects_stream_to_the_api_without_local_copies(tmp_path, buckets, emulator, mode):
+def test_s3_objects_stream_to_the_api_without_local_copies(
+    tmp_path: Path, buckets: Buckets, emulator: Emulator, mode: list[str]
+) -> None:
     """pulse-pro (no URL input) and --via-client stream each object's bytes from the bucket:
     the API transcribes exactly those bytes, and nothing is written to local disk."""
     bucket = buckets("s3")
@@ -377,7 +391,9 @@ def test_s3_objects_stream_to_the_api_without_local_copies(tmp_path, buckets, em
     assert {p.name for p in tmp_path.iterdir()} - before == {"r.jsonl"}
 
 
-def test_gcs_rescan_changed_resends_changed_objects_and_new_ones_only(tmp_path, buckets, emulator):
+def test_gcs_rescan_changed_resends_changed_objects_and_new_ones_only(
+    tmp_path: Path, buckets: Buckets, emulator: Emulator
+) -> None:
     """Records carry the GCS generation; a rerun sends only new objects, and with
     --rescan-changed also the objects rewritten since (their record superseded)."""
     bucket = buckets("gs")
@@ -410,7 +426,9 @@ def test_gcs_rescan_changed_resends_changed_objects_and_new_ones_only(tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["s3-missing", "gs-missing", "s3-denied", "s3-no-credentials"])
-def test_unusable_bucket_exits_2_before_any_request(tmp_path, buckets, emulator, monkeypatch, case):
+def test_unusable_bucket_exits_2_before_any_request(
+    tmp_path: Path, buckets: Buckets, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
     """A missing bucket, denied access or missing credentials: exit 2 with one line on stderr,
     before any transcription request and before the results file is created."""
     bucket = buckets("s3")
@@ -445,7 +463,9 @@ def test_unusable_bucket_exits_2_before_any_request(tmp_path, buckets, emulator,
 # --------------------------------------------------------------------------- dry run
 
 
-def test_dry_run_counts_objects_bytes_and_header_durations(tmp_path, buckets):
+def test_dry_run_counts_objects_bytes_and_header_durations(
+    tmp_path: Path, buckets: Buckets
+) -> None:
     """--dry-run on a bucket counts objects and bytes and reads WAV durations from a ranged GET
     of each object's first bytes; it sends nothing."""
     bucket = buckets("s3")
@@ -463,18 +483,20 @@ def test_dry_run_counts_objects_bytes_and_header_durations(tmp_path, buckets):
 # --------------------------------------------------------------------------- secrets, imports
 
 
-def test_signatures_are_scrubbed_from_outcomes_and_output_lines():
+def test_signatures_are_scrubbed_from_outcomes_and_output_lines() -> None:
     """Whatever echoes a presigned URL (an error body, a response field, a log line), the
     signature parts are replaced; the object's name stays readable."""
     from batchscribe.progress import Redactor
     from batchscribe.pulse import Outcome, Verdict
 
-    s3 = ("https://b.s3.amazonaws.com/k.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="
-          "AKIA%2F20260101&X-Amz-Date=20260101T000000Z&X-Amz-Expires=1200&X-Amz-Signature=abc123")  # fmt: skip
+    s3 = (
+        "https://b.s3.amazonaws.com/k.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="
+        "AKIA%2F20260101&X-Amz-Date=20260101T000000Z&X-Amz-Expires=1200&X-Amz-Signature=abc123"
+    )
     gs = "https://storage.googleapis.com/b/k.wav?X-Goog-Credential=x&X-Goog-Signature=def456"
+    echo = {"echo": [{"url": gs}]}
     outcome = cloud.scrub_outcome(
-        Outcome(Verdict.FAIL, 400, "4xx", f"HTTP 400: cannot fetch {s3}",
-                payload={"echo": [{"url": gs}]})  # fmt: skip
+        Outcome(Verdict.FAIL, 400, "4xx", f"HTTP 400: cannot fetch {s3}", payload=echo)
     )
     text = json.dumps([outcome.error, outcome.payload])
     assert "abc123" not in text and "def456" not in text and "AKIA" not in text
@@ -483,11 +505,12 @@ def test_signatures_are_scrubbed_from_outcomes_and_output_lines():
     assert "abc123" not in line and "def456" not in line and "k.wav" in line
 
 
-def test_base_install_never_imports_the_cloud_libraries():
+def test_base_install_never_imports_the_cloud_libraries() -> None:
     """Importing the CLI, the engine and the manifest reader loads no cloud library."""
     code = (
         "import sys, batchscribe.cli, batchscribe.engine, batchscribe.manifest, batchscribe.plan\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('aiobotocore', 'botocore', 'gcloud')]\n"
+        "libs = ('aiobotocore', 'botocore', 'gcloud')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in libs]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
