@@ -209,16 +209,19 @@ class AdaptiveConcurrency:
     - **Window: TCP CUBIC**. Slow start (+1 per success: doubling per round trip), then on an
       overload a multiplicative cut to ``beta * W_o`` and a cubic climb that flattens just under
       the overload point ``W_o``, stays there, and only then probes beyond along CUBIC's convex
-      branch. Plain AIMD (Reno, Netflix's AIMDLimit) climbs back linearly and spends much of each
-      cycle well under the limit; CUBIC returns fast and lingers near it. Two changes to CUBIC,
+      branch. ``W_o`` is what the server refused: the requests in flight beside the refused one
+      (or the window, if smaller), not a window that may have grown past the limit meanwhile.
+      Plain AIMD (Reno, Netflix's AIMDLimit) climbs back linearly and spends much of each cycle
+      well under the limit; CUBIC returns fast and lingers near it. Two changes to CUBIC,
       both for small windows (a server allowing 16 in flight, or 6 at 20 requests/s over 300 ms):
       the plateau is ``(1 - margin) * W_o``, not ``W_o`` itself, which for a hard limit is the
       very point that drew the 429; and it lasts ``settle`` requests before probing, since
       CUBIC's own ``K`` is under two round trips for such windows and would draw a 429 every few
       requests. Time is counted in smoothed round trips, not seconds, so a pool whose requests
-      take a minute is not pushed up a minute's worth of cubic at once; growth is capped at +1
-      per success and happens only while the window is used (RFC 7661: a half-idle pool learns
-      nothing about the server).
+      take a minute is not pushed up a minute's worth of cubic at once; growth is capped (+1 per
+      success in slow start, then at most a tenth of the window, or one request, per round trip)
+      and happens only while the window is used (RFC 7661: a half-idle pool learns nothing
+      about the server).
     - **At most one cut per round trip** (TCP NewReno's recovery point): an overload counts only
       if its request *started after* the last cut. Requests in flight when the cut was made were
       sent under the old limit; their 429s echo the same event, and cutting on each of them would
@@ -241,7 +244,8 @@ class AdaptiveConcurrency:
         clock: the run's clock.
         ceiling: the limit never exceeds this (``--max-concurrency``).
         initial: the first window (never more aggressive than the fixed default of 8).
-        beta: the multiplicative cut (CUBIC's 0.7).
+        beta: the multiplicative cut (CUBIC's is 0.7; 0.8 here: the cut is taken from the
+            in-flight count the server refused, which is exact, not from an overshooting window).
         c: the cubic growth constant, per round trip cubed (CUBIC's 0.4).
         margin: the plateau's distance under the overload point, as a share of it.
         settle: requests' worth of round trips spent on the plateau before probing.

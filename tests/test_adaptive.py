@@ -317,3 +317,24 @@ def test_cli_refuses_a_bad_pace(
         raise SystemExit(main(argv))
     assert exited.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ small reads
+
+
+async def test_small_reads_leave_the_event_loop_while_storage_is_slow(tmp_path: Path) -> None:
+    """Small files are read inline while reads are quick, in a thread while their average is
+    slow (a network mount), and inline again once it recovers; the bytes are the same."""
+    from batchscribe.engine import _SmallReads
+
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF" + bytes(100))
+    reads = _SmallReads()
+    assert reads.inline
+    assert await reads.read(str(audio), 104) == audio.read_bytes()
+    reads._note(0.05)  # one read of 50 ms
+    assert not reads.inline
+    assert await reads.read(str(audio), 104) == audio.read_bytes()  # (in a thread)
+    for _ in range(60):
+        reads._note(0.00001)
+    assert reads.inline
