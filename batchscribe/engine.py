@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
 
 import aiofiles
 import aiohttp
@@ -60,8 +60,9 @@ from batchscribe.events import (
     Summary,
     TotalKnown,
 )
+from batchscribe.ids import DigestSet, id_key
 from batchscribe.manifest import Item, Problem
-from batchscribe.plan import decide
+from batchscribe.plan import SEND_ACTIONS, decide, reader_settles
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
     MAX_PAYLOAD,
@@ -392,23 +393,65 @@ class Engine:
         """
         loop = asyncio.get_running_loop()
         options = self.options
-        entries: Any = manifest.iter_sources(options.sources, stdin=self.stdin, checked=True)
-        if options.shard is not None:
-            entries = ShardFilter(entries, options.shard)
         resume = self._resume
         assert resume is not None
+        retry_failed, rescan = options.retry_failed, options.rescan_changed
+        shard = options.shard
 
-        def classified() -> Iterator[tuple[Item | Problem, str]]:
+        counts = [0, 0, 0]  # settled by the reader's hook: failed, done, both
+        entries: Any = manifest.iter_sources(
+            options.sources,
+            stdin=self.stdin,
+            checked=True,
+            # Sized for the ids already recorded (a resume re-reads most of them): the table
+            # then does not double (and hold its old half) at the end.
+            seen=DigestSet(len(resume), key=id_key),
+            settled=reader_settles(
+                resume, shard, retry_failed=retry_failed, rescan_changed=rescan, counts=counts
+            ),
+        )
+        if shard is not None:
+            entries = ShardFilter(entries, shard)
+
+        def classified() -> Iterator[tuple[Item | Problem | _Skips, str]]:
             # Runs in the reader thread: parsing and resume look-ups stay off the event loop.
-            retry_failed, rescan = options.retry_failed, options.rescan_changed
-            for entry in entries:
-                if isinstance(entry, Problem):
-                    yield entry, "invalid"
-                else:
-                    yield (
-                        entry,
-                        decide(resume, entry, retry_failed=retry_failed, rescan_changed=rescan),
-                    )
+            # Items skipped (done, failed earlier) are counted here, most of them by the
+            # reader's hook before any item is built (``counts``), and handed over as counts,
+            # in order, before the next entry to send or report (and every 4096 skips).
+            done = failed = 0
+            try:
+                for entry in entries:
+                    if type(entry) is str:  # the hook's every-4096th flush: counted already
+                        pass
+                    elif isinstance(entry, Problem):
+                        if done or failed or counts[2]:
+                            yield _Skips(done + counts[1], failed + counts[0]), "skipped"
+                            done = failed = counts[0] = counts[1] = counts[2] = 0
+                        yield entry, "invalid"
+                        continue
+                    else:
+                        action = decide(
+                            resume, entry, retry_failed=retry_failed, rescan_changed=rescan
+                        )
+                        if action in SEND_ACTIONS:
+                            if done or failed or counts[2]:
+                                yield _Skips(done + counts[1], failed + counts[0]), "skipped"
+                                done = failed = counts[0] = counts[1] = counts[2] = 0
+                            yield entry, action
+                            continue
+                        if action == "done":
+                            done += 1
+                        else:
+                            failed += 1
+                    if done + failed + counts[2] >= 4096:
+                        yield _Skips(done + counts[1], failed + counts[0]), "skipped"
+                        done = failed = counts[0] = counts[1] = counts[2] = 0
+            except manifest.ManifestError:
+                if done or failed or counts[2]:  # what was read before the source failed
+                    yield _Skips(done + counts[1], failed + counts[0]), "skipped"
+                raise
+            if done or failed or counts[2]:
+                yield _Skips(done + counts[1], failed + counts[0]), "skipped"
 
         reader = _Reader(loop, classified)
         summary = self.summary
@@ -437,19 +480,20 @@ class Engine:
                         )
                     break
                 skipped = 0
-                for entry, action in batch:
+                for entry, _action in batch:
+                    if type(entry) is _Skips:
+                        summary.skipped_ok += entry.done
+                        summary.skipped_failed += entry.failed
+                        total += entry.done + entry.failed
+                        skipped += entry.done + entry.failed
+                        continue
                     if isinstance(entry, Problem):
                         summary.invalid_lines += 1
                         self._emit(InvalidLine(str(entry)))
                         continue
+                    assert isinstance(entry, Item)
                     total += 1
-                    if action == "done":
-                        summary.skipped_ok += 1
-                        skipped += 1
-                    elif action == "failed":
-                        summary.skipped_failed += 1
-                        skipped += 1
-                    elif budget is not None and queued >= budget:
+                    if budget is not None and queued >= budget:
                         summary.budget_reached = True
                         self._notice("info", f"--max-items {budget} reached; work is left")
                         return
@@ -904,6 +948,13 @@ def _payload_duration(payload: dict[str, Any] | None) -> float | None:
     if isinstance(duration, (int, float)) and not isinstance(duration, bool):
         return float(duration)
     return None
+
+
+class _Skips(NamedTuple):
+    """A run of items the reader skipped: done earlier, failed earlier (not retried)."""
+
+    done: int
+    failed: int
 
 
 class _Reader(Generic[_T]):

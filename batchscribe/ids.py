@@ -8,6 +8,7 @@ digests live in flat ``array('Q')`` tables (8-16 bytes an id instead of ~100 for
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from hashlib import blake2b
 
 
@@ -17,12 +18,28 @@ def id_digest(item_id: str) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def id_key(item_id: str) -> int:
+    """A 64-bit key of an item id, valid only inside this process (Python's string hash).
+
+    Much cheaper than :func:`id_digest`, and computed once per string (CPython caches it on the
+    str), so the manifest's duplicate check and the resume look-up of one id share one hash.
+    Never persist it or compare it across processes: use :func:`id_digest` for that.
+    """
+    return hash(item_id) & _MASK64
+
+
 class DigestSet:
     """A set of 64-bit digests in an open-addressing table (linear probing, load <= 1/2)."""
 
-    __slots__ = ("_mask", "_size", "_table")
+    __slots__ = ("_mask", "_size", "_table", "key")
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, *, key: Callable[[str], int] | None = None) -> None:
+        #: How callers that add ids turn an id into a digest (the manifest reader's duplicate
+        #: check): :func:`id_digest` unless the set is private to one process (:func:`id_key`).
+        self.key: Callable[[str], int] = key or id_digest
         slots = 1024
         while slots < capacity * 2:
             slots *= 2
@@ -65,12 +82,15 @@ class DigestSet:
     def _grow(self) -> None:
         old = self._table
         slots = len(old) * 2
-        self._table = array("Q", bytes(8 * slots))
-        self._mask = slots - 1
-        self._size = 0
-        for digest in old:
+        table = array("Q", bytes(8 * slots))
+        mask = slots - 1
+        for digest in old:  # re-placed inline: each is known to be new
             if digest:
-                self.add(digest)
+                i = digest & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = digest
+        self._table, self._mask = table, mask
 
     def __len__(self) -> int:
         return self._size

@@ -17,14 +17,14 @@ import itertools
 import os
 import stat
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 import orjson
 
 from batchscribe import cloud
-from batchscribe.ids import DigestSet, id_digest
+from batchscribe.ids import DigestSet, id_key
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
     PARAM_NAMES,
@@ -101,6 +101,7 @@ _PARAM_FIELDS = frozenset(PARAM_NAMES)
 _TOO_LONG = f"line is longer than {MAX_LINE // (1024 * 1024)} MiB; skipped"
 _INVALID_UTF8 = "invalid UTF-8"
 
+Settled = Callable[[str], "str | None"]
 Line = tuple[int, bytes | None]  # (1-based line number, raw bytes or None when too long)
 
 
@@ -157,7 +158,8 @@ def iter_sources(
     stdin: BinaryIO | None = None,
     seen: DigestSet | None = None,
     checked: bool = False,
-) -> Iterator[Item | Problem]:
+    settled: Settled | None = None,
+) -> Iterator[Item | Problem | str]:
     """Stream the items and problems of every source, in order.
 
     Sources are checked with :func:`check_sources` when iteration starts. A source that fails
@@ -168,18 +170,24 @@ def iter_sources(
             ``.list``, anything else sniffed), directories (scanned for audio), or ``-``.
         stdin: the stream to read for ``-`` (default: ``sys.stdin.buffer``).
         seen: id digests already taken, shared across sources; an item whose id is in it is a
-            duplicate (a problem). Created when None; valid items' ids are added to it.
+            duplicate (a problem). Created when None; valid items' ids are added to it, as
+            ``seen.key(id)`` (:func:`~batchscribe.ids.id_digest` unless the set says otherwise;
+            one created here uses the cheaper in-process :func:`~batchscribe.ids.id_key`).
         checked: the caller has just run :func:`check_sources` (a bucket check costs a request).
+        settled: called with the id of each valid item of the common JSONL shape (a path, no
+            other fields) once its duplicate check passed; when it returns a string (the
+            resume action, ``done`` or ``failed``), that string is yielded instead of the item,
+            which is never built (an empty string: nothing is yielded, the hook counted it).
     """
     if not checked:
         check_sources(sources)
     if seen is None:
-        seen = DigestSet()
+        seen = DigestSet(key=id_key)  # private to this reader: the cheap in-process hash
     for source in sources:
         if source == STDIN:
             stream = stdin if stdin is not None else sys.stdin.buffer
             try:
-                yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen)
+                yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen, settled)
             except OSError as exc:
                 raise ManifestError(f"{STDIN_NAME}: read failed: {_reason(exc)}") from exc
         elif cloud.is_cloud_uri(source):
@@ -190,13 +198,15 @@ def iter_sources(
             except OSError as exc:  # the folder went away after check_sources
                 raise ManifestError(f"{_printable(source)}: cannot read: {_reason(exc)}") from exc
         else:
-            yield from _read_file(source, seen)
+            yield from _read_file(source, seen, settled)
 
 
 # --------------------------------------------------------------------------- sources
 
 
-def _read_file(source: str, seen: DigestSet) -> Iterator[Item | Problem]:
+def _read_file(
+    source: str, seen: DigestSet, settled: Settled | None = None
+) -> Iterator[Item | Problem | str]:
     name = _printable(source)
     kind = _KINDS.get(os.path.splitext(source)[1].lower(), "sniff")
     base = os.path.dirname(os.path.abspath(source))
@@ -206,14 +216,19 @@ def _read_file(source: str, seen: DigestSet) -> Iterator[Item | Problem]:
         raise ManifestError(f"{name}: cannot read manifest: {_reason(exc)}") from exc
     with stream:
         try:
-            yield from _read_stream(stream, name, base, kind, seen)
+            yield from _read_stream(stream, name, base, kind, seen, settled)
         except OSError as exc:
             raise ManifestError(f"{name}: read failed: {_reason(exc)}") from exc
 
 
 def _read_stream(
-    stream: BinaryIO, file: str, base: str, kind: Kind, seen: DigestSet
-) -> Iterator[Item | Problem]:
+    stream: BinaryIO,
+    file: str,
+    base: str,
+    kind: Kind,
+    seen: DigestSet,
+    settled: Settled | None = None,
+) -> Iterator[Item | Problem | str]:
     lines: Iterator[Line] = _read_lines(stream)
     if kind == "csv":
         yield from _parse_csv(lines, file, base, seen)
@@ -232,7 +247,7 @@ def _read_stream(
                 "this is a JSON array, not JSON Lines: write one JSON object per line",
             )
             return
-        yield from _parse_jsonl(lines, file, base, seen)
+        yield from _parse_jsonl(lines, file, base, seen, settled)
     else:
         yield from _parse_text(lines, file, base, seen)
 
@@ -272,10 +287,17 @@ def _first_content(lines: Iterator[Line]) -> tuple[Line | None, Iterator[Line]]:
 
 
 def _parse_jsonl(
-    lines: Iterator[Line], file: str, base: str, seen: DigestSet
-) -> Iterator[Item | Problem]:
+    lines: Iterator[Line],
+    file: str,
+    base: str,
+    seen: DigestSet,
+    settled: Settled | None = None,
+) -> Iterator[Item | Problem | str]:
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
+    add = seen.add
+    key_of = None if seen.key is id_key else seen.key
+    is_cloud = cloud.is_cloud_uri
     for lineno, raw in lines:
         if raw is None:
             yield Problem(file, lineno, _TOO_LONG)
@@ -290,6 +312,31 @@ def _parse_jsonl(
         if type(doc) is not dict:
             yield Problem(file, lineno, f"expected a JSON object, got {_json_type(doc)}")
             continue
+        # Fast path for the commonest shape, {"id": "...", "path": "..."} (or only "path"): the
+        # same checks as _item_from_fields + _make_item, without the field loop.
+        path = doc.get("path")
+        if type(path) is str and len(doc) == 1 + ("id" in doc):
+            item_id = doc.get("id", path)
+            if (
+                type(item_id) is str
+                and item_id
+                and path
+                and "\x00" not in path
+                and not is_cloud(path)
+            ):
+                if add(hash(item_id) & _MASK64 if key_of is None else key_of(item_id)):
+                    if settled is not None:
+                        action = settled(item_id)
+                        if action is not None:
+                            if action:  # "" : settled and counted by the hook, nothing to yield
+                                yield action
+                            continue
+                    yield Item(item_id, _resolve(base, path), False, {}, None, f"{file}:{lineno}")
+                else:
+                    yield _problem(
+                        file, lineno, f"duplicate id {_quote(item_id)} (first seen earlier)"
+                    )
+                continue
         result = _item_from_fields(doc, base, f"{file}:{lineno}", seen, from_json=True)
         yield _problem(file, lineno, result) if isinstance(result, str) else result
 
@@ -416,7 +463,7 @@ def _read_bucket(uri: str, seen: DigestSet) -> Iterator[Item | Problem]:
     """The audio objects under a cloud prefix, streamed; ids are keys relative to the prefix."""
     try:
         for found in cloud.iter_objects(uri):
-            if not seen.add(id_digest(found.rel)):
+            if not seen.add(seen.key(found.rel)):
                 message = f"duplicate id {_quote(found.rel)} (first seen earlier)"
                 yield Problem(found.uri, 0, message)
                 continue
@@ -584,9 +631,12 @@ def _make_item(
         combination = check_combination(PulseParams().with_overrides(params), url_input=is_url)
         if combination is not None:
             return combination
-    if not seen.add(id_digest(item_id)):
+    if not seen.add(seen.key(item_id)):
         return f"duplicate id {_quote(item_id)} (first seen earlier)"
     return Item(item_id, source, is_url, params, metadata, origin)
+
+
+_MASK64 = (1 << 64) - 1
 
 
 def _resolve(base: str, path: str) -> str:

@@ -18,7 +18,7 @@ from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
 from batchscribe.results import ResumeState, fingerprint, scan
-from batchscribe.shard import Shard, ShardFilter
+from batchscribe.shard import Shard, ShardFilter, in_shard
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
 #: changed since, with --rescan-changed): these are sent. done / failed: skipped.
@@ -35,6 +35,8 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
         return "new"
     if state == "failed":
         return "retry" if retry_failed else "failed"
+    if not rescan_changed:
+        return "done"
     if rescan_changed and not item.is_url:
         stored = resume.ok_fingerprint(key)
         if stored is not None and cloud.is_cloud_uri(item.source):
@@ -51,15 +53,54 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
     return "done"
 
 
+def settled_action(
+    resume: ResumeState, item_id: str, *, retry_failed: bool, rescan_changed: bool
+) -> str | None:
+    """``done`` or ``failed`` when :func:`decide` skips an item whatever else it holds
+    (judged on its id alone), else None (an item to send, or one --rescan-changed must look at).
+    """
+    state = resume.status(resume.key(item_id))
+    if state == "failed":
+        return None if retry_failed else "failed"
+    if state == "ok" and not rescan_changed:
+        return "done"
+    return None
+
+
+def reader_settles(
+    resume: ResumeState,
+    shard: Shard | None,
+    *,
+    retry_failed: bool,
+    rescan_changed: bool,
+    counts: list[int] | None = None,
+) -> manifest.Settled | None:
+    """The ``settled`` hook for :func:`manifest.iter_sources`: :func:`settled_action` for the
+    items of ``shard`` (None, so the item is built, for items of other shards, which the shard
+    filter then drops). None when the resume state is empty (nothing to settle). With
+    ``counts``, see :meth:`ResumeState.settler`: skips are counted there, not yielded."""
+    if not len(resume):
+        return None
+    # As settled_action: ok is done unless --rescan-changed; failed is skipped unless retried.
+    settle = resume.settler(
+        None if rescan_changed else "done", None if retry_failed else "failed", counts
+    )
+    if shard is None:
+        return settle
+
+    def settled(item_id: str) -> str | None:
+        return settle(item_id) if in_shard(item_id, shard) else None
+
+    return settled
+
+
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
     """The resume state of a results file, read-only and without its lock (for dry runs)."""
-    from array import array
-
     try:
         with open(path, "rb", buffering=1 << 20) as stream:
             return scan(stream, fingerprints=fingerprints)
     except FileNotFoundError:
-        return ResumeState(array("Q"), array("Q"))
+        return ResumeState()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read results file: {exc.strerror}") from None
 
@@ -144,16 +185,23 @@ def dry_run(
     to_measure: list[str] = []
 
     def items() -> Iterator[Item]:
-        entries: Iterable[Item | Problem] = manifest.iter_sources(
-            sources, stdin=stdin, checked=True
+        settled = reader_settles(
+            resume, shard, retry_failed=retry_failed, rescan_changed=rescan_changed
+        )
+        entries: Iterable[Item | Problem | str] = manifest.iter_sources(
+            sources, stdin=stdin, checked=True, settled=settled
         )
         if shard is not None:
             entries = ShardFilter(entries, shard)
         for entry in entries:
+            if type(entry) is str:  # settled by the reader: skipped
+                plan.actions[entry] = plan.actions.get(entry, 0) + 1
+                continue
             if isinstance(entry, Problem):
                 plan.invalid += 1
                 plan.problems.append(str(entry))
                 continue
+            assert isinstance(entry, Item)
             yield entry
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

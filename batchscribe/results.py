@@ -4,9 +4,9 @@
   and a killed run never leaves it stuck; a second run gets :class:`ResultsBusy` at once.
 - **repair**: a torn last line (a kill mid-write) is cut back to the last newline, touching no
   byte before it.
-- **scan**: streams the file and keeps, per id, only a 63-bit digest and its last status, in
-  sorted arrays. The writer puts ``id`` and ``status`` first, so the scan reads them without
-  parsing whole records.
+- **scan**: streams the file and keeps, per id, only a 63-bit in-process key and its last
+  status, in a flat hash table (:class:`ResumeState`). The writer puts ``id`` and ``status``
+  first, so the scan reads them without parsing whole records.
 - **append**: each record is one ``os.write`` of one line on an ``O_APPEND`` descriptor, from a
   single writer, so records are never interleaved and a ``kill -9`` loses nothing finished.
   ``fsync`` runs at most once a second (:meth:`ResultsStore.sync`) and at close.
@@ -18,21 +18,20 @@ import contextlib
 import errno
 import fcntl
 import glob
+import operator
 import os
 import stat
 import tempfile
 import zlib
 from array import array
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import pairwise, repeat
 from typing import Any, BinaryIO
 
 import orjson
 
 from batchscribe.errors import ConfigError, ResultsBusy, RunAborted
-from batchscribe.ids import id_digest
 
 _ID_PREFIX = b'{"id":"'
 _STATUS_SEP = b'","status":"'
@@ -92,124 +91,279 @@ def record_fingerprint(record: dict[str, Any]) -> int:
     return fingerprint(size, version)
 
 
-@dataclass(frozen=True)
-class ResumeState:
-    """The last status of every id in a results file, as sorted arrays of 63-bit digests.
+_MASK63 = (1 << 63) - 1
+_BLOCK = 1 << 20  # bytes read per block by scan
+# CPython hashes an ASCII str as its bytes: the scan then hashes an id's raw bytes directly.
+_ASCII_HASH_AS_BYTES = hash("batchscribe id") == hash(b"batchscribe id")
+_LINE_PREFIX = b'\n{"id":"'
+_OK_AFTER = b'","status":"ok"'
+_FAILED_AFTER = b'","status":"failed"'
 
-    With ``fingerprints`` (``--rescan-changed``), ``ok_fingerprints[i]`` is the source
-    fingerprint of the last ok record of ``ok[i]``.
+
+def _table_slots(capacity: int) -> int:
+    slots = 1024
+    while slots < capacity * 2:
+        slots *= 2
+    return slots
+
+
+class ResumeState:
+    """The last status of every id in a results file, in an open-addressing hash table.
+
+    Each id is reduced to a 63-bit key (:meth:`key`: Python's own string hash, which is
+    computed once per string and cached on it, so the manifest reader's duplicate check and
+    this look-up share it; only valid inside one process). A slot of ``array('Q')`` holds
+    ``key << 1 | is_ok`` (0: empty); linear probing, load <= 1/2, so ~16 bytes an id. With
+    fingerprints (``--rescan-changed``), a parallel ``array('I')`` holds the source fingerprint
+    of each id's last ok record.
     """
 
-    ok: array[int]
-    failed: array[int]
-    records: int = 0
-    corrupt_lines: int = 0
-    ok_fingerprints: array[int] | None = None
+    __slots__ = ("_fps", "_mask", "_size", "_table", "corrupt_lines", "records")
+
+    def __init__(self, capacity: int = 0, *, fingerprints: bool = False) -> None:
+        slots = _table_slots(capacity)
+        self._table = array("Q", bytes(8 * slots))
+        self._mask = slots - 1
+        self._size = 0
+        self._fps: array[int] | None = array("I", bytes(4 * slots)) if fingerprints else None
+        self.records = 0
+        self.corrupt_lines = 0
 
     @staticmethod
     def key(item_id: str) -> int:
-        """The digest used for lookups (63 bits, so a status bit fits beside it)."""
-        return id_digest(item_id) >> 1
+        """The key used for look-ups (63 bits, never 0)."""
+        return hash(item_id) & _MASK63 or 1
+
+    def _slot(self, key: int) -> int:
+        """The slot holding ``key``, or -1."""
+        table, mask = self._table, self._mask
+        i = key & mask
+        while True:
+            current = table[i]
+            if current >> 1 == key:
+                return i
+            if current == 0:
+                return -1
+            i = (i + 1) & mask
 
     def status(self, key: int) -> str | None:
-        """``"ok"``, ``"failed"`` or None (never seen) for a digest from :meth:`key`."""
-        if _contains(self.ok, key):
-            return "ok"
-        if _contains(self.failed, key):
-            return "failed"
-        return None
+        """``"ok"``, ``"failed"`` or None (never seen) for a key from :meth:`key`."""
+        table, mask = self._table, self._mask
+        i = key & mask
+        while True:
+            current = table[i]
+            if current >> 1 == key:
+                return "ok" if current & 1 else "failed"
+            if current == 0:
+                return None
+            i = (i + 1) & mask
+
+    def settler(
+        self, ok_action: str | None, failed_action: str | None, counts: list[int] | None = None
+    ) -> Callable[[str], str | None]:
+        """A look-up by id: ``ok_action`` for an id whose last status is ok, ``failed_action``
+        for a failed one, None for an id never seen (the probe of :meth:`status`, inlined).
+
+        With ``counts`` (``[failed, ok, total]``), an id given an action is counted there and
+        ``""`` is returned instead, except for every 4096th, which returns its action.
+        """
+        table, mask = self._table, self._mask
+
+        def settle(item_id: str) -> str | None:
+            key = hash(item_id) & _MASK63 or 1
+            i = key & mask
+            while True:
+                current = table[i]
+                if current >> 1 == key:
+                    break
+                if current == 0:
+                    return None
+                i = (i + 1) & mask
+            is_ok = current & 1
+            action = ok_action if is_ok else failed_action
+            if counts is None or action is None:
+                return action
+            counts[is_ok] += 1
+            counts[2] += 1
+            return action if not counts[2] & 4095 else ""
+
+        return settle
 
     def ok_fingerprint(self, key: int) -> int | None:
         """The source fingerprint of an ok id's last ok record (None if unknown or not ok)."""
-        if self.ok_fingerprints is None:
+        if self._fps is None:
             return None
-        i = bisect_left(self.ok, key)
-        if i < len(self.ok) and self.ok[i] == key:
-            return self.ok_fingerprints[i] or None
-        return None
-
-    def __len__(self) -> int:
-        return len(self.ok) + len(self.failed)
-
-
-def _contains(values: array[int], key: int) -> bool:
-    i = bisect_left(values, key)
-    return i < len(values) and values[i] == key
-
-
-class _StateBuilder:
-    """Collects (digest, status) in file order, then keeps the last status of each digest."""
-
-    def __init__(self, fingerprints: bool = False) -> None:
-        self._entries = array("Q")  # (digest63 << 1) | is_ok, in file order
-        self._fingerprints = array("I") if fingerprints else None  # parallel to _entries
-        self.records = 0
-        self.corrupt = 0
+        i = self._slot(key)
+        if i < 0 or not self._table[i] & 1:
+            return None
+        return self._fps[i] or None
 
     def add(self, item_id: str, status: str, fp: int = 0) -> None:
-        self._entries.append((id_digest(item_id) >> 1) << 1 | (status == "ok"))
-        if self._fingerprints is not None:
-            self._fingerprints.append(fp)
-        self.records += 1
+        """Record one item record (in file order: the last record of an id wins)."""
+        self._put(hash(item_id) & _MASK63 or 1, status == "ok", fp)
 
-    def build(self) -> ResumeState:
-        entries = self._entries
-        ordered = sorted(entries)
-        # Ids recorded more than once (a failure later retried, a rescan): resolve by file order.
-        last: dict[int, int] = {}
-        for a, b in pairwise(ordered):
-            if a >> 1 == b >> 1:
-                last[a >> 1] = -1
-        if last:
-            for value in entries:
-                if value >> 1 in last:
-                    last[value >> 1] = value & 1
-        ok, failed = array("Q"), array("Q")
-        previous = -1
-        for value in ordered:
-            key = value >> 1
-            if key == previous:
-                continue
-            previous = key
-            is_ok = last[key] if key in last else value & 1
-            (ok if is_ok else failed).append(key)
-        fps = None
-        if self._fingerprints is not None:
-            fps = array("I", [0]) * len(ok)
-            for value, fp in zip(entries, self._fingerprints, strict=True):
-                if value & 1:  # an ok record: the last one in file order wins
-                    i = bisect_left(ok, value >> 1)
-                    if i < len(ok) and ok[i] == value >> 1:
-                        fps[i] = fp
-        return ResumeState(ok, failed, self.records, self.corrupt, fps)
+    def _put(self, key: int, is_ok: bool, fp: int = 0) -> None:
+        table, mask = self._table, self._mask
+        i = key & mask
+        while True:
+            current = table[i]
+            if current == 0:
+                self._size += 1
+                break
+            if current >> 1 == key:
+                break
+            i = (i + 1) & mask
+        table[i] = key << 1 | is_ok
+        if is_ok and self._fps is not None:
+            self._fps[i] = fp
+        self.records += 1
+        if self._size * 2 > mask:
+            self.reserve(self._size + 1)
+
+    def reserve(self, capacity: int) -> None:
+        """Grow the table to hold ``capacity`` ids without growing again."""
+        slots = _table_slots(capacity)
+        if slots <= self._mask + 1:
+            return
+        old, old_fps = self._table, self._fps
+        table = array("Q", bytes(8 * slots))
+        fps = array("I", bytes(4 * slots)) if old_fps is not None else None
+        mask = slots - 1
+        for j, value in enumerate(old):
+            if value:
+                i = (value >> 1) & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = value
+                if fps is not None and old_fps is not None:
+                    fps[i] = old_fps[j]
+        self._table, self._fps, self._mask = table, fps, mask
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"<ResumeState ids={self._size} records={self.records}>"
 
 
 def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
     """Build the resume state from a results stream (only complete, parseable lines count).
 
     ``fingerprints`` also keeps each ok record's source fingerprint (a full parse per line).
+    Otherwise the stream is read in blocks: a block whose every line is an item record in the
+    writer's layout is read by :func:`_scan_block`; any other block line by line, as
+    :func:`parse_head` reads it.
     """
-    builder = _StateBuilder(fingerprints)
-    for line in iter_lines(stream):
-        if not line.strip():
+    state = ResumeState(fingerprints=fingerprints)
+    if fingerprints:
+        for line in iter_lines(stream):
+            _scan_line(state, line, True)
+        return state
+    read = stream.read
+    tail = b""
+    first = True
+    while True:
+        chunk = read(_BLOCK)
+        if not chunk:
+            break
+        data = tail + chunk if tail else chunk
+        cut = data.rfind(b"\n") + 1
+        block, tail = data[:cut], data[cut:]
+        if not block:
             continue
-        if fingerprints:
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("id"), str) and "status" in doc:
-                builder.add(doc["id"], str(doc["status"]), record_fingerprint(doc))
-            elif not line.startswith(b'{"event":'):
-                builder.corrupt += 1
-            continue
-        head = parse_head(line)
-        if head is None:
-            if not line.startswith(b'{"event":'):
-                builder.corrupt += 1
-            continue
-        builder.add(*head)
-    return builder.build()
+        if first:
+            first = False
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                lines = block.count(b"\n")
+                size = os.fstat(stream.fileno()).st_size
+                state.reserve(size // max(1, len(block) // lines) + 1024)
+        if not _scan_block(state, block):  # some other line in this block: line by line
+            for line in block.split(b"\n")[:-1]:
+                _scan_line(state, line, False)
+    if tail:
+        _scan_line(state, tail, False)
+    return state
+
+
+def _scan_block(state: ResumeState, block: bytes) -> bool:
+    """Add a block of whole lines if every one is an item record in the writer's layout.
+
+    The block is cut at each ``\\n{"id":"``: every piece then starts with a raw id. The block
+    qualifies (True) when each piece is one line (no other newline), its id is followed by
+    ``","status":"ok"`` or ``","status":"failed"`` and holds no escape and is valid UTF-8: the
+    lines whose :func:`parse_head` result is read straight from the bytes. Otherwise nothing is
+    added (False). The checks run as C-level ``map`` passes; only the table insert is a loop.
+    """
+    pieces = (b"\n" + block).split(_LINE_PREFIX)
+    if pieces[0] or len(pieces) < 2:
+        return False
+    del pieces[0]
+    newlines = list(map(bytes.find, pieces, repeat(b"\n")))  # memchr: -1 but in the last
+    if newlines.count(-1) != len(pieces) - 1 or newlines[-1] != len(pieces[-1]) - 1:
+        return False
+    ends = list(map(bytes.find, pieces, repeat(b'"')))
+    oks = list(map(bytes.startswith, pieces, repeat(_OK_AFTER), ends))
+    if not all(oks) and not all(
+        map(operator.or_, oks, map(bytes.startswith, pieces, repeat(_FAILED_AFTER), ends))
+    ):
+        return False
+    ids: list[bytes] = list(map(operator.getitem, pieces, map(slice, ends)))  # type: ignore[arg-type]
+    joined = b"".join(ids)
+    if b"\\" in joined:
+        return False
+    if _ASCII_HASH_AS_BYTES and joined.isascii():
+        keys = list(map(_MASK63.__and__, map(hash, ids)))  # hash(b"ab") == hash("ab")
+    else:
+        try:
+            keys = list(map(_MASK63.__and__, map(hash, map(bytes.decode, ids))))
+        except UnicodeDecodeError:
+            return False
+    if 0 in keys:
+        return False  # 1 in 2**63: let the line path map it to 1
+    table, mask, size = state._table, state._mask, state._size
+    if (size + len(keys)) * 2 > mask:
+        state.reserve(size + len(keys))
+        table, mask = state._table, state._mask
+    # The values and home slots in C (map), the probe in Python only past an occupied slot.
+    values = list(map(operator.or_, map(operator.lshift, keys, repeat(1)), oks))
+    for i, value in zip(map(mask.__and__, keys), values, strict=True):
+        current = table[i]
+        if current == 0:
+            size += 1
+        elif (current ^ value) >> 1:  # another id there: probe on
+            while True:
+                i = (i + 1) & mask
+                current = table[i]
+                if current == 0:
+                    size += 1
+                    break
+                if not (current ^ value) >> 1:
+                    break
+        table[i] = value
+    state._size = size
+    state.records += len(keys)
+    return True
+
+
+def _scan_line(state: ResumeState, line: bytes, fingerprints: bool) -> None:
+    if not line.strip():
+        return
+    if fingerprints:
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and "status" in doc:
+            state.add(doc["id"], str(doc["status"]), record_fingerprint(doc))
+        elif not line.startswith(b'{"event":'):
+            state.corrupt_lines += 1
+        return
+    head = parse_head(line)
+    if head is None:
+        if not line.startswith(b'{"event":'):
+            state.corrupt_lines += 1
+        return
+    state.add(*head)
 
 
 def torn_tail_length(fd: int) -> int:

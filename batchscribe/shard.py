@@ -229,20 +229,24 @@ class ShardFilter:
 
     Every shard reads the whole manifest, so every shard meets every bad line; only shard 0
     reports (and counts) them, so a fleet reports each bad line once and its counts add up.
-    Other shards count the ones they hid in :attr:`hidden_problems`.
+    Other shards count the ones they hid in :attr:`hidden_problems`. A string (the action of
+    an item the reader settled, see :func:`batchscribe.manifest.iter_sources`) passes: the
+    reader only settles items of this shard.
     """
 
-    def __init__(self, entries: Iterable[Item | Problem], shard: Shard) -> None:
+    def __init__(self, entries: Iterable[Item | Problem | str], shard: Shard) -> None:
         self._entries = iter(entries)
         self.shard = shard
         self.hidden_problems = 0
         self._iterator = self._select()
 
-    def _select(self) -> Generator[Item | Problem, None, None]:
+    def _select(self) -> Generator[Item | Problem | str, None, None]:
         shard = self.shard
         report_problems = shard.index == 0
         for entry in self._entries:
-            if isinstance(entry, Problem):
+            if isinstance(entry, str):  # a settled item's action (iter_sources' settled): in shard
+                yield entry
+            elif isinstance(entry, Problem):
                 if report_problems:
                     yield entry
                 else:
@@ -250,10 +254,10 @@ class ShardFilter:
             elif in_shard(entry.id, shard):
                 yield entry
 
-    def __iter__(self) -> Iterator[Item | Problem]:
+    def __iter__(self) -> Iterator[Item | Problem | str]:
         return self._iterator
 
-    def __next__(self) -> Item | Problem:
+    def __next__(self) -> Item | Problem | str:
         return next(self._iterator)
 
     def close(self) -> None:

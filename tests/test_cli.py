@@ -739,7 +739,9 @@ def test_usage_errors_exit_2(tmp_path, make_archive, run_cli, args):
     assert not out.exists()
 
 
-def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(tmp_path, emulator, make_archive, spawn_cli):
+def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(
+    tmp_path, emulator, make_archive, spawn_cli
+):
     """Items from a slow pipe are sent as each line arrives, not after a batch fills up."""
     emu = emulator()
     archive = make_archive(tmp_path, 3)

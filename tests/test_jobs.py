@@ -273,11 +273,15 @@ def test_readme_systemd_units_verify(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_rerun_of_failed_items_keeps_their_own_pulse_parameters(tmp_path, emulator, run_cli) -> None:
+def test_rerun_of_failed_items_keeps_their_own_pulse_parameters(
+    tmp_path, emulator, run_cli
+) -> None:
     """An item's own manifest parameters (language, diarize) survive failed -> run."""
     emu = emulator()
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"id": "berlin", "path": "later.wav", "language": "de", "diarize": true}\n')
+    manifest.write_text(
+        '{"id": "berlin", "path": "later.wav", "language": "de", "diarize": true}\n'
+    )
     out = tmp_path / "r.jsonl"
     assert _run_dir(run_cli, emu, manifest, out).returncode == 1  # the file is not there yet
     items, _ = read_results(out)
@@ -293,3 +297,28 @@ def test_rerun_of_failed_items_keeps_their_own_pulse_parameters(tmp_path, emulat
     assert items[-1]["status"] == "ok"
     assert items[-1]["response"]["language"] == "de"
     assert items[-1]["utterances"][0]["speaker"] is not None
+
+
+def test_resume_counts_with_done_failed_new_and_bad_lines_interleaved(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
+    """Skips counted in the reader, bad lines and items to send, interleaved, all add up."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 10)
+    out = tmp_path / "r.jsonl"
+    with out.open("wb") as handle:
+        for i, item_id in enumerate(archive.ids):
+            if i % 3 == 0:
+                handle.write(orjson.dumps({"id": item_id, "status": "ok"}) + b"\n")
+            elif i % 3 == 1:
+                handle.write(orjson.dumps({"id": item_id, "status": "failed"}) + b"\n")
+    lines = archive.manifest.read_bytes().splitlines(keepends=True)
+    mixed = b"".join(line + (b"{bad\n" if n % 4 == 0 else b"") for n, line in enumerate(lines))
+    archive.manifest.write_bytes(mixed)
+    proc = _run_dir(run_cli, emu, archive.manifest, out)
+    assert proc.returncode == 1  # bad lines, and failed items left alone
+    assert "skipped (done earlier): 4  skipped (failed earlier): 3  invalid lines: 3" in proc.stdout
+    assert emu.stats()["requests"] == 3  # the items never recorded
+    proc = _run_dir(run_cli, emu, archive.manifest, out, "--retry-failed")
+    assert "skipped (done earlier): 7  skipped (failed earlier): 0  invalid lines: 3" in proc.stdout
+    assert emu.stats()["requests"] == 6

@@ -190,3 +190,38 @@ def test_digest_set_behaves_like_a_set() -> None:
     assert all(d in ours for d in model)
     assert id_digest("nope") not in ours
     assert ours.add(0) and 0 not in model  # zero is a valid digest too
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.text(max_size=6), st.sampled_from(["ok", "failed", "other"])),
+            st.sampled_from(
+                [b"\n", b'{"event":"run","ok":1}\n', b"junk\n", b'{ "id": "sp", "status": "ok" }\n']
+            ),
+        ),
+        max_size=60,
+    ),
+    st.integers(min_value=0, max_value=3),
+)
+def test_block_scan_agrees_with_line_by_line_on_mixed_files(
+    entries: list[object], pad: int
+) -> None:
+    """The block fast path and the line path give the same states on any mix of line shapes."""
+    data = b""
+    model: dict[str, str] = {}
+    for entry in entries:
+        if isinstance(entry, bytes):
+            data += entry
+            if b'"sp"' in entry:
+                model["sp"] = "ok"
+            continue
+        assert isinstance(entry, tuple)
+        item_id, status = entry
+        data += _line(item_id, status, transcription="x" * pad)
+        model[item_id] = "ok" if status == "ok" else "failed"  # any other status is not done
+    state = scan(io.BytesIO(data))
+    for item_id, status in model.items():
+        assert state.status(ResumeState.key(item_id)) == status, (item_id, status)
+    assert state.status(ResumeState.key("never-there")) is None
