@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 #: Flags the README shows that belong to other programs (Slurm, systemctl, ruff).
-FOREIGN = {"--array", "--check", "--cpus-per-task", "--job-name", "--mem", "--now", "--output", "--soak",
-           "--time"}  # fmt: skip
+FOREIGN = {
+    "--array", "--check", "--cpus-per-task", "--job-name", "--mem", "--now", "--output",
+    "--soak", "--time",
+}  # fmt: skip
 
 
 def _code_blocks() -> list[tuple[str, str]]:
