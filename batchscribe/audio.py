@@ -71,7 +71,7 @@ def head_duration(head: bytes, size: int) -> float | None:
     (FLAC's sample count, an MP3's Xing header or its bitrate over the size); None otherwise.
     """
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return _wav_head_duration(head, size)
+        return wav_duration(head, size)
     try:
         import mutagen
 
@@ -84,7 +84,8 @@ def head_duration(head: bytes, size: int) -> float | None:
     return None
 
 
-def _wav_head_duration(head: bytes, size: int) -> float | None:
+def wav_duration(head: bytes, size: int) -> float | None:
+    """Exact duration of a RIFF/WAVE file of ``size`` bytes from its first bytes, or None."""
     offset, byte_rate = 12, 0
     while offset + 8 <= len(head):
         chunk_id = head[offset : offset + 4]

@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import orjson
 from aiohttp import web
 
+from batchscribe.audio import wav_duration
 from batchscribe.pulse import (
     BOOL_PARAMS,
     CURRENT_PATH,
@@ -221,26 +222,6 @@ def _sniff(head: bytes) -> str | None:
             return "aac"
         if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # 11-bit sync, layer I/II/III
             return "mp3"
-    return None
-
-
-def _wav_duration(head: bytes, size: int) -> float | None:
-    """Exact duration of a RIFF/WAVE body from its chunks, or None when they are unreadable."""
-    offset, byte_rate = 12, 0
-    while offset + 8 <= len(head):
-        chunk_id = head[offset : offset + 4]
-        (chunk_size,) = struct.unpack_from("<I", head, offset + 4)
-        body = offset + 8
-        if chunk_id == b"fmt " and body + 12 <= len(head):
-            (byte_rate,) = struct.unpack_from("<I", head, body + 8)
-        elif chunk_id == b"data":
-            if not byte_rate:
-                return None
-            available = size - body
-            # 0 and 0xFFFFFFFF mark a streamed WAV whose length was never patched in.
-            data = available if chunk_size in (0, 0xFFFFFFFF) else min(chunk_size, available)
-            return max(0, data) / byte_rate
-        offset = body + chunk_size + (chunk_size & 1)
     return None
 
 
@@ -785,7 +766,7 @@ class _Emulator:
             if sample:
                 duration = sample.duration
             elif fmt == "wav":
-                duration = _wav_duration(body.head, body.size)
+                duration = wav_duration(body.head, body.size)
             else:
                 duration = _audio_duration(fmt or "", body.head, body.size)
             if duration is None:
