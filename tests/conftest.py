@@ -78,6 +78,22 @@ def emulator() -> Iterator[Callable[..., Any]]:
         thread.__exit__(None, None, None)
 
 
+@pytest.fixture
+def checked_emulator(emulator: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """``emulator``, checked at teardown: no run retried before the server's delay."""
+    started: list[Any] = []
+
+    def start(**config: Any) -> Any:
+        emu = emulator(**config)
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        stats = emu.stats()
+        assert stats["early_retries"] == 0, stats["early_retry_examples"]
+
+
 # --------------------------------------------------------------------------- audio archives
 
 

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +31,9 @@ OK_FIELDS = ["transcription", "words", "utterances", "duration", "request_id", "
 
 
 @pytest.fixture
-def emulator(emulator: Any) -> Iterator[Any]:
+def emulator(checked_emulator: Any) -> Any:
     """The shared factory, checked at the end: no run retried before the server's delay."""
-    started: list[Any] = []
-
-    def start(**config: Any) -> Any:
-        emu = emulator(**config)
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        stats = emu.stats()
-        assert stats["early_retries"] == 0, stats["early_retry_examples"]
+    return checked_emulator
 
 
 def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,9 @@ from batchscribe.emulator import content_key
 
 
 @pytest.fixture
-def emulator(emulator: Any) -> Iterator[Any]:
+def emulator(checked_emulator: Any) -> Any:
     """The shared factory, checked at the end: no run retried before the server's delay."""
-    started: list[Any] = []
-
-    def start(**config: Any) -> Any:
-        emu = emulator(**config)
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        stats = emu.stats()
-        assert stats["early_retries"] == 0, stats["early_retry_examples"]
+    return checked_emulator
 
 
 def sent_ids(emu: Any, archive: Archive) -> set[str]:
