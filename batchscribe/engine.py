@@ -75,7 +75,7 @@ from batchscribe.pulse import (
     content_type_for,
 )
 from batchscribe.ratestore import Acquirer, SharedRate, check_url
-from batchscribe.results import ResultsStore, ResumeState
+from batchscribe.results import ResultsStore, ResumeState, SeenIds
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
 from batchscribe.shard import Shard, ShardFilter
 
@@ -399,15 +399,21 @@ class Engine:
         shard = options.shard
 
         counts = [0, 0, 0]  # settled by the reader's hook: failed, done, both
+        # The duplicate-id check marks the ids the results file knows in the resume table
+        # (which also lets the reader settle a run of them at once); only new ids take room.
+        seen = resume.seen_ids() if len(resume) else DigestSet(key=id_key)
         entries: Any = manifest.iter_sources(
             options.sources,
             stdin=self.stdin,
             checked=True,
-            # Sized for the ids already recorded (a resume re-reads most of them): the table
-            # then does not double (and hold its old half) at the end.
-            seen=DigestSet(len(resume), key=id_key),
+            seen=seen,
             settled=reader_settles(
-                resume, shard, retry_failed=retry_failed, rescan_changed=rescan, counts=counts
+                resume,
+                shard,
+                retry_failed=retry_failed,
+                rescan_changed=rescan,
+                counts=counts,
+                seen=seen if isinstance(seen, SeenIds) else None,
             ),
         )
         if shard is not None:

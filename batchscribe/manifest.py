@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -90,7 +91,7 @@ STDIN_NAME = "<stdin>"
 
 MAX_LINE = 16 * 1024 * 1024  # longest line read; a longer one is skipped with a problem
 _READ_LIMIT = MAX_LINE + 1  # room for the newline
-_SKIP_CHUNK = 1024 * 1024
+_CHUNK = 128 * 1024  # bytes asked for per read
 _BUFFER = 256 * 1024
 _BOM = b"\xef\xbb\xbf"
 _QUOTE_MAX = 200  # characters of user content quoted in a message
@@ -229,58 +230,122 @@ def _read_stream(
     seen: DigestSet,
     settled: Settled | None = None,
 ) -> Iterator[Item | Problem | str]:
-    lines: Iterator[Line] = _read_lines(stream)
+    chunks = _read_chunks(stream)
     if kind == "csv":
-        yield from _parse_csv(lines, file, base, seen)
+        yield from _parse_csv(_chunk_lines(chunks), file, base, seen)
         return
-    first, lines = _first_content(lines)
-    if first is None:
+    head, chunks = _first_content(chunks)
+    if head is None:
         return
-    head = first[1]
+    lineno, first = head
     if kind == "sniff":
-        kind = "jsonl" if head is not None and head.lstrip()[:1] == b"{" else "text"
+        kind = "jsonl" if first == b"{" else "text"
     if kind == "jsonl":
-        if head is not None and head.lstrip()[:1] == b"[":
+        if first == b"[":
             yield _problem(
-                file,
-                first[0],
-                "this is a JSON array, not JSON Lines: write one JSON object per line",
+                file, lineno, "this is a JSON array, not JSON Lines: write one JSON object per line"
             )
             return
-        yield from _parse_jsonl(lines, file, base, seen, settled)
+        block = getattr(settled, "block", None)
+        if block is None:
+            yield from _parse_jsonl(_chunk_lines(chunks), file, base, seen, settled)
+        else:
+            yield from _parse_jsonl_blocks(chunks, file, base, seen, settled, block)
     else:
-        yield from _parse_text(lines, file, base, seen)
+        yield from _parse_text(_chunk_lines(chunks), file, base, seen)
 
 
-def _read_lines(stream: BinaryIO) -> Iterator[Line]:
-    """Physical lines as raw bytes (newline kept, a leading BOM dropped), None for overlong ones."""
-    readline = stream.readline
-    lineno = 0
+Chunk = tuple[int, bytes | None]  # (number of its first line, whole lines; None: one too long)
+
+
+def _read_chunks(stream: BinaryIO) -> Iterator[Chunk]:
+    """The stream as runs of whole lines, as they arrive.
+
+    Each run ends with a newline (the last one at the end of the stream may not); a leading BOM
+    is dropped. A line longer than :data:`MAX_LINE` is not held: it is skipped as it is read
+    and stands for itself as ``(lineno, None)``. ``read1`` returns what a pipe has now, so a
+    trickling stdin is read line by line as it comes, while a file is read a block at a time.
+    """
+    read = getattr(stream, "read1", stream.read)
+    lineno = 1
+    parts: list[bytes] = []  # the unfinished last line, as read so far
+    size = 0  # its length
+    skipping = False  # inside a line too long: drop up to its newline
+    head = b""  # the stream's first bytes, while they may still be a BOM cut short
+    start = True
     while True:
-        raw = readline(_READ_LIMIT)
-        if not raw:
-            return
-        lineno += 1
-        if len(raw) == _READ_LIMIT and raw[-1] != 0x0A:
-            # Skip the rest of the line in bounded chunks rather than holding it.
-            while True:
-                rest = readline(_SKIP_CHUNK)
-                if not rest or rest[-1] == 0x0A:
-                    break
+        data = read(_CHUNK)
+        if not data:
+            break
+        if start:
+            data = head + data
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                head = data
+                continue
+            start = False
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+        if skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                continue
+            skipping = False
+            data = data[newline + 1 :]
+            if not data:
+                continue
+        if parts and (newline := data.find(b"\n")) >= 0:  # the line carried over ends here
+            if size + newline >= _READ_LIMIT:
+                yield lineno, None
+            else:
+                parts.append(data[: newline + 1])
+                yield lineno, b"".join(parts)
+            lineno += 1
+            parts, size = [], 0
+            data = data[newline + 1 :]
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield lineno, data if cut == len(data) else data[:cut]
+            lineno += data.count(b"\n", 0, cut)
+        if cut < len(data):
+            parts.append(data[cut:])
+            size += len(data) - cut
+            if size >= _READ_LIMIT:
+                yield lineno, None
+                lineno += 1
+                parts, size, skipping = [], 0, True
+    if start and head:
+        parts, size = [head], len(head)
+    if parts:
+        yield lineno, None if size >= _READ_LIMIT else b"".join(parts)
+
+
+def _chunk_lines(chunks: Iterator[Chunk]) -> Iterator[Line]:
+    """Physical lines (``(lineno, raw)``, ``raw`` None for a line too long) of ``chunks``."""
+    for lineno, data in chunks:
+        if data is None:
             yield lineno, None
             continue
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        yield lineno, raw
+        lines = data.split(b"\n")
+        last = lines.pop()  # b"" after a final newline, else the unfinished last line
+        yield from zip(itertools.count(lineno), [line + b"\n" for line in lines])
+        if last:
+            yield lineno + len(lines), last
 
 
-def _first_content(lines: Iterator[Line]) -> tuple[Line | None, Iterator[Line]]:
-    """The first non-blank line, and an iterator that still yields it."""
-    for line in lines:
-        raw = line[1]
-        if raw is None or (raw and not raw.isspace()):
-            return line, itertools.chain((line,), lines)
-    return None, lines
+def _first_content(chunks: Iterator[Chunk]) -> tuple[tuple[int, bytes] | None, Iterator[Chunk]]:
+    """The line number and first byte of the first non-blank line (``b""`` for one too long),
+    and the chunks, all still to be read."""
+    held: list[Chunk] = []
+    for chunk in chunks:
+        held.append(chunk)
+        lineno, data = chunk
+        if data is None:
+            return (lineno, b""), itertools.chain(held, chunks)
+        body = data.lstrip()
+        if body:
+            skipped = len(data) - len(body)
+            return (lineno + data.count(b"\n", 0, skipped), body[:1]), itertools.chain(held, chunks)
+    return None, iter(held)
 
 
 # --------------------------------------------------------------------------- formats
@@ -339,6 +404,69 @@ def _parse_jsonl(
                 continue
         result = _item_from_fields(doc, base, f"{file}:{lineno}", seen, from_json=True)
         yield _problem(file, lineno, result) if isinstance(result, str) else result
+
+
+# The commonest manifest line, {"id": "...", "path": "..."}, as written by jq -c (first) or
+# Python's json.dumps: whole lines whose strings hold no escape and no control character.
+def _id_path_lines(space: bytes) -> re.Pattern[bytes]:
+    chars = rb'[^"\\\x00-\x1f]+'
+    parts = (
+        rb"^\{",
+        rb'"id"',
+        b":",
+        b'"(' + chars + b')"',
+        b",",
+        rb'"path"',
+        b":",
+        b'"' + chars + b'"',
+        rb"\}",
+    )
+    return re.compile(space.join(parts) + space + rb"\r?$", re.MULTILINE)
+
+
+_ID_PATH_LINES = (_id_path_lines(b""), _id_path_lines(rb"[ \t]*"))
+
+
+def _parse_jsonl_blocks(
+    chunks: Iterator[Chunk],
+    file: str,
+    base: str,
+    seen: DigestSet,
+    settled: Settled | None,
+    block: Callable[[list[str] | list[bytes]], str | None],
+) -> Iterator[Item | Problem | str]:
+    """:func:`_parse_jsonl` for a resumed run, a run of lines at a time where it can be.
+
+    A run of lines that are all ``{"id": ..., "path": ...}`` is handed to ``block`` (the
+    resume state's :meth:`~batchscribe.results.ResumeState.settle_block`) without parsing a
+    line in Python: when it settles them all (done earlier, none read before), the run costs
+    a regex pass and a few C-level passes; otherwise its lines are read one at a time by
+    :func:`_parse_jsonl`, which gives the same answer for each line.
+    """
+    for chunk in chunks:
+        data = chunk[1]
+        if data is not None and b"s3://" not in data and b"gs://" not in data:
+            lines = data.count(b"\n") + (data[-1] != 0x0A)
+            found: list[bytes] = []
+            for pattern in _ID_PATH_LINES:
+                found = pattern.findall(data)
+                if len(found) == lines:
+                    break
+            else:
+                found = []
+            ids: list[str] | list[bytes] = found
+            if found and not data.isascii():
+                try:
+                    data.decode("utf-8")  # orjson refuses a line that is not UTF-8: so does this
+                    ids = [raw.decode("utf-8") for raw in found]
+                except UnicodeDecodeError:
+                    ids = []
+            if ids:
+                marker = block(ids)
+                if marker is not None:
+                    yield marker
+                    continue
+        yield from _parse_jsonl(_chunk_lines(iter((chunk,))), file, base, seen, settled)
 
 
 def _parse_text(

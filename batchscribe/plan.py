@@ -17,7 +17,7 @@ from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
-from batchscribe.results import ResumeState, fingerprint, scan
+from batchscribe.results import ResumeState, SeenIds, fingerprint, scan
 from batchscribe.shard import Shard, ShardFilter, in_shard
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
@@ -74,6 +74,7 @@ def reader_settles(
     retry_failed: bool,
     rescan_changed: bool,
     counts: list[int] | None = None,
+    seen: SeenIds | None = None,
 ) -> manifest.Settled | None:
     """The ``settled`` hook for :func:`manifest.iter_sources`: :func:`settled_action` for the
     items of ``shard`` (None, so the item is built, for items of other shards, which the shard
@@ -83,7 +84,7 @@ def reader_settles(
         return None
     # As settled_action: ok is done unless --rescan-changed; failed is skipped unless retried.
     settle = resume.settler(
-        None if rescan_changed else "done", None if retry_failed else "failed", counts
+        None if rescan_changed else "done", None if retry_failed else "failed", counts, seen=seen
     )
     if shard is None:
         return settle

@@ -24,6 +24,7 @@ import stat
 import tempfile
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise, repeat
@@ -32,6 +33,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from batchscribe.errors import ConfigError, ResultsBusy, RunAborted
+from batchscribe.ids import DigestSet, id_key
 
 _ID_PREFIX = b'{"id":"'
 _STATUS_SEP = b'","status":"'
@@ -91,7 +93,7 @@ def record_fingerprint(record: dict[str, Any]) -> int:
     return fingerprint(size, version)
 
 
-_MASK63 = (1 << 63) - 1
+_MASK62 = (1 << 62) - 1
 _BLOCK = 1 << 20  # bytes read per block by scan
 # CPython hashes an ASCII str as its bytes: the scan then hashes an id's raw bytes directly.
 _ASCII_HASH_AS_BYTES = hash("batchscribe id") == hash(b"batchscribe id")
@@ -110,10 +112,11 @@ def _table_slots(capacity: int) -> int:
 class ResumeState:
     """The last status of every id in a results file, in an open-addressing hash table.
 
-    Each id is reduced to a 63-bit key (:meth:`key`: Python's own string hash, which is
-    computed once per string and cached on it, so the manifest reader's duplicate check and
-    this look-up share it; only valid inside one process). A slot of ``array('Q')`` holds
-    ``key << 1 | is_ok`` (0: empty); linear probing, load <= 1/2, so ~16 bytes an id. With
+    Each id is reduced to a 62-bit key (:meth:`key`: Python's own string hash, which is
+    computed once per string and cached on it; only valid inside one process). A slot of
+    ``array('Q')`` holds ``key << 2 | seen << 1 | is_ok`` (0: empty); linear probing, load
+    <= 1/2, so ~16 bytes an id. The ``seen`` bit is the manifest reader's duplicate check for
+    the ids the results file knows (:class:`SeenIds`): they need no second table. With
     fingerprints (``--rescan-changed``), a parallel ``array('I')`` holds the source fingerprint
     of each id's last ok record.
     """
@@ -131,8 +134,8 @@ class ResumeState:
 
     @staticmethod
     def key(item_id: str) -> int:
-        """The key used for look-ups (63 bits, never 0)."""
-        return hash(item_id) & _MASK63 or 1
+        """The key used for look-ups (62 bits, never 0)."""
+        return hash(item_id) & _MASK62 or 1
 
     def _slot(self, key: int) -> int:
         """The slot holding ``key``, or -1."""
@@ -140,7 +143,7 @@ class ResumeState:
         i = key & mask
         while True:
             current = table[i]
-            if current >> 1 == key:
+            if current >> 2 == key:
                 return i
             if current == 0:
                 return -1
@@ -148,33 +151,48 @@ class ResumeState:
 
     def status(self, key: int) -> str | None:
         """``"ok"``, ``"failed"`` or None (never seen) for a key from :meth:`key`."""
-        table, mask = self._table, self._mask
-        i = key & mask
-        while True:
-            current = table[i]
-            if current >> 1 == key:
-                return "ok" if current & 1 else "failed"
-            if current == 0:
-                return None
-            i = (i + 1) & mask
+        i = self._slot(key)
+        if i < 0:
+            return None
+        return "ok" if self._table[i] & 1 else "failed"
+
+    def mark_seen(self, key: int) -> bool | None:
+        """Mark ``key`` as read from a manifest: True the first time, False if it already was,
+        None when the results file does not know it."""
+        i = self._slot(key)
+        if i < 0:
+            return None
+        current = self._table[i]
+        if current & 2:
+            return False
+        self._table[i] = current | 2
+        return True
 
     def settler(
-        self, ok_action: str | None, failed_action: str | None, counts: list[int] | None = None
+        self,
+        ok_action: str | None,
+        failed_action: str | None,
+        counts: list[int] | None = None,
+        *,
+        seen: SeenIds | None = None,
     ) -> Callable[[str], str | None]:
         """A look-up by id: ``ok_action`` for an id whose last status is ok, ``failed_action``
         for a failed one, None for an id never seen (the probe of :meth:`status`, inlined).
 
         With ``counts`` (``[failed, ok, total]``), an id given an action is counted there and
-        ``""`` is returned instead, except for every 4096th, which returns its action.
+        ``""`` is returned instead, except for every 4096th, which returns its action. With
+        ``counts`` and ``seen`` (this state's :class:`SeenIds`, which the reader uses for its
+        duplicate check), the look-up also has a ``block`` attribute: :meth:`settle_block`
+        for many ids at once.
         """
         table, mask = self._table, self._mask
 
         def settle(item_id: str) -> str | None:
-            key = hash(item_id) & _MASK63 or 1
+            key = hash(item_id) & _MASK62 or 1
             i = key & mask
             while True:
                 current = table[i]
-                if current >> 1 == key:
+                if current >> 2 == key:
                     break
                 if current == 0:
                     return None
@@ -187,7 +205,71 @@ class ResumeState:
             counts[2] += 1
             return action if not counts[2] & 4095 else ""
 
+        if counts is not None and seen is not None:
+            if seen.resume is not self:
+                raise ValueError("seen belongs to another resume state")
+            marker = ok_action or failed_action or ""
+            block_counts = counts
+
+            def block(ids: list[str] | list[bytes]) -> str | None:
+                return self.settle_block(ids, ok_action, failed_action, block_counts, marker)
+
+            settle.block = block  # type: ignore[attr-defined]
         return settle
+
+    def settle_block(
+        self,
+        ids: list[str] | list[bytes],
+        ok_action: str | None,
+        failed_action: str | None,
+        counts: list[int],
+        marker: str,
+    ) -> str | None:
+        """Settle a run of manifest ids at once, or none of them.
+
+        When every id is known, none was read before (nor twice here), and each has an action
+        (``ok_action`` / ``failed_action`` by its status), they are all marked seen and counted
+        in ``counts`` (see :meth:`settler`) and ``marker`` is returned. Otherwise nothing
+        changes and None is returned: the reader then takes those lines one at a time (which
+        reports duplicates and builds the items to send). ``ids`` may be bytes when they are
+        ASCII (CPython hashes an ASCII str as its bytes). Look-ups at the home slot run as
+        C-level ``map`` passes; only displaced keys are probed in Python.
+        """
+        if not ids or (ok_action is None and failed_action is None):
+            return None
+        keys = list(map(_MASK62.__and__, map(hash, ids)))
+        if 0 in keys or len(set(keys)) != len(keys):
+            return None  # a duplicate within the run (or a key of 0): line by line
+        table, mask = self._table, self._mask
+        slots = list(map(mask.__and__, keys))
+        currents = list(map(table.__getitem__, slots))
+        hits = list(map(operator.eq, map(operator.rshift, currents, repeat(2)), keys))
+        if not all(hits):  # keys past their home slot: probe on
+            for j in [j for j, hit in enumerate(hits) if not hit]:
+                key, i = keys[j], slots[j]
+                while True:
+                    i = (i + 1) & mask
+                    current = table[i]
+                    if current >> 2 == key:
+                        break
+                    if current == 0:
+                        return None  # an id the results file does not know
+                slots[j], currents[j] = i, current
+        if any(map(operator.and_, currents, repeat(2))):
+            return None  # read before: a duplicate
+        ok = sum(map(operator.and_, currents, repeat(1)))
+        failed = len(keys) - ok
+        if (ok and ok_action is None) or (failed and failed_action is None):
+            return None
+        deque(map(table.__setitem__, slots, map(operator.or_, currents, repeat(2))), maxlen=0)
+        counts[0] += failed
+        counts[1] += ok
+        counts[2] += len(keys)
+        return marker
+
+    def seen_ids(self) -> SeenIds:
+        """A duplicate check for a manifest read against this state (see :class:`SeenIds`)."""
+        return SeenIds(self)
 
     def ok_fingerprint(self, key: int) -> int | None:
         """The source fingerprint of an ok id's last ok record (None if unknown or not ok)."""
@@ -200,7 +282,7 @@ class ResumeState:
 
     def add(self, item_id: str, status: str, fp: int = 0) -> None:
         """Record one item record (in file order: the last record of an id wins)."""
-        self._put(hash(item_id) & _MASK63 or 1, status == "ok", fp)
+        self._put(hash(item_id) & _MASK62 or 1, status == "ok", fp)
 
     def _put(self, key: int, is_ok: bool, fp: int = 0) -> None:
         table, mask = self._table, self._mask
@@ -210,10 +292,10 @@ class ResumeState:
             if current == 0:
                 self._size += 1
                 break
-            if current >> 1 == key:
+            if current >> 2 == key:
                 break
             i = (i + 1) & mask
-        table[i] = key << 1 | is_ok
+        table[i] = key << 2 | is_ok
         if is_ok and self._fps is not None:
             self._fps[i] = fp
         self.records += 1
@@ -231,7 +313,7 @@ class ResumeState:
         mask = slots - 1
         for j, value in enumerate(old):
             if value:
-                i = (value >> 1) & mask
+                i = (value >> 2) & mask
                 while table[i]:
                     i = (i + 1) & mask
                 table[i] = value
@@ -244,6 +326,41 @@ class ResumeState:
 
     def __repr__(self) -> str:
         return f"<ResumeState ids={self._size} records={self.records}>"
+
+
+class SeenIds(DigestSet):
+    """The manifest reader's duplicate check for a run against a resume state.
+
+    An id the results file knows is marked in the resume table itself (its ``seen`` bit, see
+    :meth:`ResumeState.mark_seen`); only new ids take room in this set. A resume of a million
+    ids then holds one table, not two, and :meth:`ResumeState.settle_block` can settle and
+    mark a run of ids at once. Digests are :func:`~batchscribe.ids.id_key` (in-process).
+    """
+
+    __slots__ = ("resume",)
+
+    def __init__(self, resume: ResumeState, capacity: int = 1024) -> None:
+        super().__init__(capacity, key=id_key)
+        self.resume = resume
+
+    def add(self, digest: int) -> bool:
+        known = self.resume.mark_seen(digest & _MASK62 or 1)
+        return super().add(digest) if known is None else known
+
+    def __contains__(self, digest: object) -> bool:
+        if not isinstance(digest, int):
+            return False
+        i = self.resume._slot(digest & _MASK62 or 1)
+        if i >= 0:
+            return bool(self.resume._table[i] & 2)
+        return super().__contains__(digest)
+
+    def __len__(self) -> int:
+        marked = sum(map(operator.and_, self.resume._table, repeat(2)))
+        return super().__len__() + int(marked) // 2
+
+    def __repr__(self) -> str:
+        return f"<SeenIds new={super().__len__()} resume={self.resume!r}>"
 
 
 def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
@@ -312,32 +429,32 @@ def _scan_block(state: ResumeState, block: bytes) -> bool:
     if b"\\" in joined:
         return False
     if _ASCII_HASH_AS_BYTES and joined.isascii():
-        keys = list(map(_MASK63.__and__, map(hash, ids)))  # hash(b"ab") == hash("ab")
+        keys = list(map(_MASK62.__and__, map(hash, ids)))  # hash(b"ab") == hash("ab")
     else:
         try:
-            keys = list(map(_MASK63.__and__, map(hash, map(bytes.decode, ids))))
+            keys = list(map(_MASK62.__and__, map(hash, map(bytes.decode, ids))))
         except UnicodeDecodeError:
             return False
     if 0 in keys:
-        return False  # 1 in 2**63: let the line path map it to 1
+        return False  # 1 in 2**62: let the line path map it to 1
     table, mask, size = state._table, state._mask, state._size
     if (size + len(keys)) * 2 > mask:
         state.reserve(size + len(keys))
         table, mask = state._table, state._mask
     # The values and home slots in C (map), the probe in Python only past an occupied slot.
-    values = list(map(operator.or_, map(operator.lshift, keys, repeat(1)), oks))
+    values = list(map(operator.or_, map(operator.lshift, keys, repeat(2)), oks))
     for i, value in zip(map(mask.__and__, keys), values, strict=True):
         current = table[i]
         if current == 0:
             size += 1
-        elif (current ^ value) >> 1:  # another id there: probe on
+        elif (current ^ value) >> 2:  # another id there: probe on
             while True:
                 i = (i + 1) & mask
                 current = table[i]
                 if current == 0:
                     size += 1
                     break
-                if not (current ^ value) >> 1:
+                if not (current ^ value) >> 2:
                     break
         table[i] = value
     state._size = size

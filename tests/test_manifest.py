@@ -10,13 +10,15 @@ import time
 import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
+from unittest.mock import patch
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscribe.ids import DigestSet, id_digest
+from batchscribe import manifest as manifest_module
+from batchscribe.ids import DigestSet, id_digest, id_key
 from batchscribe.manifest import (
     Item,
     ManifestError,
@@ -24,6 +26,7 @@ from batchscribe.manifest import (
     check_sources,
     iter_sources,
 )
+from batchscribe.results import ResumeState
 
 # --------------------------------------------------------------------------- helpers
 
@@ -881,3 +884,156 @@ def test_memory_stays_flat_over_a_large_manifest(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert read_count == count
     assert peak < 2_000_000, f"peak {peak} bytes"
+
+
+# --------------------------------------------------------------------------- chunked reading
+
+
+class _Trickle(io.RawIOBase):
+    """A stream whose reads return at most the next of ``sizes`` bytes (a pipe, a slow disk)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data, self._sizes, self._at = data, sizes or [1], 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read1(self, n: int = -1) -> bytes:
+        size = self._sizes[self._at % len(self._sizes)] if self._at < len(self._data) else 0
+        chunk = self._data[self._at : self._at + min(n, size)]
+        self._at += len(chunk)
+        return chunk
+
+    read = read1  # type: ignore[assignment]
+
+
+def _readline_lines(data: bytes, limit: int) -> list[tuple[int, bytes | None]]:
+    """The lines as ``readline(limit)`` reads them (the reader this one replaced)."""
+    if data.startswith(manifest_module._BOM):
+        data = data[len(manifest_module._BOM) :]
+    stream = io.BytesIO(data)
+    lineno, out = 0, list[tuple[int, bytes | None]]()
+    while raw := stream.readline(limit):
+        lineno += 1
+        if len(raw) == limit and raw[-1] != 0x0A:
+            while (rest := stream.readline(3)) and rest[-1] != 0x0A:
+                pass
+            out.append((lineno, None))
+        else:
+            out.append((lineno, raw))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from([b"\n", b"ab", b"\xef\xbb\xbf", b"\xef", b"x" * 9, b"\r\n", b""])
+    ).map(b"".join),
+    sizes=st.lists(st.integers(1, 12), max_size=6),
+    limit=st.integers(2, 12),
+)
+def test_chunked_lines_match_readline(data: bytes, sizes: list[int], limit: int) -> None:
+    """Lines, their numbers and the lines too long are those a readline loop finds, however
+    the reads are cut (a BOM split across reads included)."""
+    sizes = [
+        min(size, limit - 1) for size in sizes
+    ]  # as in use: a read is shorter than a line may be
+    with patch.object(manifest_module, "_READ_LIMIT", limit):
+        chunks = list(manifest_module._read_chunks(_Trickle(data, sizes)))  # type: ignore[arg-type]
+        got = list(manifest_module._chunk_lines(iter(chunks)))
+    assert got == _readline_lines(data, limit)
+    for lineno, chunk in chunks:  # runs of whole lines: only the last may lack its newline
+        assert chunk is None or chunk.endswith(b"\n") or (lineno, chunk) == chunks[-1]
+
+
+# --------------------------------------------------------------------------- resumed reading
+
+
+_POOL = ["a", "b", "c", "dé", "e/f", "g h", "2019/clip-1", "x" * 40]
+_LINE_SHAPES = st.one_of(
+    st.tuples(st.just("compact"), st.sampled_from(_POOL)),
+    st.tuples(st.just("spaced"), st.sampled_from(_POOL)),
+    st.tuples(
+        st.sampled_from(
+            ["path-only", "params", "blank", "bad-json", "empty-path", "s3", "escaped", "crlf"]
+        ),
+        st.sampled_from(_POOL),
+    ),
+)
+
+
+def _manifest_line(shape: str, item_id: str) -> bytes:
+    path = f"audio/{item_id}.wav"
+    line = {
+        "compact": orjson.dumps({"id": item_id, "path": path}).decode(),
+        "spaced": f'{{"id": "{item_id}", "path": "{path}"}}',
+        "path-only": orjson.dumps({"path": item_id}).decode(),
+        "params": orjson.dumps({"id": item_id, "path": path, "language": "de"}).decode(),
+        "blank": "   ",
+        "bad-json": f'{{"id":"{item_id}","path":',
+        "empty-path": orjson.dumps({"id": item_id, "path": ""}).decode(),
+        "s3": orjson.dumps({"id": item_id, "path": f"s3://b/{item_id}"}).decode(),
+        "escaped": f'{{"id":"{item_id}\\u0021","path":"{path}"}}',
+        "crlf": orjson.dumps({"id": item_id, "path": path}).decode() + "\r",
+    }[shape]
+    return line.encode() + b"\n"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(_LINE_SHAPES, max_size=40),
+    known=st.dictionaries(st.sampled_from([*_POOL, "a!"]), st.sampled_from(["ok", "failed"])),
+    retry_failed=st.booleans(),
+    chunk=st.integers(16, 400),
+)
+def test_resumed_reading_settles_runs_as_lines_would(
+    lines: list[tuple[str, str]], known: dict[str, str], retry_failed: bool, chunk: int
+) -> None:
+    """Settling whole runs of lines at once (the resume fast path) yields the same items,
+    problems (duplicates included) and skip counts as reading every line on its own."""
+    data = b"".join(_manifest_line(*line) for line in lines)
+    failed_action = None if retry_failed else "failed"
+    outcomes = []
+    with tempfile.TemporaryDirectory() as folder, patch.object(manifest_module, "_CHUNK", chunk):
+        manifest = Path(folder) / "m.jsonl"
+        manifest.write_bytes(data)
+        for runs in (True, False):
+            state = ResumeState()
+            for item_id, status in known.items():
+                state.add(item_id, status)
+            counts = [0, 0, 0]
+            seen = state.seen_ids() if runs else DigestSet(key=id_key)
+            settle = state.settler(
+                "done",
+                failed_action,
+                counts,
+                seen=seen if runs else None,  # type: ignore[arg-type]
+            )
+            assert hasattr(settle, "block") == runs
+            entries = list(iter_sources([str(manifest)], seen=seen, settled=settle))
+            yielded = [e for e in entries if not isinstance(e, str)]
+            outcomes.append((yielded, counts))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_settled_id_read_again_is_a_duplicate(tmp_path: Path) -> None:
+    """An id the results file knows, settled with its run of lines, is still a duplicate when
+    it comes again, on a line of another shape or in another run."""
+    head = b"".join(_manifest_line("compact", f"id-{i}") for i in range(50))
+    manifest = tmp_path / "m.jsonl"
+    again = b"".join(_manifest_line("compact", f"id-{i}") for i in range(3))
+    manifest.write_bytes(head + _manifest_line("params", "id-7") + again)
+    state = ResumeState()
+    for i in range(50):
+        state.add(f"id-{i}", "ok")
+    counts = [0, 0, 0]
+    seen = state.seen_ids()
+    settle = state.settler("done", "failed", counts, seen=seen)
+    with patch.object(manifest_module, "_CHUNK", len(head)):  # the 50 lines are one run
+        entries = list(iter_sources([str(manifest)], seen=seen, settled=settle))
+    assert entries[0] == "done"  # the marker of a run settled at once
+    assert problems(e for e in entries if not isinstance(e, str)) == [
+        f"{manifest}:51: duplicate id 'id-7' (first seen earlier)",
+        *(f"{manifest}:{52 + i}: duplicate id 'id-{i}' (first seen earlier)" for i in range(3)),
+    ]
+    assert counts == [0, 50, 50]

@@ -225,3 +225,27 @@ def test_block_scan_agrees_with_line_by_line_on_mixed_files(
     for item_id, status in model.items():
         assert state.status(ResumeState.key(item_id)) == status, (item_id, status)
     assert state.status(ResumeState.key("never-there")) is None
+
+
+def test_settle_block_is_all_or_nothing_and_marks_ids_seen() -> None:
+    """A run of ids is settled at once only when every one is known, unread and has an action;
+    otherwise nothing changes. A table at load ~1/2 displaces many keys from their home slot."""
+    ids = [f"clip-{i}" for i in range(500)]
+    state = ResumeState()
+    for i, item_id in enumerate(ids):
+        state.add(item_id, "failed" if i % 7 == 0 else "ok")
+    assert state._mask + 1 == 1024  # load ~0.49: displaced keys are probed, not missed
+    displaced = sum(state._slot(state.key(i)) != state.key(i) & state._mask for i in ids)
+    assert displaced > 50
+    counts = [0, 0, 0]
+    seen = state.seen_ids()
+    assert state.settle_block(ids[:10], "done", None, counts, "done") is None  # 0 and 7 failed
+    assert state.settle_block([*ids[:10], "unknown"], "done", "failed", counts, "done") is None
+    assert state.settle_block(ids[:3] + ids[:1], "done", "failed", counts, "done") is None
+    assert counts == [0, 0, 0] and all(seen.key(i) not in seen for i in ids)
+    assert state.settle_block([i.encode() for i in ids], "done", "failed", counts, "m") == "m"
+    assert counts == [72, 428, 500]
+    assert all(seen.key(i) in seen for i in ids) and len(seen) == 500
+    assert state.settle_block(ids[5:6], "done", "failed", counts, "m") is None  # read before
+    assert not seen.add(seen.key(ids[5]))  # and a duplicate for the line-by-line check
+    assert seen.add(seen.key("new")) and not seen.add(seen.key("new")) and len(seen) == 501
