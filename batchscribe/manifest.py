@@ -5,9 +5,11 @@ entry and a :class:`Problem` (``FILE:LINE: message``) for each bad one; a bad li
 run. A source that cannot be read at all raises :class:`ManifestError`; call
 :func:`check_sources` first to fail before any work starts.
 
-Everything streams: files are read in binary one line at a time (decoded per line, so one bad
-byte spoils one line), directories are walked lazily one level at a time, and the only state
-that grows with the input is the shared set of id digests used to spot duplicate ids.
+Everything streams: files are read in binary, in runs of whole lines as they arrive, and parsed
+one line at a time (decoded per line, so one bad byte spoils one line); directories are walked
+lazily one level at a time, and the only state that grows with the input is the shared set of
+id digests used to spot duplicate ids. A resumed run hands whole runs of ``{"id", "path"}``
+lines to the resume state's ``settle_block`` hook, which skips them at once when all are done.
 """
 
 from __future__ import annotations
