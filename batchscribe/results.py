@@ -411,10 +411,10 @@ def _scan_block(state: ResumeState, block: bytes) -> bool:
     lines whose :func:`parse_head` result is read straight from the bytes. Otherwise nothing is
     added (False). The checks run as C-level ``map`` passes; only the table insert is a loop.
     """
-    pieces = (b"\n" + block).split(_LINE_PREFIX)
-    if pieces[0] or len(pieces) < 2:
+    if not block.startswith(_ID_PREFIX):
         return False
-    del pieces[0]
+    pieces = block.split(_LINE_PREFIX)  # the first piece still has the first line's prefix
+    pieces[0] = pieces[0][len(_ID_PREFIX) :]
     newlines = list(map(bytes.find, pieces, repeat(b"\n")))  # memchr: -1 but in the last
     if newlines.count(-1) != len(pieces) - 1 or newlines[-1] != len(pieces[-1]) - 1:
         return False
