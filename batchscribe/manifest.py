@@ -465,8 +465,9 @@ def _parse_jsonl_blocks(
                     ids = []
             if ids:
                 marker = block(ids)
-                if marker is not None:
-                    yield marker
+                if marker is not None:  # settled ("": nothing of this run to count)
+                    if marker:
+                        yield marker
                     continue
         yield from _parse_jsonl(_chunk_lines(iter((chunk,))), file, base, seen, settled)
 

@@ -7,10 +7,13 @@ engine and the dry run both use it, so a dry run predicts exactly what a run sen
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import BinaryIO
 
 from batchscribe import cloud, manifest
@@ -18,11 +21,12 @@ from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
 from batchscribe.results import ResumeState, SeenIds, fingerprint, scan
-from batchscribe.shard import Shard, ShardFilter, in_shard
+from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
 #: changed since, with --rescan-changed): these are sent. done / failed: skipped.
 SEND_ACTIONS = frozenset({"new", "retry", "changed"})
+_MASK64 = (1 << 64) - 1
 
 
 def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_changed: bool) -> str:
@@ -92,7 +96,40 @@ def reader_settles(
     def settled(item_id: str) -> str | None:
         return settle(item_id) if in_shard(item_id, shard) else None
 
+    block = getattr(settle, "block", None)
+    if block is not None and seen is not None:
+        settled.block = _shard_block(block, seen, shard)  # type: ignore[attr-defined]
     return settled
+
+
+def _shard_block(
+    block: Callable[[list[str] | list[bytes]], str | None], seen: SeenIds, shard: Shard
+) -> Callable[[list[str] | list[bytes]], str | None]:
+    """The run-at-once hook (:meth:`ResumeState.settle_block`) for one shard's reader.
+
+    The ids of this shard are settled by ``block``; the others pass the duplicate check (as
+    the reader does for each item before the shard filter drops it) and are otherwise left
+    alone, so no item is built only to be dropped. All or nothing, as ``block``: the others
+    are checked first and added last, when nothing can fail any more.
+    """
+
+    def shard_block(ids: list[str] | list[bytes]) -> str | None:
+        inside = in_shard_many(ids, shard)
+        if all(inside):
+            return block(ids)
+        others = list(compress(ids, map(operator.not_, inside)))
+        digests = list(map(_MASK64.__and__, map(hash, others)))  # seen.key(id): id_key
+        if not seen.all_new(digests):
+            return None  # a duplicate: line by line
+        marker: str | None = ""  # nothing of this shard: nothing to count
+        if len(others) < len(ids):
+            marker = block(list(compress(ids, inside)))  # type: ignore[arg-type]
+            if marker is None:
+                return None
+        deque(map(seen.add, digests), maxlen=0)
+        return marker
+
+    return shard_block
 
 
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:

@@ -347,6 +347,10 @@ class SeenIds(DigestSet):
         known = self.resume.mark_seen(digest & _MASK62 or 1)
         return super().add(digest) if known is None else known
 
+    def all_new(self, digests: list[int]) -> bool:
+        """Whether every digest is distinct and not in the set yet (then adding each succeeds)."""
+        return len(set(digests)) == len(digests) and not any(map(self.__contains__, digests))
+
     def __contains__(self, digest: object) -> bool:
         if not isinstance(digest, int):
             return False

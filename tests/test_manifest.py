@@ -10,6 +10,7 @@ import time
 import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import orjson
@@ -26,7 +27,9 @@ from batchscribe.manifest import (
     check_sources,
     iter_sources,
 )
+from batchscribe.plan import reader_settles
 from batchscribe.results import ResumeState
+from batchscribe.shard import Shard, ShardFilter
 
 # --------------------------------------------------------------------------- helpers
 
@@ -985,14 +988,20 @@ def _manifest_line(shape: str, item_id: str) -> bytes:
     known=st.dictionaries(st.sampled_from([*_POOL, "a!"]), st.sampled_from(["ok", "failed"])),
     retry_failed=st.booleans(),
     chunk=st.integers(16, 400),
+    shard=st.sampled_from([None, (0, 2), (1, 2), (2, 3)]),
 )
 def test_resumed_reading_settles_runs_as_lines_would(
-    lines: list[tuple[str, str]], known: dict[str, str], retry_failed: bool, chunk: int
+    lines: list[tuple[str, str]],
+    known: dict[str, str],
+    retry_failed: bool,
+    chunk: int,
+    shard: tuple[int, int] | None,
 ) -> None:
-    """Settling whole runs of lines at once (the resume fast path) yields the same items,
-    problems (duplicates included) and skip counts as reading every line on its own."""
+    """Settling whole runs of lines at once (the resume fast path, with or without a shard)
+    yields the same items, problems (duplicates included), skip counts and hidden problems
+    as reading every line on its own."""
     data = b"".join(_manifest_line(*line) for line in lines)
-    failed_action = None if retry_failed else "failed"
+    part = None if shard is None else Shard(*shard)
     outcomes = []
     with tempfile.TemporaryDirectory() as folder, patch.object(manifest_module, "_CHUNK", chunk):
         manifest = Path(folder) / "m.jsonl"
@@ -1003,16 +1012,20 @@ def test_resumed_reading_settles_runs_as_lines_would(
                 state.add(item_id, status)
             counts = [0, 0, 0]
             seen = state.seen_ids() if runs else DigestSet(key=id_key)
-            settle = state.settler(
-                "done",
-                failed_action,
-                counts,
+            settle = reader_settles(
+                state,
+                part,
+                retry_failed=retry_failed,
+                rescan_changed=False,
+                counts=counts,
                 seen=seen if runs else None,  # type: ignore[arg-type]
             )
-            assert hasattr(settle, "block") == runs
-            entries = list(iter_sources([str(manifest)], seen=seen, settled=settle))
+            assert settle is None or hasattr(settle, "block") == (runs and bool(known))
+            entries: Any = iter_sources([str(manifest)], seen=seen, settled=settle)
+            if part is not None:
+                entries = ShardFilter(entries, part)
             yielded = [e for e in entries if not isinstance(e, str)]
-            outcomes.append((yielded, counts))
+            outcomes.append((yielded, counts, getattr(entries, "hidden_problems", 0)))
     assert outcomes[0] == outcomes[1]
 
 
