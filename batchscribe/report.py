@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
+import re
 from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import reduce
 from html import escape
-from typing import Any
+from itertools import compress, repeat
+from typing import Any, cast
 
 import orjson
 
 from batchscribe.errors import ConfigError
 from batchscribe.results import (
+    BATCH,
     FINAL,
     RUN,
     SUPERSEDED,
     ReadCounts,
     final_states,
     index_final,
-    load_light,
+    kind_table,
+    load_light_many,
 )
 
 #: Every ``cause`` a failed record can carry (see README.md, "Results format").
@@ -181,26 +187,182 @@ def build_report(paths: Sequence[str], *, top: int = 10, charts: bool = False) -
     """
     report = Report(list(paths), top=top, charts=charts)
     index = index_final(paths, counts=report.counts)
-    slow: list[tuple[float, int, dict[str, Any]]] = []
-    tries: list[tuple[int, int, dict[str, Any]]] = []
+    tally = _Tally(report)
     run_ids: set[str] = set()
-    wanted = (FINAL, RUN, SUPERSEDED) if charts else (FINAL, RUN)
-    for seq, (_, _, body, kind) in enumerate(index.lines(*wanted)):
-        if kind == RUN:
-            _add_run(report, body, run_ids)
-            continue
-        record = load_light(body)
-        if record is None:
-            report.counts.unreadable += 1
-            continue
-        if charts:
-            _add_to_timeline(report, record)
-        if kind == FINAL:
-            _add_final(report, record, seq, slow, tries)
+    wanted = _RECORDS if charts else _FINAL_ONLY
+    seq = 0  # the line's place across the files: the tie-break of the top lists
+    for _, _, lines, kinds in index.blocks():
+        n = len(lines)
+        bodies: Sequence[bytes] = lines
+        seqs: Sequence[int] = range(seq, seq + n)
+        chosen_kinds = None
+        if kinds.count(FINAL) != n:  # not the usual block of final records only
+            for body in compress(lines, kinds.translate(_RUN_ONLY)):
+                _add_run(report, body, run_ids)
+            chosen = kinds.translate(wanted)
+            bodies = list(compress(lines, chosen))
+            seqs = list(compress(seqs, chosen))
+            chosen_kinds = bytes(compress(kinds, chosen))
+        for lo in range(0, len(bodies), BATCH):
+            hi = lo + BATCH
+            part = None if chosen_kinds is None else chosen_kinds[lo:hi]
+            tally.add(bodies[lo:hi], seqs[lo:hi], part)
+        seq += n
     # Largest first; among equals the earliest (seq was stored negated).
-    report.slowest = [entry for _, _, entry in sorted(slow, key=lambda t: (-t[0], -t[1]))]
-    report.most_attempts = [entry for _, _, entry in sorted(tries, key=lambda t: (-t[0], -t[1]))]
+    report.slowest = [e for _, _, e in sorted(tally.slow, key=lambda t: (-t[0], -t[1]))]
+    report.most_attempts = [e for _, _, e in sorted(tally.tries, key=lambda t: (-t[0], -t[1]))]
     return report
+
+
+_RUN_ONLY = kind_table(RUN)
+_FINAL_ONLY = kind_table(FINAL)
+_RECORDS = kind_table(FINAL, SUPERSEDED)
+_DICT: frozenset[type] = frozenset((dict,))
+_STR: frozenset[type] = frozenset((str,))
+_INT: frozenset[type] = frozenset((int,))
+_NUMBER: frozenset[type] = frozenset((int, float))
+_NONE: frozenset[type] = frozenset((type(None),))
+_NO_FIELDS: dict[str, Any] = {}  # read, never written
+
+
+def _column(docs: list[Any], key: str) -> list[Any]:
+    """``doc.get(key)`` of each dict in ``docs``, as one C-level pass."""
+    return list(map(dict.get, docs, repeat(key)))
+
+
+class _Tally:
+    """Adds batches of lines to a report, with what :func:`_add_final` does to one record done
+    as C-level passes over the batch (``map`` over the records, a ``set`` of their types,
+    ``list.count``, ``min``). Python code runs per record only for failures, for candidates to
+    the top lists and for odd values; a batch with an unreadable line goes record by record.
+    """
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.slow: list[tuple[float, int, dict[str, Any]]] = []
+        self.tries: list[tuple[int, int, dict[str, Any]]] = []
+
+    def add(self, bodies: Sequence[bytes], seqs: Sequence[int], kinds: bytes | None) -> None:
+        """Add final records' lines, in order (with ``kinds``: FINAL and SUPERSEDED lines)."""
+        loaded = load_light_many(bodies, strip=False)
+        if None in loaded:
+            self._add_each(loaded, seqs, kinds)
+            return
+        records = cast(list[dict[str, Any]], loaded)
+        if self.report.charts:
+            self._add_times(records)
+        if kinds is not None:
+            final = kinds.translate(_FINAL_ONLY)
+            records = list(compress(records, final))
+            seqs = list(compress(seqs, final))
+        if records:
+            self._add_finals(records, seqs)
+
+    def _add_each(
+        self, records: list[dict[str, Any] | None], seqs: Sequence[int], kinds: bytes | None
+    ) -> None:
+        """The reference: one record at a time."""
+        report = self.report
+        for i, record in enumerate(records):
+            if record is None:
+                report.counts.unreadable += 1
+                continue
+            if report.charts:
+                _add_to_timeline(report, record)
+            if kinds is None or kinds[i] == FINAL:
+                _add_final(report, record, seqs[i], self.slow, self.tries)
+
+    def _add_finals(self, records: list[dict[str, Any]], seqs: Sequence[int]) -> None:
+        report = self.report
+        n = len(records)
+        report.items += n
+        attempts = _column(records, "attempts")
+        if not set(map(type, attempts)) <= _INT:
+            attempts = [a if type(a) is int else 0 for a in attempts]
+        if min(attempts) >= 1:
+            report.retries += sum(attempts) - n
+        else:
+            report.retries += sum(map(max, attempts, repeat(1))) - n  # attempts beyond the first
+        finished = _column(records, "finished_at")
+        if not set(map(type, finished)) <= _STR:
+            finished = [f for f in finished if type(f) is str]
+        if finished:
+            first, last = min(finished), max(finished)
+            if report.first_finished is None or first < report.first_finished:
+                report.first_finished = first
+            if report.last_finished is None or last > report.last_finished:
+                report.last_finished = last
+        statuses = _column(records, "status")
+        responses = _column(records, "response")
+        ok = statuses.count("ok")
+        if ok == n:
+            self._add_ok(records, responses)
+        elif ok:
+            is_ok = list(map(operator.eq, statuses, repeat("ok")))
+            self._add_ok(list(compress(records, is_ok)), list(compress(responses, is_ok)))
+        if ok < n:
+            report.failed += n - ok
+            for record, status in zip(records, statuses, strict=True):
+                if status != "ok":
+                    _add_failure(report, record)
+        if report.top > 0:
+            self._add_top(records, seqs, attempts, responses)
+
+    def _add_ok(self, records: list[dict[str, Any]], responses: list[Any]) -> None:
+        report = self.report
+        report.ok += len(records)
+        durations = _column(records, "duration")
+        if not set(map(type, durations)) <= _NUMBER:
+            durations = [d for d in durations if (type(d) is float or type(d) is int) and d == d]
+        # (orjson never makes a NaN: when every duration is a number, every one counts.)
+        # Summed in order, exactly as `+=` one record at a time (sum() may compensate).
+        report.audio_seconds = reduce(operator.add, durations, report.audio_seconds)
+        if report.charts:
+            report.durations.extend(durations)
+        report.webhook_pending += _column(_dicts(responses), "status").count("processing")
+
+    def _add_top(
+        self,
+        records: list[dict[str, Any]],
+        seqs: Sequence[int],
+        attempts: list[int],
+        responses: list[Any],
+    ) -> None:
+        # Only a record that beats the smallest kept one can enter a full list; a later record
+        # never wins a tie (its seq is larger), so "beats" is a plain `>` on the key.
+        top, slow, tries = self.report.top, self.slow, self.tries
+        processing = _processing_times(responses)
+        known = processing if None not in processing else [p for p in processing if p is not None]
+        if known and (len(slow) < top or max(cast(list[float], known)) > slow[0][0]):
+            for i, p in enumerate(processing):
+                if p is not None and (len(slow) < top or p > slow[0][0]):
+                    record = records[i]
+                    entry = _entry(record, attempts[i], _duration(record), p)
+                    _push(slow, (p, -seqs[i], entry), top)
+        most = max(attempts)
+        if most > 1 and (len(tries) < top or most > tries[0][0]):
+            for i, a in enumerate(attempts):
+                if a > 1 and (len(tries) < top or a > tries[0][0]):
+                    record = records[i]
+                    entry = _entry(record, a, _duration(record), processing[i])
+                    _push(tries, (a, -seqs[i], entry), top)
+
+    def _add_times(self, records: list[dict[str, Any]]) -> None:
+        runs = _column(records, "run")
+        times = epochs(_column(records, "finished_at"))
+        timeline = self.report.timeline
+        if set(map(type, runs)) <= _STR and len(set(runs)) == 1 and None not in times:
+            series = timeline.get(runs[0])
+            if series is None:
+                series = timeline[runs[0]] = array("d")
+            series.extend(cast(list[float], times))
+            return
+        for run, when in zip(runs, times, strict=True):
+            if isinstance(run, str) and when is not None:
+                series = timeline.get(run)
+                if series is None:
+                    series = timeline[run] = array("d")
+                series.append(when)
 
 
 def _add_final(
@@ -210,7 +372,7 @@ def _add_final(
     slow: list[tuple[float, int, dict[str, Any]]],
     tries: list[tuple[int, int, dict[str, Any]]],
 ) -> None:
-    # The per-item hot path: plain type checks (orjson makes exact types), no helpers.
+    """Add one final record: the reference for :class:`_Tally`, which adds whole batches."""
     get = record.get
     report.items += 1
     attempts = get("attempts")
@@ -225,14 +387,10 @@ def _add_final(
         if report.last_finished is None or finished > report.last_finished:
             report.last_finished = finished
     response = get("response")
-    if type(response) is not dict:
-        response = None
-    duration = get("duration")
-    if (type(duration) is not float and type(duration) is not int) or duration != duration:
-        duration = None
+    duration = _duration(record)
     if get("status") == "ok":
         report.ok += 1
-        if response is not None and response.get("status") == "processing":
+        if type(response) is dict and response.get("status") == "processing":
             report.webhook_pending += 1
         if duration is not None:
             report.audio_seconds += duration
@@ -240,26 +398,66 @@ def _add_final(
                 report.durations.append(duration)
     else:
         report.failed += 1
-        cause = get("cause")
-        report.failed_by_cause[cause if isinstance(cause, str) and cause else "unknown"] += 1
-        status = get("http_status")
-        report.failed_by_status[str(status) if type(status) is int else "none"] += 1
-        error = get("error")
-        error = _one_line(error) if isinstance(error, str) and error else "(no message)"
-        if error in report.errors or len(report.errors) < _MAX_ERRORS:
-            report.errors[error] += 1
+        _add_failure(report, record)
     top = report.top
     if top <= 0:
         return
-    processing = None
-    if response is not None:
-        meta = response.get("metadata")
-        if type(meta) is dict:
-            processing = _number(meta.get("processing_time_ms"))
+    processing = _processing(response)
     if processing is not None and (len(slow) < top or (processing, -seq) > slow[0][:2]):
         _push(slow, (processing, -seq, _entry(record, attempts, duration, processing)), top)
     if attempts > 1 and (len(tries) < top or (attempts, -seq) > tries[0][:2]):
         _push(tries, (attempts, -seq, _entry(record, attempts, duration, processing)), top)
+
+
+def _add_failure(report: Report, record: dict[str, Any]) -> None:
+    get = record.get
+    cause = get("cause")
+    report.failed_by_cause[cause if isinstance(cause, str) and cause else "unknown"] += 1
+    status = get("http_status")
+    report.failed_by_status[str(status) if type(status) is int else "none"] += 1
+    error = get("error")
+    error = _one_line(error) if isinstance(error, str) and error else "(no message)"
+    if error in report.errors or len(report.errors) < _MAX_ERRORS:
+        report.errors[error] += 1
+
+
+def _duration(record: dict[str, Any]) -> float | None:
+    """The record's audio seconds, if a number (orjson makes exact types: no bool here)."""
+    duration = record.get("duration")
+    if (type(duration) is float or type(duration) is int) and duration == duration:
+        return cast(float, duration)
+    return None
+
+
+def _processing(response: object) -> float | None:
+    """The server's processing time (ms) in a record's ``response``, if it gave one."""
+    if type(response) is dict:
+        meta = response.get("metadata")
+        if type(meta) is dict:
+            return _number(meta.get("processing_time_ms"))
+    return None
+
+
+def _processing_times(responses: list[Any]) -> list[float | None]:
+    """:func:`_processing` of each response, as C-level passes."""
+    metas = _column(_dicts(responses), "metadata")
+    types = set(map(type, metas))
+    if types <= _NONE:
+        return [None] * len(metas)
+    values = _column(_dicts(metas, types), "processing_time_ms")
+    types = set(map(type, values))
+    if types <= _NUMBER:  # (orjson never makes a NaN)
+        return list(map(float, values))
+    if types <= _NONE:
+        return values
+    return [float(v) if (type(v) is int or type(v) is float) and v == v else None for v in values]
+
+
+def _dicts(values: list[Any], types: set[type] | None = None) -> list[Any]:
+    """``values``, with an empty dict for each one that is not a dict (it has no fields)."""
+    if (types if types is not None else set(map(type, values))) <= _DICT:
+        return values
+    return [v if type(v) is dict else _NO_FIELDS for v in values]
 
 
 def _entry(
@@ -299,6 +497,7 @@ def _add_run(report: Report, body: bytes, seen: set[str]) -> None:
 
 
 def _add_to_timeline(report: Report, record: dict[str, Any]) -> None:
+    """Add one record's finish time: the reference for :meth:`_Tally._add_times`."""
     run = record.get("run")
     when = epoch(record.get("finished_at"))
     if isinstance(run, str) and when is not None:
@@ -317,6 +516,68 @@ def epoch(text: object) -> float | None:
     except ValueError:
         return None
     return when.timestamp() if when.tzinfo is not None else None
+
+
+_WHOLE_SECOND = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+)  # where the writer's times, cut before their milliseconds, all mean what epoch() reads
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epochs(texts: list[Any]) -> list[float | None]:
+    """:func:`epoch` of each value: the same floats, for a batch of the writer's times at once.
+
+    The writer's ``YYYY-MM-DDTHH:MM:SS.mmmZ`` is read as C-level passes: each distinct second
+    is parsed once, and the milliseconds are added in integer microseconds then divided, as
+    ``datetime.timestamp`` does, so the result is the same to the last bit. A time that
+    repeats is read once; other values go through :func:`epoch` one at a time.
+    """
+    n = len(texts)
+    if not n or not set(map(type, texts)) <= _STR:
+        return list(map(epoch, texts))
+    distinct = dict.fromkeys(texts)
+    if len(distinct) * 2 <= n:
+        keys = list(distinct)
+        return list(map(dict(zip(keys, _epochs(keys), strict=True)).__getitem__, texts))
+    return _epochs(texts)
+
+
+def _epochs(texts: list[str]) -> list[float | None]:
+    """:func:`epochs` of strings: the writer's times as C-level passes, others one at a time."""
+    n = len(texts)
+    if set(map(len, texts)) == {24}:
+        tails = "".join(map(operator.getitem, texts, repeat(slice(19, None))))  # ".mmmZ" each
+        millis = tails[1::5] + tails[2::5] + tails[3::5]
+        if (
+            tails[::5] == "." * n
+            and tails[4::5] == "Z" * n
+            and millis.isascii()
+            and millis.isdigit()
+        ):
+            seconds: list[str] = list(map(operator.getitem, texts, repeat(slice(0, 19))))
+            starts = {second: _micros(second) for second in dict.fromkeys(seconds)}
+            if None not in starts.values():
+                millis_each: list[str] = list(map(operator.getitem, texts, repeat(slice(20, 23))))
+                ms = map(int, millis_each)
+                micros = map(
+                    operator.add,
+                    map(cast(dict[str, int], starts).__getitem__, seconds),
+                    map(operator.mul, ms, repeat(1000)),
+                )
+                return list(map(operator.truediv, micros, repeat(1_000_000)))
+    return list(map(epoch, texts))
+
+
+def _micros(second: str) -> int | None:
+    """Microseconds from the epoch to ``YYYY-MM-DDTHH:MM:SS`` UTC; None if not a valid time."""
+    if not _WHOLE_SECOND.fullmatch(second):
+        return None
+    try:
+        when = datetime.fromisoformat(second + "+00:00")
+    except ValueError:
+        return None
+    return (when - _EPOCH) // _MICROSECOND
 
 
 def display_id(item_id: str) -> str:
@@ -484,6 +745,15 @@ footer{color:var(--muted);font-size:12px;margin-top:24px}
 
 def render_html(report: Report, *, title: str = "batchscribe report", generated: str = "") -> str:
     """The report as one self-contained HTML page (build the report with ``charts=True``)."""
+    # The durations sorted once for both their summary and histogram, and dropped before the
+    # timeline sorts its finish times (each a list of floats as long as the file).
+    durations = sorted(report.durations)
+    duration_card = _card(
+        "Audio duration of transcribed items",
+        _duration_summary(durations),
+        _histogram(durations),
+    )
+    del durations
     share = f"{100 * report.ok / report.items:.1f}% of items" if report.items else "no items"
     causes = ", ".join(f"{k} {n:,}" for k, n in report.failed_by_cause.most_common(3))
     tiles = [
@@ -535,11 +805,7 @@ def render_html(report: Report, *, title: str = "batchscribe report", generated:
             _bars(statuses) if statuses else '<div class="empty">No failures.</div>',
         ),
         "</div>",
-        _card(
-            "Audio duration of transcribed items",
-            _duration_summary(report.durations),
-            _histogram(report.durations),
-        ),
+        duration_card,
         _card("Runs", "The latest runs recorded (newest last).", _runs_table(report)),
         '<div class="grid2 row">',
         _card(
@@ -746,10 +1012,10 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def _duration_summary(durations: Sequence[float]) -> str:
-    if not durations:
+def _duration_summary(ordered: Sequence[float]) -> str:
+    """The summary of the durations (sorted)."""
+    if not ordered:
         return "No ok items with a duration."
-    ordered = sorted(durations)
     return (
         f"{len(ordered):,} ok items · median {_seconds(_quantile(ordered, 0.5))} · "
         f"90th percentile {_seconds(_quantile(ordered, 0.9))} · "
@@ -757,10 +1023,10 @@ def _duration_summary(durations: Sequence[float]) -> str:
     )
 
 
-def _histogram(durations: Sequence[float]) -> str:
-    if not durations:
+def _histogram(ordered: Sequence[float]) -> str:
+    """The histogram of the durations (sorted)."""
+    if not ordered:
         return '<div class="empty">No ok items with a duration.</div>'
-    ordered = sorted(durations)
     p99 = _quantile(ordered, 0.99)
     longest = ordered[-1]
     cap = longest if longest <= 2 * p99 or p99 <= 0 else p99  # a long tail goes in the last bin
@@ -770,9 +1036,7 @@ def _histogram(durations: Sequence[float]) -> str:
     bins = max(1, math.ceil(top / step - 1e-9))
     if bins * step <= top:
         bins += 1
-    counts = [0] * bins
-    for value in ordered:
-        counts[min(bins - 1, int(value / scale / step))] += 1
+    counts = _bin_counts(ordered, bins, scale, step)
     overflow = longest > bins * step * scale
     w, h = 1040, 300
     box = (64, 14, w - 20, h - 50)
@@ -797,6 +1061,27 @@ def _histogram(durations: Sequence[float]) -> str:
         )
     label = 'role="img" aria-label="duration histogram"'
     return f'<svg viewBox="0 0 {w} {h}" {label}>{"".join(out)}</svg>'
+
+
+def _bin_counts(ordered: Sequence[float], bins: int, scale: float, step: float) -> list[int]:
+    """How many of the (sorted) values fall in each bin; the last bin takes the rest.
+
+    The same counts as ``counts[min(bins - 1, int(value / scale / step))] += 1`` for each
+    value (a negative one in the first), but taken a run of values at a time: the bin grows
+    with the value, so a binary search finds where each run ends.
+    """
+    counts = [0] * bins
+
+    def bin_of(value: float) -> int:  # may be past the last bin; a negative value: the first
+        return max(0, int(value / scale / step))
+
+    i = 0
+    while i < len(ordered):
+        b = bin_of(ordered[i])
+        j = len(ordered) if b >= bins - 1 else bisect_right(ordered, b, lo=i, key=bin_of)
+        counts[min(bins - 1, b)] += j - i
+        i = j
+    return counts
 
 
 def _table(head: list[tuple[str, bool]], rows: list[list[str]], empty: str) -> str:

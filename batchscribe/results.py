@@ -24,10 +24,11 @@ import stat
 import tempfile
 import zlib
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise, repeat
+from itertools import compress, count, pairwise, repeat
 from typing import Any, BinaryIO
 
 import orjson
@@ -767,15 +768,217 @@ def _count_event(event: dict[str, Any] | None, counts: ReadCounts) -> None:
         counts.events += 1
 
 
+# ------------------------------------------------------------------------------ the final index
+# Both passes read whole-line blocks (:func:`_blocks`) and do their per-line work a block or a
+# batch at a time in C-level passes (``bytes.split`` and ``map`` over the pieces, orjson over a
+# batch): Python code runs per line only for lines outside the writer's layout (events, junk,
+# escaped ids), and those are read one at a time exactly as before (:func:`_index_line`).
+
+_FINAL_BYTE = bytes((FINAL,))
+_PARTS = 16  # value ranges of the id keys, searched for repeats one at a time
+_PIVOTS = [-(1 << 63) + k * ((1 << 64) // _PARTS) for k in range(1, _PARTS)]
+#: Lines parsed per C-level pass in pass two: small enough that a batch's records are freed
+#: before the cyclic garbage collector would walk them, and stay in the CPU cache.
+BATCH = 64
+
+
+def kind_table(*kinds: int) -> bytes:
+    """A ``bytes.translate`` table turning a block's kinds into 1 (one of ``kinds``) or 0."""
+    return bytes(kind in kinds for kind in range(256))
+
+
+_FINAL_ONLY = kind_table(FINAL)
+
+
+def _blocks(fd: int, end: int = -1) -> Iterator[tuple[bytes, int]]:
+    """A file's complete lines, about :data:`_READ_CHUNK` bytes of them at a time.
+
+    Yields ``(data, cut)``: ``data[:cut]`` holds whole lines, each *after* a ``\\n``
+    (``b"\\nline 1\\nline 2"``), so it is as long as its lines are in the file and a pattern
+    can anchor a line on its ``\\n``; ``data`` may go on past ``cut`` with the start of the
+    next line. A ``cut`` of 0 marks an unterminated tail at the end of the file (``data[1:]``).
+    Each read starts at the newline before the next line: no block is copied or joined.
+
+    Args:
+        fd: read with ``os.pread`` from offset 0 (the file position is not used).
+        end: stop after this many bytes (negative: at the end of the file).
+    """
+    pos = 0
+    size = _READ_CHUNK
+    while end < 0 or pos < end:
+        want = size if end < 0 else min(size, end - pos + 1)
+        data = os.pread(fd, want, pos - 1) if pos else b"\n" + os.pread(fd, want - 1, 0)
+        cut = data.rfind(b"\n")
+        if cut > 0:
+            yield data, cut
+            pos += cut
+            size = _READ_CHUNK
+        elif len(data) < want:  # the end of the file, within a line or after the last one
+            if len(data) > 1:
+                yield data, 0
+            return
+        else:
+            size *= 2  # a line longer than a block
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _index_line(line: bytes, counts: ReadCounts) -> tuple[int, int, bool]:
+    """``(kind, id key, ok)`` of one complete line (without its newline); counted in ``counts``.
+
+    The reference for what pass one makes of a line; :meth:`_IndexBuilder.add_block` reads the
+    lines of the writer's layout the same way, a block at a time.
+    """
+    # parse_head's fast path, hashing the id's bytes as they are (no escapes, valid UTF-8)
+    if line.startswith(_ID_PREFIX):
+        end = line.find(_STATUS_SEP, 7)
+        start = end + len(_STATUS_SEP)
+        if end > 0 and line.find(b'"', start) > 0:
+            raw = line[7:end]
+            if b"\\" not in raw and _is_utf8(raw):
+                counts.lines += 1
+                counts.records += 1
+                return FINAL, hash(raw), line.startswith(b'ok"', start)
+    if line.startswith(_EVENT_PREFIX):
+        counts.lines += 1
+        event = _load_event(line)
+        _count_event(event, counts)
+        return (RUN if event is not None and event.get("event") == "run" else SKIP), 0, False
+    head = parse_head(line)
+    if head is not None:
+        counts.lines += 1
+        counts.records += 1
+        return FINAL, hash(head[0].encode("utf-8", "surrogatepass")), head[1] == "ok"
+    if line.strip():
+        counts.lines += 1
+        _count_event(_load_event(line), counts)
+    return SKIP, 0, False
+
+
+class _IndexBuilder:
+    """Pass one's memory: per item record its id's key and whether it is ok (17 bytes).
+
+    A key is Python's hash of the id's UTF-8 bytes: enough inside one process (SipHash:
+    collision odds as for ids.id_digest) and much cheaper than a blake2b digest. The keys are
+    kept in record order, and a second copy is sorted into :data:`_PARTS` value ranges a block
+    at a time, so that the ids that repeat are found one range at a time with a small set,
+    instead of sorting a million Python ints at once (~60 MB).
+    """
+
+    def __init__(self, index: FinalIndex) -> None:
+        self.index = index
+        self.keys = array("q")
+        self.oks = bytearray()
+        self.parts = [array("q") for _ in range(_PARTS)]
+        self.others = array("Q")  # the line (index into kinds) of every line not a record
+
+    def add_block(self, data: bytes, cut: int) -> None:
+        """Index the whole lines in ``data[:cut]`` (see :func:`_blocks`)."""
+        if not self._add_layout(data, cut):
+            lines = data[:cut].split(b"\n")
+            del lines[0]
+            self._add_lines(lines)
+
+    def _add_layout(self, data: bytes, cut: int) -> bool:
+        """Add the block if every line is an item record in the writer's layout; else False.
+
+        The lines are read as :func:`_index_line` reads them, as C-level passes over the block
+        cut at each ``\\n{"id":"`` (every piece then starts with a raw id), like the resume
+        scan's :func:`_scan_block`: each piece must be one line, its id followed by
+        ``","status":"ok"`` or ``","status":"failed"``, with no escape and in valid UTF-8.
+        """
+        pieces = data.split(_LINE_PREFIX)
+        if pieces[0]:
+            return False  # the first line is not one
+        del pieces[0]
+        # The last piece runs on past `cut` with the start of the next line, unless that is
+        # a piece of its own.
+        rest = -1
+        if data.startswith(_LINE_PREFIX, cut):
+            pieces.pop()
+        else:
+            rest = len(pieces[-1]) - (len(data) - cut)  # where its newline (at `cut`) must be
+        newlines = list(map(bytes.find, pieces, repeat(b"\n")))  # -1: the piece is one line
+        n = len(pieces)
+        if newlines.count(-1) != n - (rest >= 0) or (rest >= 0 and newlines[-1] != rest):
+            return False
+        ends = list(map(bytes.find, pieces, repeat(b'"')))
+        oks = list(map(bytes.startswith, pieces, repeat(_OK_AFTER), ends))
+        if not all(oks) and not all(
+            map(operator.or_, oks, map(bytes.startswith, pieces, repeat(_FAILED_AFTER), ends))
+        ):
+            return False
+        raws: list[bytes] = list(map(operator.getitem, pieces, map(slice, ends)))  # type: ignore[arg-type]
+        joined = b'"'.join(raws)  # `"` ends a UTF-8 sequence: a bad id stays bad when joined
+        if b"\\" in joined or not (joined.isascii() or _is_utf8(joined)):
+            return False
+        self._add_keys(list(map(hash, raws)))
+        self.oks += bytes(oks)
+        index = self.index
+        index.kinds += _FINAL_BYTE * n
+        index.counts.lines += n
+        index.counts.records += n
+        return True
+
+    def _add_lines(self, lines: list[bytes]) -> None:
+        """Add lines one at a time (:func:`_index_line`)."""
+        counts, kinds = self.index.counts, self.index.kinds
+        keys = []
+        for line in lines:
+            kind, key, ok = _index_line(line, counts)
+            if kind == FINAL:
+                keys.append(key)
+                self.oks.append(ok)
+            else:
+                self.others.append(len(kinds))
+            kinds.append(kind)
+        self._add_keys(keys)
+
+    def _add_keys(self, keys: list[int]) -> None:
+        self.keys.fromlist(keys)
+        keys.sort()
+        lo = 0
+        for part, pivot in zip(self.parts, _PIVOTS, strict=False):  # the last part: the rest
+            hi = bisect_left(keys, pivot, lo)
+            part.fromlist(keys[lo:hi])
+            lo = hi
+        self.parts[-1].fromlist(keys[lo:])
+
+    def repeated(self) -> set[int]:
+        """The keys of more than one record (frees the sorted copies)."""
+        found: set[int] = set()
+        parts, self.parts = self.parts, []
+        while parts:
+            part = parts.pop()
+            if len(set(part)) < len(part):
+                ordered = sorted(part)
+                found.update(a for a, b in pairwise(ordered) if a == b)
+        return found
+
+    def line_of(self) -> Callable[[int], int]:
+        """A function from a record's number (in record order) to its line (index into kinds)."""
+        # The records before each other line; a record's line is its number plus the other
+        # lines that come before it.
+        before = array("q", map(operator.sub, self.others, count()))
+        return lambda i: i + bisect_right(before, i)
+
+
 @dataclass
 class FinalIndex:
     """Where each id's final record is, across results files read in order (pass one).
 
     ``kinds`` holds one byte per complete line of every file, in order: :data:`FINAL` (the
     line holding an id's final record), :data:`SUPERSEDED` (an earlier record of an id),
-    :data:`RUN` (a run record) or :data:`SKIP`. Memory is ~18 bytes per item record and one
-    byte per line, so a million-line file costs ~20 MB, whatever the size of its records.
-    Pass two, :meth:`lines`, streams the files again and yields the lines asked for.
+    :data:`RUN` (a run record) or :data:`SKIP`. It is all that pass one keeps: the ids take
+    17 bytes a record while it runs (:class:`_IndexBuilder`), so a million-line file costs
+    ~18 MB, then 1 MB, whatever the size of its records. Pass two, :meth:`blocks` or
+    :meth:`lines`, streams the files again.
     """
 
     paths: list[str]
@@ -783,35 +986,63 @@ class FinalIndex:
     kinds: bytearray = field(default_factory=bytearray)
     ends: list[int] = field(default_factory=list)  # bytes of complete lines read per file
     files: list[tuple[int, int]] = field(default_factory=list)  # (st_dev, st_ino) per file
+    line_counts: list[int] = field(default_factory=list)  # complete lines read per file
     ids: int = 0  # distinct ids
     ok: int = 0  # ids whose final record is ok
     kept_ok: int = 0  # ids whose ok was kept over a later failure (keep_ok)
+
+    def blocks(self) -> Iterator[tuple[str, int, list[bytes], bytes]]:
+        """Pass two a block at a time: ``(path, first line number, lines, kinds)``, in order.
+
+        ``lines`` are the complete lines of about a megabyte of a file (without newlines)
+        and ``kinds`` their kinds, one byte a line (select with ``kinds.translate``, see
+        :func:`kind_table`). Raises ConfigError when a file was replaced or truncated since
+        pass one.
+        """
+        kinds = self.kinds
+        g = 0
+        for path, end, ident, total in zip(
+            self.paths, self.ends, self.files, self.line_counts, strict=True
+        ):
+            with _open_for_reading(path) as stream:
+                st = os.fstat(stream.fileno())
+                if (st.st_dev, st.st_ino) != ident or st.st_size < end:
+                    raise _changed(path)
+                lineno = 1
+                for data, cut in _blocks(stream.fileno(), end):
+                    lines = data.split(b"\n")  # b"", the lines, the start of the next one
+                    del lines[0]
+                    lines.pop()
+                    n = len(lines)
+                    if not cut or lineno + n - 1 > total:
+                        raise _changed(path)  # not the lines pass one read
+                    yield path, lineno, lines, bytes(kinds[g : g + n])
+                    g += n
+                    lineno += n
+                if lineno - 1 != total:
+                    raise _changed(path)
 
     def lines(self, *wanted: int) -> Iterator[tuple[str, int, bytes, int]]:
         """``(path, line number, line, kind)`` of the lines of the ``wanted`` kinds, in order.
 
         Raises ConfigError when a file was replaced or truncated since pass one.
         """
-        want = bytes(kind in wanted for kind in range(4))
-        kinds = self.kinds
-        g = 0
-        for path, end, ident in zip(self.paths, self.ends, self.files, strict=True):
-            with _open_for_reading(path) as stream:
-                st = os.fstat(stream.fileno())
-                if (st.st_dev, st.st_ino) != ident or st.st_size < end:
-                    raise ConfigError(
-                        f"{_shown(path)}: was replaced or truncated while being read; "
-                        "run the command again"
-                    )
-                pos = 0
-                for lineno, line in enumerate(stream, 1):
-                    if pos >= end:
-                        break
-                    pos += len(line)
-                    kind = kinds[g]
-                    g += 1
-                    if want[kind]:
-                        yield path, lineno, line[:-1], kind
+        keep = kind_table(*wanted)
+        for path, first, lines, kinds in self.blocks():
+            chosen = kinds.translate(keep)
+            yield from zip(
+                repeat(path),
+                compress(count(first), chosen),
+                compress(lines, chosen),
+                compress(kinds, chosen),
+                strict=False,  # repeat() and count() never end
+            )
+
+
+def _changed(path: str) -> ConfigError:
+    return ConfigError(
+        f"{_shown(path)}: was replaced or truncated while being read; run the command again"
+    )
 
 
 def index_final(
@@ -827,110 +1058,59 @@ def index_final(
         counts: filled in with what the files hold (records, runs, unreadable lines).
     """
     index = FinalIndex(list(paths), counts if counts is not None else ReadCounts())
-    counts = index.counts
-    kinds = index.kinds
-    # Per item record, in file order: a 64-bit hash of its id's UTF-8 bytes. Python's own
-    # bytes hash is enough inside one process (SipHash: collision odds as for ids.id_digest)
-    # and several times cheaper than a blake2b digest on this, the hottest loop.
-    digests = array("q")
-    oks = bytearray()  # 1 when the record is ok
-    line_of = array("Q")  # the record's line, as an index into kinds
-    lines = records = 0
+    built = _IndexBuilder(index)
     for path in index.paths:
         with _open_for_reading(path) as stream:
             st = os.fstat(stream.fileno())
             index.files.append((st.st_dev, st.st_ino))
-            counts.files += 1
+            index.counts.files += 1
             pos = 0
-            for line in stream:
-                if line[-1:] != b"\n":
-                    counts.unreadable += 1  # torn, or being written right now
+            before = len(index.kinds)
+            for data, cut in _blocks(stream.fileno()):
+                if not cut:
+                    index.counts.unreadable += 1  # torn, or being written right now
                     break
-                pos += len(line)
-                # The hot path, for the layout the writer produces: parse_head's fast path,
-                # inlined, hashing the id's bytes as they are (no escapes, valid UTF-8).
-                if line.startswith(_ID_PREFIX):
-                    end = line.find(_STATUS_SEP, 7)
-                    start = end + 12  # len(_STATUS_SEP)
-                    if end > 0 and line.find(b'"', start) > 0:
-                        raw = line[7:end]
-                        if b"\\" not in raw:
-                            try:
-                                raw.decode("utf-8")
-                            except UnicodeDecodeError:
-                                pass  # corrupt: parse_head says so below
-                            else:
-                                digests.append(hash(raw))
-                                oks.append(line.startswith(b'ok"', start))
-                                line_of.append(len(kinds))
-                                kinds.append(FINAL)  # until a later record of the id is met
-                                lines += 1
-                                records += 1
-                                continue
-                kind = SKIP
-                if line.startswith(_EVENT_PREFIX):
-                    lines += 1
-                    event = _load_event(line)
-                    _count_event(event, counts)
-                    if event is not None and event.get("event") == "run":
-                        kind = RUN
-                else:
-                    head = parse_head(line)
-                    if head is not None:
-                        lines += 1
-                        records += 1
-                        digests.append(hash(head[0].encode("utf-8", "surrogatepass")))
-                        oks.append(head[1] == "ok")
-                        line_of.append(len(kinds))
-                        kind = FINAL
-                    elif line.strip():
-                        lines += 1
-                        _count_event(_load_event(line), counts)
-                kinds.append(kind)
+                pos += cut
+                built.add_block(data, cut)
             index.ends.append(pos)
-    counts.lines += lines
-    counts.records += records
-    _resolve_final(index, digests, oks, line_of, keep_ok)
+            index.line_counts.append(len(index.kinds) - before)
+    _resolve_final(index, built, keep_ok)
     return index
 
 
-def _resolve_final(
-    index: FinalIndex, digests: array[int], oks: bytearray, line_of: array[int], keep_ok: bool
-) -> None:
+def _resolve_final(index: FinalIndex, built: _IndexBuilder, keep_ok: bool) -> None:
     """Demote every record but the last of each id to SUPERSEDED (pass one marked all FINAL).
 
-    Most ids appear once, so the ids that repeat are found first with a sort (in C), and only
-    their records are walked, backwards: the first one met is the last written.
+    Most ids appear once, so the ids that repeat are found first, and only their records are
+    walked, backwards: the first one met is the last written.
     """
-    kinds = index.kinds
-    ordered = sorted(digests)
-    repeated = {a for a, b in pairwise(ordered) if a == b}
-    del ordered
-    index.ids = len(digests)
+    kinds, keys, oks = index.kinds, built.keys, built.oks
+    repeated = built.repeated()
+    index.ids = len(keys)
     index.ok = oks.count(1)
     if not repeated:
         return
+    line_of = built.line_of()
+    mine = list(compress(count(), map(repeated.__contains__, keys)))  # their records, in order
     seen: set[int] = set()
-    failed_last: dict[int, int] = {}  # keep_ok: id hash -> index of its last (failed) record
-    for i in range(len(digests) - 1, -1, -1):
-        digest = digests[i]
-        if digest not in repeated:
-            continue
-        if digest in seen:
-            kinds[line_of[i]] = SUPERSEDED
+    failed_last: dict[int, int] = {}  # keep_ok: id key -> number of its last (failed) record
+    for i in reversed(mine):
+        key = keys[i]
+        if key in seen:
+            kinds[line_of(i)] = SUPERSEDED
             index.ids -= 1
             index.ok -= oks[i]
         else:
-            seen.add(digest)
+            seen.add(key)
             if keep_ok and not oks[i]:
-                failed_last[digest] = i
+                failed_last[key] = i
     if not failed_last:
         return
-    for i in range(len(digests) - 1, -1, -1):  # the latest ok of each, if it has one
-        last = failed_last.pop(digests[i], None) if oks[i] else None
+    for i in reversed(mine):  # the latest ok of each, if it has one
+        last = failed_last.pop(keys[i], None) if oks[i] else None
         if last is not None:
-            kinds[line_of[i]] = FINAL
-            kinds[line_of[last]] = SUPERSEDED
+            kinds[line_of(i)] = FINAL
+            kinds[line_of(last)] = SUPERSEDED
             index.kept_ok += 1
             index.ok += 1
             if not failed_last:
@@ -951,12 +1131,43 @@ def final_states(
         counts: filled in with what the files hold.
     """
     index = index_final(paths, keep_ok=keep_ok, counts=counts)
-    for path, lineno, body, _ in index.lines(FINAL):
-        record = _load_record(body)
-        if record is None:
-            index.counts.unreadable += 1
-            continue
-        yield path, lineno, record
+    for path, first, lines, kinds in index.blocks():
+        chosen = kinds.translate(_FINAL_ONLY)
+        bodies = list(compress(lines, chosen))
+        numbers = list(compress(count(first), chosen))
+        for lo in range(0, len(bodies), BATCH):
+            records = load_records(bodies[lo : lo + BATCH])
+            for lineno, record in zip(numbers[lo : lo + BATCH], records, strict=True):
+                if record is None:
+                    index.counts.unreadable += 1
+                else:
+                    yield path, lineno, record
+
+
+def load_records(bodies: Sequence[bytes]) -> list[dict[str, Any] | None]:
+    """Each line as a whole item record, or None where it is not one (a batch of lines).
+
+    The same as ``[_load_record(b) for b in bodies]``, with the parse and the checks done as
+    C-level passes over the batch.
+    """
+    try:
+        docs = list(map(orjson.loads, bodies))
+    except orjson.JSONDecodeError:
+        return list(map(_load_record, bodies))
+    if (
+        set(map(type, docs)) <= _DICT
+        and set(map(type, map(dict.get, docs, repeat("id")))) <= _STR
+        and all(map(dict.__contains__, docs, repeat("status")))
+    ):
+        return docs
+    return [
+        doc if type(doc) is dict and type(doc.get("id")) is str and "status" in doc else None
+        for doc in docs
+    ]  # orjson makes exact types: `type(x) is` is _load_record's isinstance
+
+
+_DICT: frozenset[type] = frozenset((dict,))
+_STR: frozenset[type] = frozenset((str,))
 
 
 _HEAVY_FROM = b',"transcription":'
@@ -1016,6 +1227,26 @@ def load_split(body: bytes) -> dict[str, Any] | None:
         head.update(rest)
         return head
     return None
+
+
+def load_light_many(bodies: Sequence[bytes], *, strip: bool = True) -> list[dict[str, Any] | None]:
+    """:func:`load_light` of each line of a batch, a line parsed whole in a C-level pass.
+
+    Args:
+        bodies: the lines.
+        strip: drop :data:`HEAVY_FIELDS` from every record; ``False`` leaves them in the
+            records parsed whole (the same records otherwise, None for the same lines), for
+            callers that never look at them.
+    """
+    if not bodies or max(map(len, bodies)) >= _SPLIT_FROM:
+        return list(map(load_light, bodies))
+    records = load_records(bodies)
+    if strip:
+        for record in records:
+            if record is not None:
+                for name in HEAVY_FIELDS:
+                    record.pop(name, None)
+    return records
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -16,8 +17,17 @@ from conftest import REPO, SAMPLES, TEST_KEY, cli_env, read_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchscribe import report as report_module
+from batchscribe import results as results_module
 from batchscribe.errors import ConfigError, ResultsBusy
-from batchscribe.report import build_report, display_id, failed_manifest, render_html
+from batchscribe.report import (
+    build_report,
+    display_id,
+    epoch,
+    epochs,
+    failed_manifest,
+    render_html,
+)
 from batchscribe.results import (
     FINAL,
     HEAVY_FIELDS,
@@ -29,6 +39,8 @@ from batchscribe.results import (
     iter_records,
     iter_run_records,
     load_light,
+    load_light_many,
+    load_records,
     load_split,
     merge_results,
 )
@@ -246,6 +258,255 @@ def test_light_load_equals_a_full_parse_without_the_transcript(
     assert load_light(line + b" " * 5000) == expected  # long enough for the split path
 
 
+# --------------------------------------------------------------------------- block and batch paths
+# The readers work a block of lines or a batch of records at a time; each fast path must give
+# exactly what its one-line-at-a-time reference gives, whatever the files hold.
+
+_odd_ids = st.sampled_from(
+    ["a", "b", "c", 'q"x', "back\\slash", "caf\u00e9", "\u65e5\u672c", "", "tab\tx", "a\nb"]
+)
+_ids = st.one_of(_odd_ids, st.text(st.characters(blacklist_categories=("Cs",)), max_size=3))
+_other_lines = st.sampled_from([
+    b"", b"  ", b"\r", b"junk", b"[1]", b"{}", b'{"id":"x"}', b'{"id":5,"status":"ok"}',
+    orjson.dumps(run_record("r1")), orjson.dumps(run_record("r2")), b'{"event":"note"}',
+    b'{"event":1}', b'{"event":"run","run_id":"torn"', b'{"id":"bad\xff","status":"ok"}',
+    b'{"id":"o","status":"okay"}', b'{"id":"a\\u0062","status":"ok"}',
+    b'{"id":"p"q","status":"ok"}', b'{"id":"s\\ud800","status":"failed"}',
+    b'{"id":"a","status":"ok","x":[', b'{"id":"c","status":"ok"}{"id":"a"',
+    b'  {"id":"b","status":"failed"}', b'{"status":"ok","id":"a"}',
+])  # fmt: skip
+
+
+@st.composite
+def _results_lines(draw: st.DrawFn) -> bytes:
+    """One line: an item record (writer's layout or fields in another order) or anything else."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(
+            st.one_of(_other_lines, st.binary(max_size=12).filter(lambda b: b"\n" not in b))
+        )
+    doc = {"id": draw(_ids), "status": draw(st.sampled_from(["ok", "failed", "ok", "odd"]))}
+    doc["attempts"] = draw(st.integers(0, 3))
+    if draw(st.booleans()):
+        doc = dict(reversed(doc.items()))  # another order: the line-by-line path reads it
+    return orjson.dumps(doc)
+
+
+def _index_model(files: list[list[bytes]], torn: list[bool], keep_ok: bool) -> tuple[Any, ...]:
+    """What pass one must make of the files: each line read alone, then "last record wins"."""
+    from batchscribe.results import SUPERSEDED, _index_line
+
+    counts, kinds, records = ReadCounts(), bytearray(), []
+    for lines, is_torn in zip(files, torn, strict=True):
+        counts.files += 1
+        for line in lines:
+            kind, key, ok = _index_line(line, counts)
+            if kind == FINAL:
+                records.append((len(kinds), key, ok))
+            kinds.append(kind)
+        counts.unreadable += is_torn
+    by_key: dict[int, list[tuple[int, bool]]] = {}
+    for line, key, ok in records:
+        by_key.setdefault(key, []).append((line, ok))
+    ok_ids = kept = 0
+    for recs in by_key.values():
+        final = recs[-1]
+        if keep_ok and not final[1] and any(ok for _, ok in recs):
+            final = [r for r in recs if r[1]][-1]
+            kept += 1
+        ok_ids += final[1]
+        for line, _ in recs:
+            kinds[line] = FINAL if line == final[0] else SUPERSEDED
+    return bytes(kinds), counts, len(by_key), ok_ids, kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(_results_lines(), max_size=14), min_size=1, max_size=3),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+    st.sampled_from([8, 24, 64, 1 << 20]),
+    st.booleans(),
+)
+def test_pass_one_blocks_match_reading_line_by_line(
+    tmp_path_factory: pytest.TempPathFactory,
+    files: list[list[bytes]],
+    torn: list[bool],
+    chunk: int,
+    keep_ok: bool,
+) -> None:
+    """Blocks of any size, the writer's layout or not, index every line as it reads alone."""
+    where = tmp_path_factory.mktemp("blocks")
+    torn = torn[: len(files)]
+    paths = []
+    for i, (lines, is_torn) in enumerate(zip(files, torn, strict=True)):
+        tail = b'{"id":"t","status":"ok"' if is_torn else b""
+        (where / f"{i}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines) + tail)
+        paths.append(str(where / f"{i}.jsonl"))
+    with mock.patch.object(results_module, "_READ_CHUNK", chunk):
+        index = index_final(paths, keep_ok=keep_ok)
+        blocks = [(first, lines, kinds) for _, first, lines, kinds in index.blocks()]
+    kinds, counts, ids, ok, kept = _index_model(files, torn, keep_ok)
+    assert bytes(index.kinds) == kinds
+    assert index.counts == counts
+    assert (index.ids, index.ok, index.kept_ok) == (ids, ok, kept)
+    assert [line for _, lines, _ in blocks for line in lines] == [x for f in files for x in f]
+    assert b"".join(k for _, _, k in blocks) == kinds
+
+
+@pytest.mark.parametrize("chunk", [300, 1000, 1 << 20])
+def test_the_writers_own_files_take_the_fast_paths(tmp_path: Path, chunk: int) -> None:
+    """Blocks cut anywhere, records in the writer's layout: no line or record read alone."""
+    docs = [record(f"id-{i % 40}", "failed" if i % 7 == 0 else "ok") for i in range(100)]
+    path = write(tmp_path / "r.jsonl", *docs)
+    refuse = mock.Mock(side_effect=AssertionError("read one at a time"))
+    with (
+        mock.patch.object(results_module, "_READ_CHUNK", chunk),
+        mock.patch.object(results_module._IndexBuilder, "_add_lines", refuse),
+        mock.patch.object(report_module._Tally, "_add_each", refuse),
+    ):
+        report = build_report([str(path)], charts=True)
+    assert (report.items, report.counts.records, report.superseded) == (40, 100, 60)
+
+
+def test_pass_two_reads_a_line_longer_than_a_block_and_refuses_changed_lines(
+    tmp_path: Path,
+) -> None:
+    """A line bigger than a read is read whole; a file rewritten in place is refused."""
+    long = orjson.dumps(record("long", transcription="x " * 3000))
+    path = write(tmp_path / "r.jsonl", record("a"), long + b"\n", record("b"))
+    with mock.patch.object(results_module, "_READ_CHUNK", 256):
+        index = index_final([str(path)])
+        assert [(n, len(line)) for _, n, line, _ in index.lines(FINAL)][1] == (2, len(long))
+        path.write_bytes(path.read_bytes().replace(b"\n", b" ", 1))  # same size, fewer lines
+        with pytest.raises(ConfigError, match="replaced or truncated"):
+            list(index.lines(FINAL))
+
+
+_stamps = st.one_of(
+    st.builds(
+        "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}.{:03d}Z".format,
+        st.sampled_from([1969, 1970, 2026, 9999]), st.integers(0, 13), st.integers(0, 32),
+        st.integers(0, 25), st.integers(0, 60), st.integers(0, 61), st.integers(0, 999),
+    ),
+    st.sampled_from([
+        "2026-11-25T01:02:03Z", "2026-11-25T01:02:03.456+02:00", "2026-11-25T01:02:03.456",
+        "2026-11-25 01:02:03.456Z", "2026-11-25T01:02:03.4\u0665\u0666Z",
+        "2026-11-25T01:02:03,456Z", "2026-11-25T01:02:03.456z", "garbage", "",
+        "\u0662026-11-25T01:02:03.456Z",
+    ]),
+    st.sampled_from([None, 5, 1.5, True, [], {}]),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_stamps, max_size=8))
+def test_epochs_of_a_batch_are_exactly_epoch_of_each(values: list[Any]) -> None:
+    """The batch reading of finish times gives the very same floats (or None) as epoch()."""
+    assert epochs(values) == [epoch(v) for v in values]
+    assert epochs(values * 3) == [epoch(v) for v in values] * 3
+
+
+_odd = st.sampled_from([None, True, False, 0, 1, 2, 7, -1, 2.5, "3", "", [], {}, 1e300])
+
+
+def _not_negative(value: Any) -> bool:
+    return not (isinstance(value, (int, float)) and value < 0)
+
+
+_meta = st.fixed_dictionaries(
+    {}, optional={"processing_time_ms": st.one_of(st.integers(0, 5000), st.floats(0, 9e3), _odd)}
+)
+_response = st.one_of(
+    st.fixed_dictionaries(
+        {"status": st.sampled_from(["success", "processing", 1])},
+        optional={"metadata": st.one_of(_meta, _odd)},
+    ),
+    _odd,
+)
+
+
+@st.composite
+def _report_records(draw: st.DrawFn) -> bytes:
+    """A results line for the report: a record with odd values here and there, or not one."""
+    kind = draw(st.integers(0, 12))
+    if kind == 0:
+        return draw(_other_lines)
+    status = draw(st.sampled_from(["ok", "ok", "ok", "failed", "failed", "okay", None]))
+    fields: dict[str, Any] = {
+        "attempts": draw(st.one_of(st.integers(-1, 6), _odd)),
+        "finished_at": draw(_stamps),
+        "run": draw(st.one_of(st.sampled_from(["r1", "r2", "r3"]), _odd)),
+        "http_status": draw(st.one_of(st.sampled_from([200, 429, 503]), _odd)),
+        "cause": draw(st.one_of(st.sampled_from(["5xx", "429", "timeout"]), _odd)),
+        "error": draw(st.one_of(st.sampled_from(["HTTP 503: down", "a\x07b", "e" * 400]), _odd)),
+        "transcription": draw(st.sampled_from(["a b", "word " * 900])),  # short and long lines
+        # (not negative: a negative duration breaks the HTML histogram, before and after)
+        "duration": draw(
+            st.one_of(st.floats(0, 1e4), st.integers(0, 99), _odd.filter(_not_negative))
+        ),
+        "response": draw(_response),
+    }
+    rec = record(draw(st.sampled_from(["a", "b", "c", "d", "https://h/x.wav?sig=1"])), "ok")
+    rec.update(fields, status=status)
+    for name in draw(st.lists(st.sampled_from(sorted(fields)), max_size=3)):
+        rec.pop(name, None)
+    line = orjson.dumps(rec)
+    return line[: len(line) // 2] if kind == 1 else line  # torn in the middle: unreadable
+
+
+def _one_at_a_time(tally: Any, bodies: Any, seqs: Any, kinds: Any) -> None:
+    tally._add_each([load_light(body) for body in bodies], seqs, kinds)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(_report_records(), max_size=25), min_size=1, max_size=2),
+    st.sampled_from([1, 3, 64]),
+    st.sampled_from([64, 1 << 20]),
+    st.integers(0, 4),
+    st.booleans(),
+)
+def test_report_batches_match_adding_one_record_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory,
+    files: list[list[bytes]],
+    batch: int,
+    chunk: int,
+    top: int,
+    charts: bool,
+) -> None:
+    """Totals, top lists, chart data, text, JSON and HTML: batches change nothing."""
+    where = tmp_path_factory.mktemp("tally")
+    paths = [str(write(where / f"{i}.jsonl", *(x + b"\n" for x in f))) for i, f in enumerate(files)]
+    with (
+        mock.patch.object(report_module, "BATCH", batch),
+        mock.patch.object(results_module, "_READ_CHUNK", chunk),
+    ):
+        got = build_report(paths, top=top, charts=charts)
+        with mock.patch.object(report_module._Tally, "add", _one_at_a_time):
+            want = build_report(paths, top=top, charts=charts)
+    assert orjson.dumps(got.as_dict()) == orjson.dumps(want.as_dict())
+    assert got.lines(runs=0) == want.lines(runs=0)
+    for counter in ("failed_by_cause", "failed_by_status", "errors"):
+        assert list(getattr(got, counter).items()) == list(getattr(want, counter).items())
+    assert list(got.durations) == list(want.durations)
+    assert [(k, list(v)) for k, v in got.timeline.items()] == [
+        (k, list(v)) for k, v in want.timeline.items()
+    ]
+    if charts:
+        assert render_html(got) == render_html(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_results_lines(), _report_records()), max_size=10))
+def test_batch_loaders_match_the_line_loaders(lines: list[bytes]) -> None:
+    """load_records and load_light_many read each line as _load_record and load_light do."""
+    from batchscribe.results import _load_record
+
+    assert load_records(lines) == [_load_record(line) for line in lines]
+    assert load_light_many(lines) == [load_light(line) for line in lines]
+    loose = load_light_many(lines, strip=False)
+    assert [r is None for r in loose] == [load_light(line) is None for line in lines]
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -448,6 +709,27 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     palette = {"#4e79a7": (78, 121, 167), "#59a14f": (89, 161, 79)}  # line 1, ok bar
     present = {c for _, c in colours}
     assert all(rgb_value in present for rgb_value in palette.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(-50, 1e5), st.integers(-50, 10**6)), max_size=40),
+    st.integers(1, 30),
+    st.sampled_from([1.0, 60.0, 3600.0]),
+    st.sampled_from([0.1, 0.25, 1.0, 2.5, 50.0]),
+)
+def test_histogram_counts_runs_of_values_as_one_at_a_time(
+    values: list[float], bins: int, scale: float, step: float
+) -> None:
+    """Counting a run of a bin at a time gives the counts of a value at a time; a negative
+    duration (a server's bogus figure) counts in the first bin instead of crashing the page."""
+    from batchscribe.report import _bin_counts
+
+    ordered = sorted(values)
+    want = [0] * bins
+    for value in ordered:
+        want[max(0, min(bins - 1, int(value / scale / step)))] += 1
+    assert _bin_counts(ordered, bins, scale, step) == want
 
 
 def test_html_report_of_empty_and_failure_only_files(tmp_path: Path) -> None:
