@@ -44,6 +44,13 @@ class ConcurrencyLimit:
         self._limit = max(1, limit)
         self._wake()
 
+    def take_free(self) -> bool:
+        """Take a slot if one is free and nobody waits for one (no await); True if taken."""
+        if self._in_flight < self._limit and not self._waiters:
+            self._take()
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self._in_flight < self._limit and not self._waiters:
             self._take()

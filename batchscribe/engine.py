@@ -22,12 +22,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, BinaryIO, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar
 
-import aiofiles
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 from yarl import URL
 
 from batchscribe import cloud, manifest
@@ -74,10 +72,16 @@ from batchscribe.pulse import (
     classify,
     content_type_for,
 )
-from batchscribe.ratestore import Acquirer, SharedRate, check_url
 from batchscribe.results import ResultsStore, ResumeState, SeenIds
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
 from batchscribe.shard import Shard, ShardFilter
+
+if TYPE_CHECKING:
+    from batchscribe.ratestore import Acquirer, SharedRate
+
+# Imported where they are used, not here: aiolimiter (--rate; it also pulls in
+# importlib.metadata), batchscribe.ratestore (--rate-store), aiofiles (files over one chunk),
+# and tenacity in retry.py (a second attempt). A run without them starts ~30 ms sooner.
 
 _T = TypeVar("_T")
 
@@ -153,6 +157,8 @@ class RunOptions:
                     "--rate-store shares a --rate between processes: add --rate R "
                     "(R request starts per second for all of them together)"
                 )
+            from batchscribe.ratestore import check_url
+
             check_url(self.rate_store)
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
@@ -255,19 +261,24 @@ class Engine:
         # --rate: a leaky bucket of two starts draining at `rate`: starts go 1/rate apart with
         # no volley after an idle spell, and a minute never sees more than 60 * rate + 2. (A
         # bucket of one loses each wake-up's lateness, ~5% of the rate at 50/s: measured.)
-        self.rate_limiter: Acquirer | None = (
-            AsyncLimiter(2, 2 / options.rate) if options.rate else None
-        )
-        if options.rate and options.rate_store:
-            # --rate-store: one budget for the fleet in Redis, spaced 1/rate per process as
-            # above; while Redis is unreachable, rate/N per process (N shards).
-            shards = options.shard.count if options.shard is not None else 1
-            self.rate_limiter = SharedRate(
-                options.rate_store, options.rate, pace=self.rate_limiter,
-                fallback=AsyncLimiter(1, shards / options.rate),
-                fallback_rate=options.rate / shards, api_key=options.api_key,
-                clock=self.clock, notify=self._notice,
-            )  # fmt: skip
+        self.rate_limiter: Acquirer | None = None
+        self._shared_rate: SharedRate | None = None
+        if options.rate:
+            from aiolimiter import AsyncLimiter
+
+            self.rate_limiter = AsyncLimiter(2, 2 / options.rate)
+            if options.rate_store:
+                from batchscribe.ratestore import SharedRate
+
+                # --rate-store: one budget for the fleet in Redis, spaced 1/rate per process as
+                # above; while Redis is unreachable, rate/N per process (N shards).
+                shards = options.shard.count if options.shard is not None else 1
+                self.rate_limiter = self._shared_rate = SharedRate(
+                    options.rate_store, options.rate, pace=self.rate_limiter,
+                    fallback=AsyncLimiter(1, shards / options.rate),
+                    fallback_rate=options.rate / shards, api_key=options.api_key,
+                    clock=self.clock, notify=self._notice,
+                )  # fmt: skip
         self._rng = random.Random()
         self._stopping = False
         self._abort: RunAborted | None = None
@@ -275,6 +286,7 @@ class Engine:
         self._resume: ResumeState | None = None
         self._session: aiohttp.ClientSession | None = None
         self._endpoint = options.endpoint
+        self._url: URL | None = None  # the request URL with options.params (set by _run_pool)
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue(
             maxsize=max(16, options.concurrency * 2)
         )
@@ -327,12 +339,12 @@ class Engine:
             self._emit(
                 RunStarted(self.summary.run_id, options.out, len(self._resume), options.concurrency)
             )
-            if isinstance(self.rate_limiter, SharedRate):
-                await self.rate_limiter.start()
+            if self._shared_rate is not None:
+                await self._shared_rate.start()
             await self._run_pool()
         finally:
-            if isinstance(self.rate_limiter, SharedRate):
-                await self.rate_limiter.close()
+            if self._shared_rate is not None:
+                await self._shared_rate.close()
             self.summary.wall_seconds = time.monotonic() - started
             self._finish_summary()
             await self._close(emulator)
@@ -348,6 +360,7 @@ class Engine:
             total=options.timeout, sock_connect=min(30.0, options.timeout)
         )
         headers = {"Authorization": f"Bearer {options.api_key or 'emulated'}"}
+        self._url = _request_url(self._endpoint, options.params)
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
         if options.max_runtime is not None:
@@ -579,11 +592,17 @@ class Engine:
             nonlocal attempts
             if self._stopping:
                 raise _Stopped
-            self._between.add(worker)
-            try:
-                started = await self._acquire()
-            finally:
-                self._between.discard(worker)
+            if self._no_turns() and self.limit.take_free():
+                # No pause, rate or pacer, and a free slot: nothing to wait for (and so no
+                # moment a stop could cancel), as _acquire would find after two awaits.
+                self._between.discard(worker)  # (there after a retry's backoff)
+                started = self.clock.now() if self.controller is not None else 0.0
+            else:
+                self._between.add(worker)
+                try:
+                    started = await self._acquire()
+                finally:
+                    self._between.discard(worker)
             self._sending += 1
             try:
                 attempts += 1
@@ -644,6 +663,10 @@ class Engine:
                 raise
         self._finish(item, record, attempts, outcome, header_duration)
 
+    def _no_turns(self) -> bool:
+        """No pool pause was ever set and no --rate or pacer rate holds starts."""
+        return not self.pause.pauses and self.rate_limiter is None and self.pacer.rate is None
+
     async def _acquire(self) -> float:
         """Wait for a pool-wide pause to end, a free slot and the turn to start (``--rate``,
         the adaptive pacer), re-checking the pause; return the clock time of the start (read
@@ -701,9 +724,10 @@ class Engine:
         try:
             if data is None:
                 data = await self._small_reads.read(item.source, size)
-            async with session.post(
-                _request_url(self._endpoint, params), data=data, headers=headers
-            ) as response:
+            url = self._url
+            if url is None or params is not self.options.params:
+                url = _request_url(self._endpoint, params)
+            async with session.post(url, data=data, headers=headers) as response:
                 body = await response.read()
                 return classify(response.status, response.headers, body, now=self.clock.wall())
         except asyncio.TimeoutError:
@@ -728,7 +752,8 @@ class Engine:
         except OSError as exc:
             return Outcome(Verdict.RETRY, None, "network", f"{type(exc).__name__}: {exc.strerror}")
         finally:
-            if inspect.isasyncgen(data):  # a body not read to its end: release its connection
+            # A streamed body not read to its end: release its connection.
+            if type(data) is not bytes and inspect.isasyncgen(data):
                 await data.aclose()
 
     def _cloud_sender(self) -> cloud.CloudSender:
@@ -1121,6 +1146,8 @@ async def _file_chunks(path: str, size: int) -> AsyncIterator[bytes]:
     and the close come first): aiohttp cancels an upload still running when the response ends
     and then closes the connection instead of reusing it.
     """
+    import aiofiles
+
     sent = 0
     async with aiofiles.open(path, "rb") as stream:
         chunk = await stream.read(UPLOAD_CHUNK)

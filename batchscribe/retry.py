@@ -6,7 +6,7 @@ longer than ``max_retry_wait`` fails the item instead of waiting. Otherwise the 
 exponential backoff with jitter (1 s doubling, capped at 60 s), as the official SDK does.
 
 The first attempt runs outside tenacity: most items succeed at once and should not pay for the
-retry machinery on the per-item path.
+retry machinery on the per-item path, nor a run without a retry for importing it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from typing import TYPE_CHECKING, TypeVar
 
 from batchscribe.clock import Clock
 from batchscribe.errors import RetryableError
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 T = TypeVar("T")
 
@@ -95,6 +96,8 @@ async def call_with_retry(
         if on_retry is not None:
             on_retry(1, first, delay)
         await clock.sleep(delay)
+
+    from tenacity import AsyncRetrying, retry_if_exception_type
 
     def stop(state: RetryCallState) -> bool:
         return state.attempt_number >= policy.max_attempts - 1

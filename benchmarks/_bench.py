@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import io
 import math
 import os
@@ -23,6 +24,7 @@ import wave
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -91,10 +93,11 @@ class LoopbackServer:
     latency_ms: float
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    script: Path = HERE / "loopback_server.py"
 
     def __enter__(self) -> LoopbackServer:
         self.proc = subprocess.Popen(
-            [PYTHON, str(HERE / "loopback_server.py"), "--latency-ms", str(self.latency_ms)],
+            [PYTHON, str(self.script), "--latency-ms", str(self.latency_ms)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -116,6 +119,16 @@ class LoopbackServer:
     def cpu(self) -> float:
         assert self.proc is not None
         return cpu_seconds(self.proc.pid)
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """The server's ``/_stats`` (requests; mean hold and turnaround in ms), then reset."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", "/_stats?reset=1" if reset else "/_stats")
+            stats: dict[str, Any] = orjson.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        return stats
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
@@ -165,10 +178,20 @@ def run_child(
     cwd: Path | None = None,
     sample_every: float | None = None,
     timeout: float = 1800,
+    bytecode_cache: Path | None = None,
 ) -> ChildResult:
-    """Run a child to completion; measure it with ``os.wait4`` (and /proc RSS samples)."""
+    """Run a child to completion; measure it with ``os.wait4`` (and /proc RSS samples).
+
+    With ``bytecode_cache``, the child reads and writes compiled modules there
+    (``PYTHONPYCACHEPREFIX``, ``PYTHONDONTWRITEBYTECODE`` dropped): after a first run nothing
+    is compiled again, as for an installed package (pip compiles at install). Without it, a
+    ``PYTHONDONTWRITEBYTECODE=1`` environment recompiles batchscribe at every start.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCRIBE_")}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    if bytecode_cache is not None:
+        full_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        full_env["PYTHONPYCACHEPREFIX"] = str(bytecode_cache)
     full_env.update(env or {})
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()

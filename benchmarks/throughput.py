@@ -12,13 +12,29 @@ latency, canned answer), three clients, each a child process measured from spawn
 Cases: latency 0 ms at concurrency 64 (CPU-bound), 50 ms at 16 and at 64 (latency-bound).
 Each client runs ``--repeat`` times per case, interleaved; the best wall time counts.
 
+Where a request slot's time goes: the server reports, per client run, its mean *hold* (request
+arrived to response sent: the latency plus its own lateness) and the clients' mean *turnaround*
+(a connection's response sent to its next request arriving); the slot column is the in-run wall
+x concurrency / N, about hold + turnaround.
+
+``--baseline DIR`` adds ``batchscribe@base``: the same command from another checkout (e.g. the
+last commit, copied aside), interleaved with the others, to measure a change side by side.
+``--server PATH`` runs another loopback server script (e.g. an older one).
+
+Children run with a bytecode cache in the work folder, warmed by one small run of each client
+before anything is timed: a user's installed package is compiled once, at install, whereas a
+``PYTHONDONTWRITEBYTECODE=1`` environment (this sandbox's) would recompile batchscribe's
+9,500 lines at every start (+55 ms a run here). ``--no-bytecode-cache`` measures that way.
+
     python benchmarks/throughput.py [--n 3000] [--quick] [--repeat 3] [--no-sdk]
+        [--case 50/16] [--baseline DIR] [--server PATH] [--no-bytecode-cache]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import re
 import statistics
 import sys
@@ -30,6 +46,7 @@ from _bench import (
     BENCH_KEY,
     HERE,
     PYTHON,
+    REPO,
     ChildResult,
     LoopbackServer,
     batchscribe_argv,
@@ -41,6 +58,8 @@ from _bench import (
 )
 
 CASES = [(0.0, 64), (50.0, 16), (50.0, 64)]
+BS = "batchscribe"
+BASE = "batchscribe@base"
 
 
 def count_lines(path: Path) -> int:
@@ -66,10 +85,22 @@ def measure_rtt(server: LoopbackServer, count: int = 40) -> float:
 
 
 def run_client(
-    kind: str, manifest: Path, server: LoopbackServer, concurrency: int, out: Path
+    kind: str,
+    manifest: Path,
+    server: LoopbackServer,
+    concurrency: int,
+    out: Path,
+    baseline: Path | None = None,
+    bytecode_cache: Path | None = None,
 ) -> ChildResult:
     env = {"SMALLEST_API_KEY": BENCH_KEY}
-    if kind == "batchscribe":
+    # ``python -m`` puts the working folder first on sys.path: run each checkout from its own.
+    cwd = REPO
+    if kind == BASE:
+        assert baseline is not None
+        env["PYTHONPATH"] = str(baseline)
+        cwd = baseline
+    if kind in (BS, BASE):
         argv = batchscribe_argv(
             "run", manifest, "--out", out, "--endpoint", server.endpoint, "--no-progress",
             "--concurrency", concurrency,
@@ -80,7 +111,7 @@ def run_client(
     else:
         argv = [PYTHON, str(HERE / "sdk_client.py"), str(manifest), "--base-url", server.url,
                 "-j", str(concurrency), "--out", str(out)]  # fmt: skip
-    result = run_child(argv, env=env)
+    result = run_child(argv, env=env, cwd=cwd, bytecode_cache=bytecode_cache)
     if result.code != 0:
         sys.stderr.write(result.stdout + result.stderr)
         raise SystemExit(f"{kind} exited {result.code}")
@@ -93,19 +124,40 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n=600, one repeat")
     parser.add_argument("--repeat", type=int, default=3, help="runs per client and case")
     parser.add_argument("--no-sdk", action="store_true", help="skip the SDK client")
-    parser.add_argument("--only", choices=["batchscribe", "lean", "sdk"], action="append")
+    parser.add_argument("--only", choices=[BS, "lean", "sdk"], action="append")
     parser.add_argument(
         "--case", action="append", metavar="MS/C", help="only these cases, e.g. 0/64"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run batchscribe from this checkout"
+    )
+    parser.add_argument(
+        "--server", type=Path, default=HERE / "loopback_server.py", help="the server script"
+    )
+    parser.add_argument(
+        "--no-bytecode-cache", action="store_true", help="let children compile as the env says"
     )
     ns = parser.parse_args()
     n = 600 if ns.quick else ns.n
     repeat = 1 if ns.quick else ns.repeat
-    kinds = ns.only or ["batchscribe", "lean"] + ([] if ns.no_sdk else ["sdk"])
-    print(f"# throughput  {machine()}  n={n} repeat={repeat}")
+    kinds = ns.only or [BS, "lean"] + ([] if ns.no_sdk else ["sdk"])
+    if ns.baseline is not None:
+        kinds.insert(kinds.index(BS) + 1 if BS in kinds else 0, BASE)
+    print(f"# throughput  {machine()}  n={n} repeat={repeat}  server={ns.server.name}")
     rows = []
     ratios = []
+    loads = [os.getloadavg()[0]]
     with workdir("bench-throughput-") as root:
         manifest = make_clips(root, n)
+        cache = None if ns.no_bytecode_cache else root / "pycache"
+        # Warm-up, not timed: each client once (fills the bytecode cache and the page cache).
+        small = root / "warm-up.jsonl"
+        small.write_bytes(b"".join(manifest.read_bytes().splitlines(keepends=True)[:20]))
+        with LoopbackServer(0, script=ns.server) as server:
+            for kind in kinds:
+                out = root / f"warm-up-{kind}.jsonl"
+                run_client(kind, small, server, 4, out, ns.baseline, cache)
+                out.unlink()
         cases = CASES
         if ns.case:
             cases = [(float(c.split("/")[0]), int(c.split("/")[1])) for c in ns.case]
@@ -113,13 +165,20 @@ def main() -> None:
             best: dict[str, ChildResult] = {}
             inrun: dict[str, float] = {}
             server_cpu: dict[str, float] = {}
-            with LoopbackServer(latency) as server:
+            held: dict[str, dict[str, float]] = {}
+            walls: dict[str, list[float]] = {}
+            inruns: dict[str, list[float]] = {}
+            with LoopbackServer(latency, script=ns.server) as server:
                 rtt = measure_rtt(server)
                 for r in range(repeat):
                     for kind in kinds:
                         out = root / f"{kind}-{latency:g}-{concurrency}-{r}.jsonl"
                         before = server.cpu()
-                        result = run_client(kind, manifest, server, concurrency, out)
+                        server.stats(reset=True)
+                        result = run_client(
+                            kind, manifest, server, concurrency, out, ns.baseline, cache
+                        )
+                        stats = server.stats(reset=True)
                         done = count_lines(out)
                         if done != n:
                             raise SystemExit(f"{kind}: {done} results, expected {n}")
@@ -128,54 +187,75 @@ def main() -> None:
                         if kind not in best or result.wall < best[kind].wall:
                             best[kind] = result
                             server_cpu[kind] = server.cpu() - before
+                            held[kind] = stats
                         inrun[kind] = min(inrun.get(kind, seconds), seconds)
+                        walls.setdefault(kind, []).append(result.wall)
+                        inruns.setdefault(kind, []).append(seconds)
+                        loads.append(os.getloadavg()[0])
             ideal = n * latency / 1000 / concurrency
             for kind, result in best.items():
+                hold = held[kind].get("hold_ms")
+                turnaround = held[kind].get("turnaround_ms")
                 rows.append([
                     f"{latency:g} ms", concurrency, kind, f"{result.wall:.2f}",
                     f"{inrun[kind]:.2f}", f"{n / result.wall:.0f}", f"{n / inrun[kind]:.0f}",
+                    f"{inrun[kind] * concurrency / n * 1000:.2f}",
+                    "-" if hold is None else f"{hold:.2f}",
+                    "-" if turnaround is None else f"{turnaround:.2f}",
                     f"{result.cpu / n * 1e6:.0f}", f"{server_cpu[kind] / n * 1e6:.0f}",
                     f"{result.maxrss_mb:.0f}",
                 ])  # fmt: skip
-            bs = best.get("batchscribe")
-            if bs is None:
-                continue
             case = f"{latency:g} ms, c={concurrency}"
-
-            compare = []
-            if "lean" in best:
-                compare.append(("batchscribe/lean", best["lean"].wall, inrun["lean"],
-                                ">= 0.90 (aim 0.95)"))  # fmt: skip
-            if latency > 0:
-                compare.append(
-                    ("batchscribe/ideal", ideal, ideal, f">= 0.95 (ideal {ideal:.2f} s)")
-                )
-                # The same with the server's real round trip (its timer and HTTP on top of the
-                # nominal latency), measured one request at a time: what no client can beat.
-                real = n * rtt / concurrency
-                compare.append((f"batchscribe/ideal at RTT {rtt * 1000:.1f} ms", real, real,
-                                f"(info: ideal {real:.2f} s)"))  # fmt: skip
-            if "sdk" in best:
-                compare.append(("batchscribe/SDK", best["sdk"].wall, inrun["sdk"],
-                                ">= 5" if latency == 0 else "(info)"))  # fmt: skip
-            for name, other, other_inrun, target in compare:
-                ratios.append([case, name, f"{other / bs.wall:.3f}",
-                               f"{other_inrun / inrun['batchscribe']:.3f}", target])  # fmt: skip
+            med = {kind: statistics.median(v) for kind, v in walls.items()}
+            med_inrun = {kind: statistics.median(v) for kind, v in inruns.items()}
+            for mine in (BS, BASE):
+                bs = best.get(mine)
+                if bs is None:
+                    continue
+                # (name, other's best process and in-run, their medians, target)
+                compare: list[tuple[str, float, float, float, float, str]] = []
+                for other, name, target in (
+                    (BASE, f"{BS}/{BASE}", "(change)"),
+                    ("lean", f"{mine}/lean", ">= 0.90 (aim 0.95)"),
+                    ("sdk", f"{mine}/SDK", ">= 5" if latency == 0 else "(info)"),
+                ):
+                    if other in best and other != mine and (other != BASE or mine == BS):
+                        compare.append((name, best[other].wall, inrun[other], med[other],
+                                        med_inrun[other], target))  # fmt: skip
+                if latency > 0:
+                    target = f">= 0.95 (ideal {ideal:.2f} s)"
+                    compare.append((f"{mine}/ideal", ideal, ideal, ideal, ideal, target))
+                    # The same with the server's real round trip (its timer and HTTP on top of
+                    # the nominal latency), measured one request at a time.
+                    real = n * rtt / concurrency
+                    compare.append((f"{mine}/ideal at RTT {rtt * 1000:.2f} ms", real, real,
+                                    real, real, f"(info: ideal {real:.2f} s)"))  # fmt: skip
+                for name, other_wall, other_inrun, other_med, other_med_inrun, target in compare:
+                    ratios.append([
+                        case, name, f"{other_wall / bs.wall:.3f}",
+                        f"{other_inrun / inrun[mine]:.3f}", f"{other_med / med[mine]:.3f}",
+                        f"{other_med_inrun / med_inrun[mine]:.3f}", target,
+                    ])  # fmt: skip
     print()
     print(table(rows, ["latency", "conc", "client", "process wall s", "in-run wall s",
-                       "items/s (process)", "items/s (in-run)", "client CPU us/item",
+                       "items/s (process)", "items/s (in-run)", "slot ms",
+                       "server hold ms", "client turnaround ms", "client CPU us/item",
                        "server CPU us/item", "peak RSS MB"]))  # fmt: skip
     print()
-    print(table(ratios, ["case", "ratio (throughput)", "process", "in-run", "target"]))
+    print(table(ratios, ["case", "ratio (throughput)", "process (best)", "in-run (best)",
+                         "process (median)", "in-run (median)", "target"]))  # fmt: skip
     print(
-        "\nprocess: spawn to exit, start-up included (what a user waits for); in-run: the "
-        "client's own timing of its work (batchscribe: the run record's wall_seconds)."
+        f"\nload average (1 min) during the runs: {min(loads):.2f} to {max(loads):.2f}\n"
+        "process: spawn to exit, start-up included (what a user waits for); in-run: the "
+        "client's own timing of its work (batchscribe: the run record's wall_seconds).\n"
+        "The first table is each client's fastest run (CPU, hold and turnaround of that run); "
+        "the ratios are of the fastest runs and of the medians of all runs."
     )
 
 
 def run_seconds(kind: str, result: ChildResult, out: Path) -> float:
     """The client's own timing of its run (without interpreter start-up and imports)."""
-    if kind == "batchscribe":
+    if kind in (BS, BASE):
         with open(out, "rb") as handle:
             for line in handle:
                 if line.startswith(b'{"event":"run"'):

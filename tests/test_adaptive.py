@@ -319,6 +319,40 @@ def test_cli_refuses_a_bad_pace(
     assert needle in capsys.readouterr().err
 
 
+async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_starts(
+    tmp_path: Path,
+) -> None:
+    """After a retry's backoff the item's next request starts without waiting (a free slot),
+    and from then on a stop lets it finish instead of cancelling it as a waiting worker."""
+    from batchscribe.manifest import Item
+    from batchscribe.results import ResultsStore
+
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF" + bytes(100))
+    clock = FakeClock()
+    engine = Engine(options(concurrency=2, max_retry_wait=60.0), clock=clock)
+    store = ResultsStore(str(tmp_path / "r.jsonl"))
+    store.open()
+    engine._store = store
+    between: list[bool] = []
+
+    async def send(item: Any, params: Any, size: int) -> Outcome:
+        between.append(asyncio.current_task() in engine._between)
+        if len(between) == 1:
+            return Outcome(Verdict.RETRY, 503, "5xx", "HTTP 503")
+        return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi"})
+
+    engine._send = send  # type: ignore[method-assign]
+    task = asyncio.create_task(engine._process(Item("a", str(audio), False, {}, None, "m:1")))
+    await settle()
+    assert between == [False] and task in engine._between  # backing off: a stop may cancel it
+    await clock.advance(120)
+    await task
+    store.close()
+    assert between == [False, False] and not engine._between
+    assert engine.summary.ok == 1 and engine.summary.retries == 1
+
+
 # ------------------------------------------------------------------------------ small reads
 
 

@@ -746,3 +746,25 @@ def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
     assert len(read_results(out)[0]) == 3
+
+
+def test_the_run_path_imports_nothing_it_may_not_need() -> None:
+    """``batchscribe run`` starts without tenacity (first retry), aiolimiter (--rate), aiofiles
+    (big files), the shared rate store or the emulator: each is imported where it is used."""
+    lazy = ["tenacity", "aiolimiter", "aiofiles", "batchscribe.ratestore", "batchscribe.emulator"]
+    code = f"import sys, batchscribe.cli; print([m for m in {lazy!r} if m in sys.modules])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_main_called_from_python_leaves_the_callers_collector_alone(tmp_path) -> None:
+    """Only the command's own process freezes what it imported; main(argv) does not."""
+    import gc
+
+    from batchscribe.cli import main
+
+    before = gc.get_freeze_count()
+    assert main(["run", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert gc.get_freeze_count() == before

@@ -110,3 +110,16 @@ async def test_pause_only_ever_extends() -> None:
     await clock.advance(12.6)
     await settle()
     assert waiter.done()
+
+
+async def test_take_free_takes_only_a_free_slot_nobody_waits_for() -> None:
+    """take_free (the engine's no-await start) never jumps the queue or exceeds the limit."""
+    limit = ConcurrencyLimit(2)
+    assert limit.take_free() and limit.take_free()
+    assert not limit.take_free()  # full
+    waiter = asyncio.create_task(limit.acquire())
+    await settle()
+    limit.release()  # the room goes to the waiter, not to a later take_free
+    assert not limit.take_free()
+    await settle()
+    assert waiter.done() and limit.in_flight == 2 and limit.max_in_flight == 2
