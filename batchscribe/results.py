@@ -407,6 +407,20 @@ def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
     return state
 
 
+def _piece_heads(pieces: list[bytes]) -> tuple[list[bytes], list[bool]] | None:
+    """The raw ids and ok flags of pieces cut at ``\\n{"id":"`` (each starting with a raw id),
+    when each id is followed by ``","status":"ok"`` or ``"failed"``; else None. C-level passes.
+    """
+    ends = list(map(bytes.find, pieces, repeat(b'"')))
+    oks = list(map(bytes.startswith, pieces, repeat(_OK_AFTER), ends))
+    if not all(oks) and not all(
+        map(operator.or_, oks, map(bytes.startswith, pieces, repeat(_FAILED_AFTER), ends))
+    ):
+        return None
+    ids: list[bytes] = list(map(operator.getitem, pieces, map(slice, ends)))  # type: ignore[arg-type]
+    return ids, oks
+
+
 def _scan_block(state: ResumeState, block: bytes) -> bool:
     """Add a block of whole lines if every one is an item record in the writer's layout.
 
@@ -423,13 +437,10 @@ def _scan_block(state: ResumeState, block: bytes) -> bool:
     newlines = list(map(bytes.find, pieces, repeat(b"\n")))  # memchr: -1 but in the last
     if newlines.count(-1) != len(pieces) - 1 or newlines[-1] != len(pieces[-1]) - 1:
         return False
-    ends = list(map(bytes.find, pieces, repeat(b'"')))
-    oks = list(map(bytes.startswith, pieces, repeat(_OK_AFTER), ends))
-    if not all(oks) and not all(
-        map(operator.or_, oks, map(bytes.startswith, pieces, repeat(_FAILED_AFTER), ends))
-    ):
+    heads = _piece_heads(pieces)
+    if heads is None:
         return False
-    ids: list[bytes] = list(map(operator.getitem, pieces, map(slice, ends)))  # type: ignore[arg-type]
+    ids, oks = heads
     joined = b"".join(ids)
     if b"\\" in joined:
         return False
@@ -908,13 +919,10 @@ class _IndexBuilder:
         n = len(pieces)
         if newlines.count(-1) != n - (rest >= 0) or (rest >= 0 and newlines[-1] != rest):
             return False
-        ends = list(map(bytes.find, pieces, repeat(b'"')))
-        oks = list(map(bytes.startswith, pieces, repeat(_OK_AFTER), ends))
-        if not all(oks) and not all(
-            map(operator.or_, oks, map(bytes.startswith, pieces, repeat(_FAILED_AFTER), ends))
-        ):
+        heads = _piece_heads(pieces)
+        if heads is None:
             return False
-        raws: list[bytes] = list(map(operator.getitem, pieces, map(slice, ends)))  # type: ignore[arg-type]
+        raws, oks = heads
         joined = b'"'.join(raws)  # `"` ends a UTF-8 sequence: a bad id stays bad when joined
         if b"\\" in joined or not (joined.isascii() or _is_utf8(joined)):
             return False
