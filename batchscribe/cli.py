@@ -31,6 +31,7 @@ from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
 from batchscribe.progress import Console, EventLog, Progress, Redactor
 from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+from batchscribe.results import ReadCounts
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -595,9 +596,10 @@ def _expand(patterns: Sequence[str]) -> list[str]:
     return expand_paths(patterns)
 
 
-def _warn_unreadable(console: Console, unreadable: int) -> None:
-    if unreadable:
-        console.line(f"batchscribe: warning: skipped {unreadable:,} unreadable line(s)")
+def _warn_unreadable(console: Console, counts: ReadCounts) -> None:
+    """One warning line per damaged line (``FILE:LINE: damaged record``) or unfinished tail."""
+    for line in counts.problems():
+        console.line(f"batchscribe: warning: {line}")
 
 
 def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
@@ -609,6 +611,7 @@ def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
 
     paths = _expand(ns.results)
     report = build_report(paths, top=ns.top, charts=ns.html is not None)
+    _warn_unreadable(console, report.counts)
     out = Console(sys.stdout, console.redact)
     if ns.json:
         out.line(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
@@ -662,7 +665,7 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
             write_if_changed(ns.out, "".join(data).encode("utf-8"))
         except OSError as exc:
             raise ConfigError(f"{ns.out}: cannot write: {exc.strerror}") from None
-    _warn_unreadable(console, counts.unreadable)
+    _warn_unreadable(console, counts)
     where = f" to {ns.out}" if ns.out else ""
     console.line(f"batchscribe: {count:,} failed item(s) listed{where}")
     return EXIT_OK
@@ -676,7 +679,7 @@ def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
         paths, ns.format, out_dir=ns.dir, beside_audio=ns.beside_audio,
         on_problem=lambda message: console.line(f"batchscribe: {message}"),
     )  # fmt: skip
-    _warn_unreadable(console, summary.counts.unreadable)
+    _warn_unreadable(console, summary.counts)
     Console(sys.stdout, console.redact).line(summary.line())
     return EXIT_FAILED if summary.errors else EXIT_OK
 
@@ -686,7 +689,7 @@ def _cmd_merge(ns: argparse.Namespace, console: Console) -> int:
 
     paths = _expand(ns.results)
     summary = merge_results(paths, ns.out)
-    _warn_unreadable(console, summary.counts.unreadable)
+    _warn_unreadable(console, summary.counts)
     Console(sys.stdout, console.redact).line(summary.line())
     return EXIT_OK
 

@@ -72,7 +72,7 @@ from batchscribe.pulse import (
     classify,
     content_type_for,
 )
-from batchscribe.results import ResultsStore, ResumeState, SeenIds
+from batchscribe.results import ResultsStore, ResumeState, SeenIds, damaged_lines
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
 from batchscribe.shard import Shard, ShardFilter
 
@@ -322,11 +322,10 @@ class Engine:
                 f"{options.out}: cut a torn last line ({store.repaired_bytes} bytes) "
                 "left by an interrupted run",
             )
-        if self._resume.corrupt_lines:
-            self._notice(
-                "warning",
-                f"{options.out}: ignored {self._resume.corrupt_lines} unreadable line(s)",
-            )
+        resume = self._resume
+        where = [(options.out, n) for n in resume.damaged]
+        for line in damaged_lines(where, resume.corrupt_lines, "not counted"):
+            self._notice("warning", line)
         started = time.monotonic()
         self._started_at = utc_now()
         emulator = None

@@ -14,6 +14,7 @@ from unittest import mock
 import orjson
 import pytest
 from conftest import REPO, SAMPLES, TEST_KEY, cli_env, read_results
+from damage import damaged_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -291,19 +292,25 @@ def _results_lines(draw: st.DrawFn) -> bytes:
     return orjson.dumps(doc)
 
 
-def _index_model(files: list[list[bytes]], torn: list[bool], keep_ok: bool) -> tuple[Any, ...]:
+def _index_model(
+    files: list[list[bytes]], torn: list[bool], keep_ok: bool, paths: list[str]
+) -> tuple[Any, ...]:
     """What pass one must make of the files: each line read alone, then "last record wins"."""
     from batchscribe.results import SUPERSEDED, _index_line
 
     counts, kinds, records = ReadCounts(), bytearray(), []
-    for lines, is_torn in zip(files, torn, strict=True):
+    for lines, is_torn, path in zip(files, torn, paths, strict=True):
         counts.files += 1
-        for line in lines:
+        for lineno, line in enumerate(lines, 1):
             kind, key, ok = _index_line(line, counts)
             if kind == FINAL:
                 records.append((len(kinds), key, ok))
+            elif key == -1:
+                counts.note_damaged(path, lineno)
             kinds.append(kind)
         counts.unreadable += is_torn
+        if is_torn:
+            counts.torn.append(path)
     by_key: dict[int, list[tuple[int, bool]]] = {}
     for line, key, ok in records:
         by_key.setdefault(key, []).append((line, ok))
@@ -344,12 +351,34 @@ def test_pass_one_blocks_match_reading_line_by_line(
     with mock.patch.object(results_module, "_READ_CHUNK", chunk):
         index = index_final(paths, keep_ok=keep_ok)
         blocks = [(first, lines, kinds) for _, first, lines, kinds in index.blocks()]
-    kinds, counts, ids, ok, kept = _index_model(files, torn, keep_ok)
+    kinds, counts, ids, ok, kept = _index_model(files, torn, keep_ok, paths)
     assert bytes(index.kinds) == kinds
     assert index.counts == counts
     assert (index.ids, index.ok, index.kept_ok) == (ids, ok, kept)
     assert [line for _, lines, _ in blocks for line in lines] == [x for f in files for x in f]
     assert b"".join(k for _, _, k in blocks) == kinds
+
+
+@settings(max_examples=300, deadline=None)
+@given(damaged_results(), st.sampled_from([8, 64, 512, 1 << 20]))
+def test_pass_one_agrees_with_a_full_parse_of_every_line_of_damaged_files(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk: int
+) -> None:
+    """Cuts, bit flips and splices anywhere: report, failed, export and merge index exactly the
+    lines that parse whole as records, and name every damaged line by FILE:LINE."""
+    path = str(tmp_path_factory.mktemp("damaged") / "r.jsonl")
+    Path(path).write_bytes(data)
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    with mock.patch.object(results_module, "_READ_CHUNK", chunk):
+        index = index_final([path])
+        finals = [(n, r["id"]) for _, n, r in final_states([path])]
+    kinds, counts, ids, ok, _ = _index_model([lines], [bool(tail)], False, [path])
+    assert bytes(index.kinds) == kinds
+    assert index.counts == counts
+    assert (index.ids, index.ok) == (ids, ok)
+    expected = [(n, orjson.loads(lines[n - 1])["id"]) for n, k in enumerate(kinds, 1) if k == FINAL]
+    assert finals == expected
 
 
 @pytest.mark.parametrize("chunk", [300, 1000, 1 << 20])

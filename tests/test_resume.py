@@ -243,3 +243,46 @@ def test_stop_does_not_wait_for_an_open_stdin(tmp_path, emulator, spawn_cli, sig
     items, _ = read_results(out)
     assert emu.stats()["requests"] == len(items) >= 1
     assert all(r["status"] == "ok" for r in items)
+
+
+def test_a_damaged_line_mid_file_is_not_done_and_every_reader_agrees(
+    tmp_path, emulator, make_archive, run_cli
+):
+    """A record cut to its first 40 bytes in the middle of the file counts as nothing: report,
+    failed, export and merge skip it with a FILE:LINE warning, and the rerun sends that item
+    again (and only it), leaving every byte already written in place."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 5)
+    out = tmp_path / "r.jsonl"
+    args = ("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint())
+    assert run_cli(*args).returncode == 0
+    lines = out.read_bytes().split(b"\n")
+    victim = orjson.loads(lines[2])["id"]
+    lines[2] = lines[2][:40]
+    assert lines[2].startswith(b'{"id":"%s","status":"ok",' % victim.encode())
+    out.write_bytes(b"\n".join(lines))
+    damaged = out.read_bytes()
+    warning = f"{out}:3: damaged record"
+
+    report = run_cli("report", out, "--json")
+    assert report.returncode == 0 and warning in report.stderr
+    assert orjson.loads(report.stdout)["items"] == 4
+    merged = tmp_path / "merged.jsonl"
+    merge = run_cli("merge", out, "--out", merged)
+    assert merge.returncode == 0 and warning in merge.stderr
+    items, _ = read_results(merged)  # every line of the merge parses
+    assert sorted(r["id"] for r in items) == sorted(set(archive.ids) - {victim})
+    failed = run_cli("failed", out)
+    assert failed.returncode == 0 and warning in failed.stderr and not failed.stdout.strip()
+    export = run_cli("export", out, "--format", "txt", "--dir", tmp_path / "txt")
+    assert export.returncode == 0 and warning in export.stderr
+    assert not (tmp_path / "txt" / f"{victim}.txt").exists()
+
+    emu.reset_stats()
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert warning in rerun.stderr
+    assert sent_ids(emu, archive) == {victim}
+    assert out.read_bytes().startswith(damaged)  # nothing rewritten
+    report = run_cli("report", out, "--json")
+    assert orjson.loads(report.stdout)["items"] == 5
