@@ -1,9 +1,9 @@
 """The engine: a streaming reader feeds a bounded queue; a pool of workers sends each item to
 Pulse with retries; one writer appends every outcome to the results file. Emits events.
 
-Shutdown: the first SIGINT/SIGTERM stops taking items and lets requests in flight finish within
-a short grace; a second one stops at once. Nothing finished is ever lost: each record is written
-the moment its item ends.
+Shutdown: the first SIGINT/SIGTERM/SIGHUP stops taking items and lets requests in flight finish
+within a short grace; a second one stops at once. Nothing finished is ever lost: each record is
+written the moment its item ends.
 """
 
 from __future__ import annotations
@@ -882,7 +882,9 @@ class Engine:
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed SSH session or terminal sends it, and its default action would
+        # end the process at once, losing answers already paid for and the run record.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 loop.add_signal_handler(sig, self._on_signal)
             except (RuntimeError, ValueError, NotImplementedError):
