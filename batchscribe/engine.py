@@ -727,7 +727,10 @@ class Engine:
             url = self._url
             if url is None or params is not self.options.params:
                 url = _request_url(self._endpoint, params)
-            async with session.post(url, data=data, headers=headers) as response:
+            # allow_redirects=False: a 3xx is an answer (pulse.classify), never followed.
+            async with session.post(
+                url, data=data, headers=headers, allow_redirects=False
+            ) as response:
                 body = await response.read()
                 return classify(response.status, response.headers, body, now=self.clock.wall())
         except asyncio.TimeoutError:

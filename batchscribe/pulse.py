@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -159,7 +160,7 @@ class Outcome:
 
     verdict: Verdict
     http_status: int | None
-    cause: str  # ok | 4xx | 429 | 5xx | network | timeout | invalid | missing | too_large | ...
+    cause: str  # ok | 4xx | 429 | 5xx | redirect | network | timeout | invalid | missing | ...
     error: str | None = None
     payload: dict[str, Any] | None = None
     delay: float | None = None  # seconds the server asked us to wait, if it said
@@ -193,6 +194,16 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
             return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with a non-object body")
         return Outcome(Verdict.OK, status, "ok", None, doc)
     error = _error_text(status, body)
+    if 300 <= status <= 399:
+        # Never followed (the engine sends allow_redirects=False): a 301/302 would turn the
+        # POST into a GET whose answer is no transcript, and a 307/308 needs the whole body
+        # again, which a streamed upload cannot replay. The endpoint is the thing to fix.
+        location = _header(headers, "Location")
+        where = f" to {public_url(location)}" if location else ""
+        return Outcome(
+            Verdict.FAIL, status, "redirect",
+            f"HTTP {status} redirect{where} (not followed: check --endpoint)",
+        )  # fmt: skip
     if status == 401:
         return Outcome(Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)")
     if status == 404:
@@ -205,6 +216,18 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
     if status == 413:
         return Outcome(Verdict.FAIL, status, "too_large", error)
     return Outcome(Verdict.FAIL, status, "4xx", error)
+
+
+def public_url(url: str) -> str:
+    """``url`` as it may be shown: without ``user:password@``, query or fragment, any of which
+    may carry a secret (a token, a presigned signature); one line, at most 200 characters."""
+    try:
+        parts = urlsplit(url.strip())
+        netloc = parts.netloc.rpartition("@")[2]
+        shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        shown = "(an invalid URL)"
+    return " ".join(shown.split())[:200]
 
 
 def server_delay(headers: Mapping[str, str], *, now: float) -> float | None:

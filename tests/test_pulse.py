@@ -14,6 +14,7 @@ from batchscribe.pulse import (
     classify,
     coerce_param,
     content_type_for,
+    public_url,
     server_delay,
 )
 
@@ -151,3 +152,37 @@ def test_429_carries_its_delay() -> None:
     outcome = classify(429, {"Retry-After": "3"}, b"", now=NOW)
     assert outcome.cause == "429"
     assert outcome.delay == 3.0
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_a_redirect_fails_the_item_naming_the_location_without_secrets(status: int) -> None:
+    """A 3xx is a failure with cause ``redirect`` naming the Location minus userinfo and query."""
+    location = "https://u:pw@eu.example/waves/v1/stt/?X-Amz-Signature=abc&token=t0k#frag"
+    outcome = classify(status, {"Location": location}, b"<html>moved</html>", now=0.0)
+    assert (outcome.verdict, outcome.cause, outcome.http_status) == (
+        Verdict.FAIL, "redirect", status,
+    )  # fmt: skip
+    where = "https://eu.example/waves/v1/stt/"
+    assert outcome.error == f"HTTP {status} redirect to {where} (not followed: check --endpoint)"
+    assert outcome.payload is None
+
+
+def test_a_redirect_without_location_still_says_what_happened() -> None:
+    """A 3xx with no Location is still a ``redirect`` failure, with a readable error."""
+    outcome = classify(302, {}, b"", now=0.0)
+    assert outcome.error == "HTTP 302 redirect (not followed: check --endpoint)"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h.example/p?q=1", "https://h.example/p"),
+        ("https://user:secret@h.example:8443/p#f", "https://h.example:8443/p"),
+        ("/relative/path?sig=x", "/relative/path"),
+        ("http://[::1", "(an invalid URL)"),
+        ("https://h.example/a\nb  c", "https://h.example/ab c"),
+    ],
+)
+def test_public_url_drops_credentials_query_and_fragment(url: str, shown: str) -> None:
+    """A URL shown to the user carries no userinfo, query or fragment, on one line."""
+    assert public_url(url) == shown
