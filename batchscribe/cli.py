@@ -30,7 +30,13 @@ from batchscribe.errors import (
 from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
 from batchscribe.progress import Console, EventLog, Progress, Redactor, TerminalStream
-from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+from batchscribe.pulse import (
+    BOOL_PARAMS,
+    DEFAULT_ENDPOINT,
+    PulseParams,
+    coerce_param,
+    url_secrets,
+)
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -188,7 +194,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conn = run.add_argument_group("connection")
     conn.add_argument(
         "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
-        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV})",
+        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV}); a query of its "
+        "own (?token=...) is sent too, and never printed",
     )  # fmt: skip
     conn.add_argument(
         "--api-key-file", metavar="PATH",
@@ -379,6 +386,8 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     try:
         key = None if ns.emulate else read_api_key(ns.api_key_file, console)
         console.redact.add(key)
+        for secret in url_secrets(ns.endpoint):  # a token in the endpoint's query
+            console.redact.add(secret)
         flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
         options = RunOptions(
             sources=ns.sources,

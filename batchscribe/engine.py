@@ -71,6 +71,9 @@ from batchscribe.pulse import (
     check_combination,
     classify,
     content_type_for,
+    endpoint_clashes,
+    public_url,
+    url_secrets,
 )
 from batchscribe.results import ResultsStore, ResumeState, SeenIds
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
@@ -171,8 +174,7 @@ class RunOptions:
         if self.max_runtime is not None and self.max_runtime <= 0:
             raise ConfigError("--max-runtime must be positive")
         if not self.emulate:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise ConfigError(f"--endpoint must be an http(s) URL, not {self.endpoint!r}")
+            _check_endpoint(self.endpoint)
             if not self.api_key:
                 raise ConfigError(
                     "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
@@ -181,6 +183,25 @@ class RunOptions:
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL without credentials; the message shows
+    it without its query (it may hold a token)."""
+    shown = public_url(endpoint)
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"--endpoint must be an http(s) URL, not {shown!r}")
+    try:
+        parts = URL(endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint {shown!r} is not a valid URL: {exc}") from None
+    if parts.user is not None or parts.password is not None:
+        raise ConfigError(
+            f"--endpoint {shown!r} must not carry a user name or password (user:password@): "
+            "the API key goes in SMALLEST_API_KEY or --api-key-file"
+        )
+    if not parts.host:
+        raise ConfigError(f"--endpoint {shown!r} has no host name")
 
 
 class FileChanged(Exception):
@@ -209,8 +230,9 @@ _utc_second = (-1, "")
 
 @lru_cache(maxsize=256)
 def _request_url(endpoint: str, params: PulseParams) -> URL:
-    """The endpoint with the query string, built once per distinct set of parameters."""
-    return URL(endpoint).with_query(build_query(params))
+    """The endpoint with Pulse's query parameters added to its own (``?token=...&region=eu``
+    is kept; Pulse's win a clash), built once per distinct set of parameters."""
+    return URL(endpoint).update_query(build_query(params))
 
 
 @lru_cache(maxsize=64)
@@ -312,7 +334,9 @@ class Engine:
             manifest.check_sources(options.sources)
         except manifest.ManifestError as exc:
             raise ConfigError(str(exc)) from None
-        store = ResultsStore(options.out, secrets=[options.api_key])
+        # The endpoint's query may hold a token: a server echoing it must not get it written.
+        secrets = [options.api_key, *url_secrets(options.endpoint)]
+        store = ResultsStore(options.out, secrets=secrets)
         # ResultsBusy / ConfigError propagate from here: nothing is written.
         self._resume = store.open(fingerprints=options.rescan_changed)
         self._store = store
@@ -326,6 +350,13 @@ class Engine:
             self._notice(
                 "warning",
                 f"{options.out}: ignored {self._resume.corrupt_lines} unreadable line(s)",
+            )
+        clashes = [] if options.emulate else endpoint_clashes(options.endpoint)
+        if clashes:
+            self._notice(
+                "warning",
+                f"--endpoint's query sets {', '.join(clashes)}: the run's own value (its flag "
+                "or the manifest field) is sent instead",
             )
         started = time.monotonic()
         self._started_at = utc_now()

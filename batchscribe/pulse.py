@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 
@@ -228,6 +228,28 @@ def public_url(url: str) -> str:
     except ValueError:
         shown = "(an invalid URL)"
     return " ".join(shown.split())[:200]
+
+
+def endpoint_clashes(endpoint: str) -> list[str]:
+    """The Pulse parameters an endpoint's own query sets. The run's values (flags, manifest
+    fields) are sent in their place: they are per item, and one request cannot carry both."""
+    query = urlsplit(endpoint).query
+    return sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)} & _PARAMS)
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in ``url`` may be a secret: its password, and the values of its query parameters
+    that are not Pulse's own (a ``token=``), if at least 8 characters long (shorter ones, like
+    ``region=eu``, would redact ordinary words from every line)."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _PARAMS and len(value) >= 8:
+            found.append(value)
+    return found
+
+
+_PARAMS = frozenset(PARAM_NAMES)
 
 
 def server_delay(headers: Mapping[str, str], *, now: float) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -124,3 +125,63 @@ def test_a_redirect_is_not_followed_and_fails_the_item_naming_where(
     ]  # fmt: skip
     report = run_cli("report", out)
     assert "redirect: 2" in report.stdout, report.stdout
+
+
+# --------------------------------------------------------------------------- the endpoint's query
+
+
+def test_the_endpoints_own_query_is_kept_and_never_printed(tmp_path, run_cli, serve):
+    """``--endpoint URL?token=...&region=eu`` sends the user's parameters with Pulse's own on
+    every request (Pulse's win a clash, with a warning naming it), and never prints the token."""
+    queries: list[dict[str, str]] = []
+
+    async def service(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        queries.append(dict(request.query))
+        return web.json_response({"status": "success", "transcription": "fine"})
+
+    app = web.Application()
+    app.router.add_post(LEGACY_PATH, service)
+    server = serve(app)
+    make_wav(tmp_path / "a.wav", freq=300)
+    make_wav(tmp_path / "b.wav", freq=310)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"id": "a", "path": "a.wav"}\n{"id": "b", "path": "b.wav", "language": "de"}\n'
+    )
+    out = tmp_path / "r.jsonl"
+    log = tmp_path / "run.log"
+    token = TOKEN + "+/="  # as a base64 token may end
+    endpoint = f"{server.url()}?token={quote(token, safe='')}&region=eu&model=pulse-pro"
+    proc = run_cli(
+        "run", manifest, "--out", out, "--endpoint", endpoint, "--log-file", log,
+        "--log-format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(queries) == 2
+    by_language = {q["language"]: q for q in queries}
+    for language in ("en", "de"):
+        query = by_language[language]
+        assert (query["token"], query["region"], query["model"]) == (token, "eu", "pulse")
+    assert "--endpoint's query sets model" in proc.stderr
+    for text in (proc.stdout, proc.stderr, log.read_text(), out.read_text()):
+        assert not _leaks(text)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        (f"ftp://files.example/get_text?token={TOKEN}", "must be an http(s) URL"),
+        (f"https://user:{TOKEN}@api.example/get_text", "must not carry a user name or password"),
+    ],
+)
+def test_a_bad_endpoint_is_refused_without_printing_its_secrets(
+    tmp_path, run_cli, make_archive, endpoint, problem
+):
+    """An --endpoint that cannot work exits 2 naming the problem, not its token or password."""
+    archive = make_archive(tmp_path, 1)
+    proc = run_cli("run", archive.manifest, "--out", tmp_path / "r.jsonl", "--endpoint", endpoint)
+    assert proc.returncode == 2, proc.stderr
+    assert problem in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not _leaks(proc.stdout + proc.stderr)
