@@ -940,12 +940,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.sync_interval)
-            if store.dirty:
-                try:
-                    await loop.run_in_executor(None, store.sync)
-                except RunAborted as exc:
-                    self._abort_run(exc)
-                    return
+            # Every tick, written to or not: sync also checks that the path still names the
+            # file (a results file deleted or replaced mid-run stops the run within a tick).
+            try:
+                await loop.run_in_executor(None, store.sync)
+            except RunAborted as exc:
+                self._abort_run(exc)
+                return
 
     def _finish_summary(self) -> None:
         summary = self.summary
@@ -976,6 +977,9 @@ class Engine:
                     self._fail_at_close(exc)
             try:
                 store.close()
+            except RunAborted as exc:  # the file was deleted or replaced as the run ended
+                if self._abort is None:
+                    self._fail_at_close(exc)
             except OSError as exc:
                 if self._abort is None:
                     self._fail_at_close(
