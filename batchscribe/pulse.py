@@ -185,6 +185,8 @@ def _error_text(status: int, body: bytes) -> str:
 
 def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Outcome:
     """Classify a complete HTTP response. ``now`` is the wall-clock epoch (for HTTP-date delays)."""
+    if body[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark: allowed before JSON, not JSON
+        body = body[3:]
     if status == 200:
         try:
             doc = orjson.loads(body)

@@ -186,3 +186,11 @@ def test_a_redirect_without_location_still_says_what_happened() -> None:
 def test_public_url_drops_credentials_query_and_fragment(url: str, shown: str) -> None:
     """A URL shown to the user carries no userinfo, query or fragment, on one line."""
     assert public_url(url) == shown
+
+
+def test_a_utf8_bom_before_the_json_is_accepted() -> None:
+    """A complete 200 JSON body led by a UTF-8 BOM is ok, not an incomplete body."""
+    outcome = classify(200, {}, b'\xef\xbb\xbf{"status": "success", "transcription": "hi"}', now=0)
+    assert (outcome.verdict, outcome.payload) == (
+        Verdict.OK, {"status": "success", "transcription": "hi"},
+    )  # fmt: skip
