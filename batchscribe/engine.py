@@ -1012,14 +1012,12 @@ class Engine:
             }
             if self._abort is None:
                 try:
+                    store.check_path()  # deleted or replaced since the last sync tick?
                     store.append(record)
                 except RunAborted as exc:
                     self._fail_at_close(exc)
             try:
                 store.close()
-            except RunAborted as exc:  # the file was deleted or replaced as the run ended
-                if self._abort is None:
-                    self._fail_at_close(exc)
             except OSError as exc:
                 if self._abort is None:
                     self._fail_at_close(

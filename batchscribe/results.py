@@ -645,14 +645,11 @@ class ResultsStore:
         return self._fd
 
     def close(self) -> None:
-        """Sync, unlock and close (safe to call twice). Raises RunAborted (after closing) if
-        the path no longer names the file (see :meth:`check_path`), OSError if fsync fails."""
+        """Sync, unlock and close (safe to call twice)."""
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1
         try:
-            if not self.failed:
-                self.check_path()
             if self.dirty and not self._fsync_failed:
                 self.dirty = False
                 os.fsync(fd)

@@ -304,10 +304,10 @@ def test_io_error_on_the_results_file_stops_cleanly(tmp_path, emulator, make_arc
     assert sorted(r["id"] for r in items) == archive.ids
 
 
-@pytest.mark.parametrize("when", ["sync", "close"])
-def test_store_notices_its_file_deleted_at_sync_and_at_close(tmp_path, when):
-    """A results file deleted under the store: sync and close raise RunAborted naming the path,
-    later appends are refused, and close still releases the lock."""
+@pytest.mark.parametrize("when", ["sync", "check_path"])
+def test_store_notices_its_file_deleted_at_sync_and_at_the_end(tmp_path, when):
+    """A results file deleted under the store: sync (each tick) and check_path (the run's end)
+    raise RunAborted naming the path, later appends are refused, close releases the lock."""
     path = tmp_path / "r.jsonl"
     store = ResultsStore(str(path))
     store.open()
@@ -315,10 +315,10 @@ def test_store_notices_its_file_deleted_at_sync_and_at_close(tmp_path, when):
     store.append({"id": "a", "status": "ok"})
     path.unlink()
     with pytest.raises(RunAborted, match=f"{path}: the results file was deleted or replaced"):
-        store.sync() if when == "sync" else store.close()
+        store.sync() if when == "sync" else store.check_path()
     with pytest.raises(RunAborted):
         store.append({"id": "b", "status": "ok"})
-    store.close()  # after a sync's complaint: releases the lock, raises nothing more
+    store.close()  # releases the lock, raises nothing more
     again = ResultsStore(str(path))
     again.open()  # the path is free for the next run
     again.close()
