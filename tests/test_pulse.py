@@ -14,8 +14,10 @@ from batchscribe.pulse import (
     classify,
     coerce_param,
     content_type_for,
+    endpoint_clashes,
     public_url,
     server_delay,
+    url_secrets,
 )
 
 NOW = 1_700_000_000.0
@@ -194,3 +196,12 @@ def test_a_utf8_bom_before_the_json_is_accepted() -> None:
     assert (outcome.verdict, outcome.payload) == (
         Verdict.OK, {"status": "success", "transcription": "hi"},
     )  # fmt: skip
+
+
+def test_endpoint_query_clashes_and_secrets() -> None:
+    """Pulse's own names in an endpoint's query are clashes; other long values and a password
+    are secrets, short ones (``region=eu``) are not."""
+    endpoint = "https://u:hunter2-pw@h.example/p?token=abcdefgh12&region=eu&model=pulse-pro"
+    assert endpoint_clashes(endpoint) == ["model"]
+    assert url_secrets(endpoint) == ["hunter2-pw", "abcdefgh12"]
+    assert url_secrets("https://h.example/p") == []
