@@ -29,8 +29,14 @@ from batchscribe.errors import (
 )
 from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
-from batchscribe.progress import Console, EventLog, Progress, Redactor
-from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+from batchscribe.progress import Console, EventLog, Progress, Redactor, TerminalStream
+from batchscribe.pulse import (
+    BOOL_PARAMS,
+    DEFAULT_ENDPOINT,
+    PulseParams,
+    coerce_param,
+    url_secrets,
+)
 from batchscribe.results import ReadCounts
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
@@ -45,7 +51,7 @@ exit codes:
   3    aborted: the run cannot go on (key rejected, wrong endpoint, disk full)
   4    budget reached with work left
   75   results file busy: another run holds it
-  130  interrupted (SIGINT/SIGTERM); run again to resume
+  130  interrupted (SIGINT/SIGTERM/SIGHUP); run again to resume
 """
 
 
@@ -189,7 +195,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conn = run.add_argument_group("connection")
     conn.add_argument(
         "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
-        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV})",
+        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV}); a query of its "
+        "own (?token=...) is sent too, and never printed",
     )  # fmt: skip
     conn.add_argument(
         "--api-key-file", metavar="PATH",
@@ -380,6 +387,8 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     try:
         key = None if ns.emulate else read_api_key(ns.api_key_file, console)
         console.redact.add(key)
+        for secret in url_secrets(ns.endpoint):  # a token in the endpoint's query
+            console.redact.add(secret)
         flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
         options = RunOptions(
             sources=ns.sources,
@@ -417,7 +426,7 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     finally:
         if log is not None:
             log.stream.close()
-    out = Console(sys.stdout, console.redact)
+    out = Console(TerminalStream.wrap(sys.stdout), console.redact)
     for line in summary.lines():
         out.line(line)
     return summary.exit_code
@@ -697,7 +706,8 @@ def _cmd_merge(ns: argparse.Namespace, console: Console) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchscribe`` command; returns the exit code."""
     redact = Redactor([os.environ.get(KEY_ENV)])
-    console = Console(sys.stderr, redact)
+    # Errors and a run's progress go to a stderr that may lose its terminal mid-run.
+    console = Console(TerminalStream.wrap(sys.stderr), redact)
     args = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(emulate_flags="emulate" in args)
     ns = parser.parse_args(args)

@@ -1,9 +1,9 @@
 """The engine: a streaming reader feeds a bounded queue; a pool of workers sends each item to
 Pulse with retries; one writer appends every outcome to the results file. Emits events.
 
-Shutdown: the first SIGINT/SIGTERM stops taking items and lets requests in flight finish within
-a short grace; a second one stops at once. Nothing finished is ever lost: each record is written
-the moment its item ends.
+Shutdown: the first SIGINT/SIGTERM/SIGHUP stops taking items and lets requests in flight finish
+within a short grace; a second one stops at once. Nothing finished is ever lost: each record is
+written the moment its item ends.
 """
 
 from __future__ import annotations
@@ -14,18 +14,22 @@ import inspect
 import os
 import random
 import signal
+import socket
 import stat
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from batchscribe import cloud, manifest
@@ -71,6 +75,9 @@ from batchscribe.pulse import (
     check_combination,
     classify,
     content_type_for,
+    endpoint_clashes,
+    public_url,
+    url_secrets,
 )
 from batchscribe.results import ResultsStore, ResumeState, SeenIds, damaged_lines
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
@@ -171,8 +178,7 @@ class RunOptions:
         if self.max_runtime is not None and self.max_runtime <= 0:
             raise ConfigError("--max-runtime must be positive")
         if not self.emulate:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise ConfigError(f"--endpoint must be an http(s) URL, not {self.endpoint!r}")
+            _check_endpoint(self.endpoint)
             if not self.api_key:
                 raise ConfigError(
                     "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
@@ -181,6 +187,25 @@ class RunOptions:
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL without credentials; the message shows
+    it without its query (it may hold a token)."""
+    shown = public_url(endpoint)
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"--endpoint must be an http(s) URL, not {shown!r}")
+    try:
+        parts = URL(endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint {shown!r} is not a valid URL: {exc}") from None
+    if parts.user is not None or parts.password is not None:
+        raise ConfigError(
+            f"--endpoint {shown!r} must not carry a user name or password (user:password@): "
+            "the API key goes in SMALLEST_API_KEY or --api-key-file"
+        )
+    if not parts.host:
+        raise ConfigError(f"--endpoint {shown!r} has no host name")
 
 
 class FileChanged(Exception):
@@ -209,8 +234,9 @@ _utc_second = (-1, "")
 
 @lru_cache(maxsize=256)
 def _request_url(endpoint: str, params: PulseParams) -> URL:
-    """The endpoint with the query string, built once per distinct set of parameters."""
-    return URL(endpoint).with_query(build_query(params))
+    """The endpoint with Pulse's query parameters added to its own (``?token=...&region=eu``
+    is kept; Pulse's win a clash), built once per distinct set of parameters."""
+    return URL(endpoint).update_query(build_query(params))
 
 
 @lru_cache(maxsize=64)
@@ -285,6 +311,7 @@ class Engine:
         self._store: ResultsStore | None = None
         self._resume: ResumeState | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # for re-sends after a stale connection
         self._endpoint = options.endpoint
         self._url: URL | None = None  # the request URL with options.params (set by _run_pool)
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue(
@@ -312,7 +339,9 @@ class Engine:
             manifest.check_sources(options.sources)
         except manifest.ManifestError as exc:
             raise ConfigError(str(exc)) from None
-        store = ResultsStore(options.out, secrets=[options.api_key])
+        # The endpoint's query may hold a token: a server echoing it must not get it written.
+        secrets = [options.api_key, *url_secrets(options.endpoint)]
+        store = ResultsStore(options.out, secrets=secrets)
         # ResultsBusy / ConfigError propagate from here: nothing is written.
         self._resume = store.open(fingerprints=options.rescan_changed)
         self._store = store
@@ -326,6 +355,13 @@ class Engine:
         where = [(options.out, n) for n in resume.damaged]
         for line in damaged_lines(where, resume.corrupt_lines, "not counted"):
             self._notice("warning", line)
+        clashes = [] if options.emulate else endpoint_clashes(options.endpoint)
+        if clashes:
+            self._notice(
+                "warning",
+                f"--endpoint's query sets {', '.join(clashes)}: the run's own value (its flag "
+                "or the manifest field) is sent instead",
+            )
         started = time.monotonic()
         self._started_at = utc_now()
         emulator = None
@@ -352,9 +388,7 @@ class Engine:
 
     async def _run_pool(self) -> None:
         options = self.options
-        connector = aiohttp.TCPConnector(
-            limit=options.concurrency, limit_per_host=0, keepalive_timeout=30
-        )
+        connector = _Connector(limit=options.concurrency, limit_per_host=0, keepalive_timeout=30)
         timeout = aiohttp.ClientTimeout(
             total=options.timeout, sock_connect=min(30.0, options.timeout)
         )
@@ -385,6 +419,8 @@ class Engine:
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
         finally:
+            if self._fresh is not None:
+                await self._fresh.close()
             syncer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncer
@@ -615,12 +651,12 @@ class Engine:
                 self._adapt(started, outcome)
             if outcome.verdict is Verdict.RETRY:
                 delay = outcome.delay
-                if (
-                    delay is not None
-                    and delay <= self.policy.max_retry_wait
-                    and self.pause.pause(delay)
-                ):
-                    self._emit(PoolPaused(delay, outcome.cause))
+                if delay is not None and delay <= self.policy.max_retry_wait:
+                    # Workers answered together (one 429 each) make one pause: announce it
+                    # when it starts or moves its end by a second or more, not per worker.
+                    before = self.pause.remaining
+                    if self.pause.pause(delay) and (before <= 0 or delay >= before + 1.0):
+                        self._emit(PoolPaused(delay, outcome.cause))
                 if self._stopping:
                     raise _Stopped
                 self._between.add(worker)  # until the next attempt's request starts
@@ -704,9 +740,33 @@ class Engine:
         self.pacer.rate = controller.rate
 
     async def _send(self, item: Item, params: PulseParams, size: int) -> Outcome:
-        """One HTTP exchange, classified. Transport failures become retryable outcomes."""
+        """One HTTP exchange, classified. Transport failures become retryable outcomes.
+
+        A request that met a kept-alive connection the server had closed (before any answer)
+        is sent once more, whole, on a new connection, spending no attempt: see _Connector.
+        """
         session = self._session
         assert session is not None
+        outcome = await self._exchange(session, item, params, size)
+        if outcome is _STALE:
+            outcome = await self._exchange(self._fresh_session(), item, params, size)
+        return outcome
+
+    def _fresh_session(self) -> aiohttp.ClientSession:
+        """A session that opens a new connection for every request (made on first use)."""
+        if self._fresh is None:
+            session = self._session
+            assert session is not None
+            self._fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                timeout=session.timeout, headers=session.headers, raise_for_status=False,
+            )  # fmt: skip
+        return self._fresh
+
+    async def _exchange(
+        self, session: aiohttp.ClientSession, item: Item, params: PulseParams, size: int
+    ) -> Outcome:
+        """One request on ``session``, its body built afresh (a file read from its start)."""
         data: Any
         if cloud.is_cloud_uri(item.source):
             try:
@@ -726,8 +786,17 @@ class Engine:
             url = self._url
             if url is None or params is not self.options.params:
                 url = _request_url(self._endpoint, params)
-            async with session.post(url, data=data, headers=headers) as response:
-                body = await response.read()
+            _REUSED.set(False)
+            answered = False
+            # allow_redirects=False: a 3xx is an answer (pulse.classify), never followed.
+            async with session.post(
+                url, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                answered = True
+                try:
+                    body = await response.read()
+                except aiohttp.ClientPayloadError as exc:
+                    return _unreadable_body(response, exc)
                 return classify(response.status, response.headers, body, now=self.clock.wall())
         except asyncio.TimeoutError:
             return Outcome(
@@ -747,13 +816,18 @@ class Engine:
                 return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
             if isinstance(cause, cloud.CloudError):
                 return cause.outcome
+            if not answered and _REUSED.get() and isinstance(exc, aiohttp.ServerDisconnectedError):
+                return _STALE
             return Outcome(Verdict.RETRY, None, "network", _network_error(exc))
         except OSError as exc:
             return Outcome(Verdict.RETRY, None, "network", f"{type(exc).__name__}: {exc.strerror}")
         finally:
-            # A streamed body not read to its end: release its connection.
+            # A streamed body not read to its end: release its connection. If the connection
+            # broke mid-upload, aiohttp's writer task may still be inside the generator
+            # (aclose() then raises RuntimeError); the writer's cancellation closes it.
             if type(data) is not bytes and inspect.isasyncgen(data):
-                await data.aclose()
+                with contextlib.suppress(RuntimeError):
+                    await data.aclose()
 
     def _cloud_sender(self) -> cloud.CloudSender:
         if self._cloud is None:
@@ -881,7 +955,9 @@ class Engine:
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed SSH session or terminal sends it, and its default action would
+        # end the process at once, losing answers already paid for and the run record.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 loop.add_signal_handler(sig, self._on_signal)
             except (RuntimeError, ValueError, NotImplementedError):
@@ -903,12 +979,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.sync_interval)
-            if store.dirty:
-                try:
-                    await loop.run_in_executor(None, store.sync)
-                except RunAborted as exc:
-                    self._abort_run(exc)
-                    return
+            # Every tick, written to or not: sync also checks that the path still names the
+            # file (a results file deleted or replaced mid-run stops the run within a tick).
+            try:
+                await loop.run_in_executor(None, store.sync)
+            except RunAborted as exc:
+                self._abort_run(exc)
+                return
 
     def _finish_summary(self) -> None:
         summary = self.summary
@@ -934,6 +1011,7 @@ class Engine:
             }
             if self._abort is None:
                 try:
+                    store.check_path()  # deleted or replaced since the last sync tick?
                     store.append(record)
                 except RunAborted as exc:
                     self._fail_at_close(exc)
@@ -1165,10 +1243,89 @@ async def _file_chunks(path: str, size: int) -> AsyncIterator[bytes]:
     yield chunk
 
 
+#: ``_REUSED.get()``: the connection of this task's latest request had carried one before.
+_REUSED: ContextVar[bool] = ContextVar("batchscribe_reused", default=False)
+
+#: An exchange that failed on a kept-alive connection the server closed before answering: the
+#: request is sent again on a new connection (it is also the outcome if that cannot happen).
+_STALE = Outcome(
+    Verdict.RETRY, None, "network",
+    "server disconnected (closed a kept-alive connection before answering)",
+)  # fmt: skip
+
+
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector that tells, through ``_REUSED``, whether the connection it hands out has
+    carried a request before, and never hands out one the server has already closed.
+
+    A server may close an idle kept-alive connection at any moment. aiohttp notices only when
+    the event loop next reads the socket, so a request sent at once (the next item, right after
+    an answer) can be written into a connection whose end (FIN) is already here, and fail with
+    ServerDisconnectedError: a request that never reached the server. Here each pooled
+    connection is checked before use (a non-blocking peek: end of stream or a reset means
+    closed) and a closed one is dropped for another, so nothing is written into it: provably
+    never sent. What the check cannot see is a close racing the request itself: a reused
+    connection closed cleanly (end of stream, not a reset) before any byte of an answer. The
+    engine re-sends that once on a new connection (``_STALE``) without spending an attempt.
+    This is not proof (a server that read the request and then closed looks the same) but it
+    is the kept-alive race's signature; a reset (how the emulator's fault and a crashing
+    server drop a request) and any failure on a new connection spend an attempt as before.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._used: weakref.WeakSet[Any] = weakref.WeakSet()  # protocols handed out before
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        while True:
+            conn = await super().connect(req, traces, timeout)
+            protocol = conn.protocol
+            if protocol is None or protocol not in self._used:
+                if protocol is not None:
+                    self._used.add(protocol)
+                _REUSED.set(False)
+                return conn
+            if not _closed_by_peer(conn.transport):
+                _REUSED.set(True)
+                return conn
+            conn.close()  # never written to: take another (or a new) connection
+
+
+def _closed_by_peer(transport: asyncio.Transport | None) -> bool:
+    """True if the server closed (or reset) this idle connection; False if open or unknown."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        # asyncio's socket wrapper has no recv(): peek through a duplicate descriptor.
+        with socket.socket(fileno=os.dup(sock.fileno())) as probe:
+            data = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False  # nothing to read: open
+    except OSError:
+        return True  # reset
+    return not data  # end of stream: closed (bytes, e.g. a TLS record: leave it to aiohttp)
+
+
+def _unreadable_body(response: aiohttp.ClientResponse, exc: aiohttp.ClientPayloadError) -> Outcome:
+    """What went wrong reading an answer's body: undecodable, or cut short."""
+    if isinstance(exc.__cause__, ContentEncodingError):
+        encoding = " ".join(response.headers.get("Content-Encoding", "?").split())[:40]
+        return Outcome(
+            Verdict.RETRY, response.status, "5xx",
+            f"could not decode the response body (Content-Encoding: {encoding})",
+        )  # fmt: skip
+    return Outcome(Verdict.RETRY, None, "network", "response body cut short")
+
+
 def _network_error(exc: aiohttp.ClientError) -> str:
-    """A one-line description of a transport failure (never includes request headers)."""
+    """A one-line description of a transport failure (never includes request headers or the
+    request URL, whose query may hold a token)."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server disconnected"
+    if isinstance(exc, aiohttp.ClientResponseError):  # an answer aiohttp could not parse
+        message = " ".join(str(exc.message).split())[:160]
+        return f"could not read the response: {message}" if message else "unreadable response"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port} ({exc.strerror or exc.os_error})"
     if isinstance(exc, aiohttp.ClientOSError):

@@ -7,10 +7,12 @@ be printed, whatever a message carries.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from batchscribe.cloud import scrub as scrub_signed_urls
 from batchscribe.events import (
@@ -43,6 +45,59 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, "***")
         return scrub_signed_urls(text)  # presigned URLs' signatures, whatever signed them
+
+
+class TerminalStream:
+    """A text stream whose terminal may go away mid-run: a closed SSH session (writes fail with
+    EIO) or a closed pipe (EPIPE). The first failed write sends the file descriptor to
+    /dev/null, so every later write (tqdm's, the exit-time flush) succeeds and a run that lost
+    its terminal still finishes and records its work; the output itself is lost with the
+    terminal. Other attributes are the wrapped stream's.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except OSError:
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except OSError:
+                self._lose()
+
+    def isatty(self) -> bool:
+        try:
+            return not self.gone and self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def _lose(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()  # what the failed write left buffered now goes to /dev/null
+
+    @classmethod
+    def wrap(cls, stream: TextIO) -> TextIO:
+        """``stream`` wrapped, typed as the stream it stands in for."""
+        return cast(TextIO, cls(stream))
 
 
 class Console:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 
@@ -159,7 +160,7 @@ class Outcome:
 
     verdict: Verdict
     http_status: int | None
-    cause: str  # ok | 4xx | 429 | 5xx | network | timeout | invalid | missing | too_large | ...
+    cause: str  # ok | 4xx | 429 | 5xx | redirect | network | timeout | invalid | missing | ...
     error: str | None = None
     payload: dict[str, Any] | None = None
     delay: float | None = None  # seconds the server asked us to wait, if it said
@@ -184,6 +185,8 @@ def _error_text(status: int, body: bytes) -> str:
 
 def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Outcome:
     """Classify a complete HTTP response. ``now`` is the wall-clock epoch (for HTTP-date delays)."""
+    if body[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark: allowed before JSON, not JSON
+        body = body[3:]
     if status == 200:
         try:
             doc = orjson.loads(body)
@@ -193,6 +196,16 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
             return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with a non-object body")
         return Outcome(Verdict.OK, status, "ok", None, doc)
     error = _error_text(status, body)
+    if 300 <= status <= 399:
+        # Never followed (the engine sends allow_redirects=False): a 301/302 would turn the
+        # POST into a GET whose answer is no transcript, and a 307/308 needs the whole body
+        # again, which a streamed upload cannot replay. The endpoint is the thing to fix.
+        location = _header(headers, "Location")
+        where = f" to {public_url(location)}" if location else ""
+        return Outcome(
+            Verdict.FAIL, status, "redirect",
+            f"HTTP {status} redirect{where} (not followed: check --endpoint)",
+        )  # fmt: skip
     if status == 401:
         return Outcome(Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)")
     if status == 404:
@@ -205,6 +218,40 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
     if status == 413:
         return Outcome(Verdict.FAIL, status, "too_large", error)
     return Outcome(Verdict.FAIL, status, "4xx", error)
+
+
+def public_url(url: str) -> str:
+    """``url`` as it may be shown: without ``user:password@``, query or fragment, any of which
+    may carry a secret (a token, a presigned signature); one line, at most 200 characters."""
+    try:
+        parts = urlsplit(url.strip())
+        netloc = parts.netloc.rpartition("@")[2]
+        shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        shown = "(an invalid URL)"
+    return " ".join(shown.split())[:200]
+
+
+def endpoint_clashes(endpoint: str) -> list[str]:
+    """The Pulse parameters an endpoint's own query sets. The run's values (flags, manifest
+    fields) are sent in their place: they are per item, and one request cannot carry both."""
+    query = urlsplit(endpoint).query
+    return sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)} & _PARAMS)
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in ``url`` may be a secret: its password, and the values of its query parameters
+    that are not Pulse's own (a ``token=``), if at least 8 characters long (shorter ones, like
+    ``region=eu``, would redact ordinary words from every line)."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _PARAMS and len(value) >= 8:
+            found.append(value)
+    return found
+
+
+_PARAMS = frozenset(PARAM_NAMES)
 
 
 def server_delay(headers: Mapping[str, str], *, now: float) -> float | None:

@@ -47,6 +47,7 @@ CAUSES = (
     "4xx",
     "429",
     "5xx",
+    "redirect",
     "network",
     "timeout",
     "missing",
@@ -706,7 +707,7 @@ _OK = "#59a14f"
 _CAUSE_COLOURS = {
     "5xx": "#e15759", "429": "#f28e2b", "network": "#b07aa1", "timeout": "#9c755f",
     "4xx": "#d37295", "missing": "#79706e", "invalid": "#bab0ac", "too_large": "#edc948",
-    "file_changed": "#76b7b2",
+    "file_changed": "#76b7b2", "redirect": "#ff9da7",
 }  # fmt: skip
 _MAX_RUN_LINES = 8
 _CSS = """

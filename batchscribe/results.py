@@ -559,6 +559,9 @@ class ResultsStore:
         # kernel may have dropped the dirty pages and a second fsync would report success).
         self.failed: str | None = None
         self._fsync_failed = False
+        # (st_dev, st_ino) of the file locked at open: the path must still name it, or the
+        # run is writing into a file that was deleted or replaced (and is lost with it).
+        self._identity: tuple[int, int] | None = None
 
     def open(self, *, fingerprints: bool = False) -> ResumeState:
         """Lock the file, repair a torn tail, and scan it. Raises ResultsBusy, ConfigError."""
@@ -582,6 +585,8 @@ class ResultsStore:
         try:
             if not os.path.isfile(self.path):
                 raise ConfigError(f"{self.path}: results path is not a regular file")
+            st = os.fstat(fd)
+            self._identity = (st.st_dev, st.st_ino)
             torn = torn_tail_length(fd)
             if torn:
                 os.ftruncate(fd, os.fstat(fd).st_size - torn)
@@ -626,7 +631,10 @@ class ResultsStore:
         """
         if self._fsync_failed:
             raise RunAborted(self.failed or f"{self.path}: an earlier fsync failed")
-        if not self.dirty or self._fd < 0:
+        if self._fd < 0:
+            return
+        self.check_path()
+        if not self.dirty:
             return
         self.dirty = False
         try:
@@ -635,6 +643,31 @@ class ResultsStore:
             self.failed = f"{self.path}: cannot sync results to disk: {exc.strerror or exc}"
             self._fsync_failed = True
             raise RunAborted(self.failed) from None
+
+    def check_path(self) -> None:
+        """RunAborted if the path no longer names the file this store holds: deleted, or
+        replaced (renamed over, or deleted and made anew, maybe by a second run). Whatever the
+        run appends goes to a file no one can open, so the run must stop, and say so."""
+        if self._identity is None or self.failed:
+            if self.failed:
+                raise RunAborted(self.failed)
+            return
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            now = "nothing"
+        except OSError:
+            return  # cannot tell (e.g. a permission change on a folder): not a verdict
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            now = "another file"
+        self.failed = (
+            f"{self.path}: the results file was deleted or replaced while this run was writing "
+            f"it (the path now holds {now}); what it held is lost with it: stopping. Run again "
+            "to send those items again"
+        )
+        raise RunAborted(self.failed)
 
     @property
     def fd(self) -> int:

@@ -585,6 +585,26 @@ def test_429_pauses_the_whole_pool(tmp_path, emulator, make_archive, spawn_cli):
     assert stats["requests"] == sum(r["attempts"] for r in records.values())
 
 
+def test_one_pause_is_announced_once_not_once_per_worker(tmp_path, emulator, make_archive, run_cli):
+    """Workers told to wait by 429s that arrive together make one pause, announced once."""
+    # -j 4 against max_concurrent 1: each wave has one request taken and the rest refused at
+    # once with the same delay, so each wave is one pause however many workers hear of it.
+    emu = emulator(latency_ms=300, max_concurrent=1, busy_retry_ms=1500)
+    archive = make_archive(tmp_path, 4)
+    out = tmp_path / "r.jsonl"
+    log = tmp_path / "run.log"
+    proc = run_cli(
+        "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), "-j", 4,
+        "--max-attempts", 10, "--log-file", log, "--log-format", "json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events = [orjson.loads(line) for line in log.read_text().splitlines()]
+    pauses = [e for e in events if e["event"] == "pause"]
+    refused = emu.stats()["statuses"]["429"]
+    assert refused >= 3
+    assert 1 <= len(pauses) < refused, pauses
+
+
 def test_in_flight_never_above_concurrency(tmp_path, emulator, make_archive, run_cli):
     """Requests in flight at the server never exceed --concurrency (and do reach it)."""
     emu = emulator(latency_ms=200)

@@ -209,6 +209,40 @@ def test_disk_full_stops_with_exit_3_and_the_next_run_recovers(
     assert len(items) == len(ids) + 1
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_results_file_deleted_or_replaced_mid_run_stops_with_exit_3(
+    tmp_path, emulator, make_archive, spawn_cli, run_cli, how
+):
+    """The results file deleted or replaced under a run: the run stops within about a second
+    (exit 3, one line naming the path) instead of writing on into a file no one can read."""
+    emu = emulator(latency_ms=100)
+    archive = make_archive(tmp_path, 40)
+    out = tmp_path / "r.jsonl"
+    args = ("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), "-j", 2)
+    proc = spawn_cli(*args)
+    wait_until(lambda: complete_lines(out) >= 2, what="two records")
+    if how == "deleted":
+        out.unlink()
+    else:
+        (tmp_path / "other.jsonl").write_bytes(b'{"id":"someone-elses","status":"ok"}\n')
+        os.replace(tmp_path / "other.jsonl", out)
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 3, stderr
+    assert time.monotonic() - started < 5
+    lines = [line for line in stderr.splitlines() if "was deleted or replaced" in line]
+    assert lines and all(str(out) in line for line in lines), stderr
+    assert "Traceback" not in stderr
+    assert emu.stats()["requests"] < 40, "the run went on to the end"
+    if how == "replaced":  # the file now at the path is left as it is
+        assert out.read_bytes() == b'{"id":"someone-elses","status":"ok"}\n'
+    # A rerun into the path (now free) sends what the lost file held: nothing is skipped.
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    items, _ = read_results(out)
+    assert {r["id"] for r in items if r["status"] == "ok"} >= set(archive.ids)
+
+
 _INJECT = """
 import errno, os, sys
 target = os.path.realpath(sys.argv[1]); after = int(sys.argv[2]); kind = sys.argv[3]
@@ -268,6 +302,26 @@ def test_io_error_on_the_results_file_stops_cleanly(tmp_path, emulator, make_arc
     assert out.read_bytes().startswith(complete)
     items, _ = read_results(out)
     assert sorted(r["id"] for r in items) == archive.ids
+
+
+@pytest.mark.parametrize("when", ["sync", "check_path"])
+def test_store_notices_its_file_deleted_at_sync_and_at_the_end(tmp_path, when):
+    """A results file deleted under the store: sync (each tick) and check_path (the run's end)
+    raise RunAborted naming the path, later appends are refused, close releases the lock."""
+    path = tmp_path / "r.jsonl"
+    store = ResultsStore(str(path))
+    store.open()
+    store.sync()  # nothing changed: no complaint
+    store.append({"id": "a", "status": "ok"})
+    path.unlink()
+    with pytest.raises(RunAborted, match=f"{path}: the results file was deleted or replaced"):
+        store.sync() if when == "sync" else store.check_path()
+    with pytest.raises(RunAborted):
+        store.append({"id": "b", "status": "ok"})
+    store.close()  # releases the lock, raises nothing more
+    again = ResultsStore(str(path))
+    again.open()  # the path is free for the next run
+    again.close()
 
 
 def test_failed_fsync_is_never_taken_as_success(tmp_path, monkeypatch):

@@ -14,7 +14,10 @@ from batchscribe.pulse import (
     classify,
     coerce_param,
     content_type_for,
+    endpoint_clashes,
+    public_url,
     server_delay,
+    url_secrets,
 )
 
 NOW = 1_700_000_000.0
@@ -151,3 +154,54 @@ def test_429_carries_its_delay() -> None:
     outcome = classify(429, {"Retry-After": "3"}, b"", now=NOW)
     assert outcome.cause == "429"
     assert outcome.delay == 3.0
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_a_redirect_fails_the_item_naming_the_location_without_secrets(status: int) -> None:
+    """A 3xx is a failure with cause ``redirect`` naming the Location minus userinfo and query."""
+    location = "https://u:pw@eu.example/waves/v1/stt/?X-Amz-Signature=abc&token=t0k#frag"
+    outcome = classify(status, {"Location": location}, b"<html>moved</html>", now=0.0)
+    assert (outcome.verdict, outcome.cause, outcome.http_status) == (
+        Verdict.FAIL, "redirect", status,
+    )  # fmt: skip
+    where = "https://eu.example/waves/v1/stt/"
+    assert outcome.error == f"HTTP {status} redirect to {where} (not followed: check --endpoint)"
+    assert outcome.payload is None
+
+
+def test_a_redirect_without_location_still_says_what_happened() -> None:
+    """A 3xx with no Location is still a ``redirect`` failure, with a readable error."""
+    outcome = classify(302, {}, b"", now=0.0)
+    assert outcome.error == "HTTP 302 redirect (not followed: check --endpoint)"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://h.example/p?q=1", "https://h.example/p"),
+        ("https://user:secret@h.example:8443/p#f", "https://h.example:8443/p"),
+        ("/relative/path?sig=x", "/relative/path"),
+        ("http://[::1", "(an invalid URL)"),
+        ("https://h.example/a\nb  c", "https://h.example/ab c"),
+    ],
+)
+def test_public_url_drops_credentials_query_and_fragment(url: str, shown: str) -> None:
+    """A URL shown to the user carries no userinfo, query or fragment, on one line."""
+    assert public_url(url) == shown
+
+
+def test_a_utf8_bom_before_the_json_is_accepted() -> None:
+    """A complete 200 JSON body led by a UTF-8 BOM is ok, not an incomplete body."""
+    outcome = classify(200, {}, b'\xef\xbb\xbf{"status": "success", "transcription": "hi"}', now=0)
+    assert (outcome.verdict, outcome.payload) == (
+        Verdict.OK, {"status": "success", "transcription": "hi"},
+    )  # fmt: skip
+
+
+def test_endpoint_query_clashes_and_secrets() -> None:
+    """Pulse's own names in an endpoint's query are clashes; other long values and a password
+    are secrets, short ones (``region=eu``) are not."""
+    endpoint = "https://u:hunter2-pw@h.example/p?token=abcdefgh12&region=eu&model=pulse-pro"
+    assert endpoint_clashes(endpoint) == ["model"]
+    assert url_secrets(endpoint) == ["hunter2-pw", "abcdefgh12"]
+    assert url_secrets("https://h.example/p") == []

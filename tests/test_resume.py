@@ -1,4 +1,5 @@
-"""Resume end to end: reruns, --retry-failed, a real ``kill -9``, a torn last line, SIGINT/SIGTERM.
+"""Resume end to end: reruns, --retry-failed, a real ``kill -9``, a torn last line, stop signals
+(SIGINT, SIGTERM, SIGHUP and a real terminal hangup).
 
 Runs are real subprocesses against a real loopback emulator; "nothing was re-sent" is read from
 the emulator's per-content request counts, never inferred from the client's own account.
@@ -6,15 +7,20 @@ the emulator's per-content request counts, never inferred from the client's own 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
+import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from audio_fixtures import make_wav
-from conftest import Archive, complete_lines, read_results, wait_until
+from conftest import Archive, cli_env, complete_lines, read_results, wait_until
 
 from batchscribe.emulator import content_key
 
@@ -155,12 +161,14 @@ def test_torn_last_line_is_cut_and_nothing_before_it_touched(
     assert sent_ids(emu, archive) == {"clip-003", "clip-004"}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_signal_stops_cleanly_and_rerun_completes(
     tmp_path, emulator, make_archive, run_cli, spawn_cli, sig
 ):
-    """SIGINT/SIGTERM mid-run: exit 130, requests in flight finish and are recorded, the rest
-    is left for a rerun, which completes it."""
+    """SIGINT/SIGTERM/SIGHUP (a closed SSH session) mid-run: exit 130, requests in flight
+    finish and are recorded, the rest is left for a rerun, which completes it."""
     emu = emulator(latency_ms=300)
     archive = make_archive(tmp_path, 20)
     out = tmp_path / "r.jsonl"
@@ -286,3 +294,51 @@ def test_a_damaged_line_mid_file_is_not_done_and_every_reader_agrees(
     assert out.read_bytes().startswith(damaged)  # nothing rewritten
     report = run_cli("report", out, "--json")
     assert orjson.loads(report.stdout)["items"] == 5
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="needs util-linux setsid")
+def test_terminal_hangup_stops_cleanly_though_the_terminal_is_gone(
+    tmp_path, emulator, make_archive
+):
+    """The run's terminal hung up (a closed SSH session): exit 130, answers in flight recorded,
+    a run record written, though every later write to the terminal fails (EIO)."""
+    emu = emulator(latency_ms=300)
+    archive = make_archive(tmp_path, 20)
+    out = tmp_path / "r.jsonl"
+    master, slave = pty.openpty()
+    # setsid -c: a new session whose controlling terminal is the pty, as a login shell's child
+    # has; closing the master is then a real hangup: SIGHUP, and EIO on every later write.
+    proc = subprocess.Popen(
+        ["setsid", "-c", *_cli_argv(
+            "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), "-j", "2"
+        )],
+        stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, env=cli_env(),
+    )  # fmt: skip
+    os.close(slave)
+    os.set_blocking(master, False)
+    try:
+        # Drain what the run prints (its progress bar) while waiting, so it never blocks on
+        # a full terminal; no reader thread, whose pending read would keep the pty open.
+        wait_until(lambda: _drain(master) or complete_lines(out) >= 2, what="two records")
+        wait_until(lambda: _drain(master) or emu.stats()["in_flight"] >= 1, what="in flight")
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=30) == 130
+    stats = emu.stats()
+    items, runs = read_results(out)
+    assert stats["in_flight"] == 0 and stats["cancelled"] == 0
+    assert stats["requests"] == len(items) >= 3
+    assert len(items) < 20, "the hangup did not land mid-run"
+    assert all(r["status"] == "ok" for r in items)
+    assert runs and runs[-1]["interrupted"] is True and runs[-1]["exit_code"] == 130
+
+
+def _cli_argv(*args: Any) -> list[str]:
+    return [sys.executable, "-m", "batchscribe", *map(str, args)]
+
+
+def _drain(fd: int) -> None:
+    """Read (and drop) what the run has printed to its terminal so far."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 65536):
+            pass
