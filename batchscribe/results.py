@@ -20,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import io
 import operator
 import os
 import stat
@@ -27,7 +28,6 @@ import tempfile
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count, pairwise, repeat
@@ -134,6 +134,40 @@ _MASK62 = (1 << 62) - 1
 _DONE_STATUSES = frozenset({"ok", "submitted"})
 #: Damaged line numbers kept for the warnings (all of them are counted).
 DAMAGED_KEPT = 1000
+#: Results files from this size on are scanned a block at a time (msgspec and numpy); smaller
+#: ones line by line, which is quicker than importing numpy (~60 ms) for them.
+VECTOR_FROM = 4 << 20
+#: Resume states of this many ids and more settle runs of manifest lines at once.
+BLOCK_SETTLE_FROM = 10_000
+
+
+def _numpy() -> Any:
+    """numpy, imported on first use: only big results files and manifests need it."""
+    import numpy
+
+    return numpy
+
+
+def _find(table: Any, mask: int, keys: Any) -> Any:
+    """The slots of distinct ``keys`` (numpy uint64) in ``table`` (numpy view of a
+    :class:`ResumeState` table), or None when one of them is not there. Linear probing in
+    rounds of numpy passes: a key is found, or an empty slot proves it absent, or it moves on.
+    """
+    np = _numpy()
+    pos = (keys & mask).astype(np.intp)
+    slots = np.empty(keys.size, np.intp)
+    todo = np.arange(keys.size)
+    while todo.size:
+        current = table[pos]
+        hit = (current >> 2) == keys
+        if not (current[~hit]).all():
+            return None  # an empty slot on its path
+        slots[todo[hit]] = pos[hit]
+        rest = ~hit
+        todo, keys, pos = todo[rest], keys[rest], (pos[rest] + 1) & mask
+    return slots
+
+
 _BLOCK = 1 << 20  # bytes read per block by scan
 _LINE_PREFIX = b'\n{"id":"'
 
@@ -220,8 +254,8 @@ class ResumeState:
         With ``counts`` (``[failed, ok, total]``), an id given an action is counted there and
         ``""`` is returned instead, except for every 4096th, which returns its action. With
         ``counts`` and ``seen`` (this state's :class:`SeenIds`, which the reader uses for its
-        duplicate check), the look-up also has a ``block`` attribute: :meth:`settle_block`
-        for many ids at once.
+        duplicate check), and at least :data:`BLOCK_SETTLE_FROM` ids, the look-up also has a
+        ``block`` attribute: :meth:`settle_block` for many ids at once.
         """
         table, mask = self._table, self._mask
 
@@ -243,7 +277,7 @@ class ResumeState:
             counts[2] += 1
             return action if not counts[2] & 4095 else ""
 
-        if counts is not None and seen is not None:
+        if counts is not None and seen is not None and self._size >= BLOCK_SETTLE_FROM:
             if seen.resume is not self:
                 raise ValueError("seen belongs to another resume state")
             marker = ok_action or failed_action or ""
@@ -270,40 +304,63 @@ class ResumeState:
         in ``counts`` (see :meth:`settler`) and ``marker`` is returned. Otherwise nothing
         changes and None is returned: the reader then takes those lines one at a time (which
         reports duplicates and builds the items to send). ``ids`` may be bytes when they are
-        ASCII (CPython hashes an ASCII str as its bytes). Look-ups at the home slot run as
-        C-level ``map`` passes; only displaced keys are probed in Python.
+        ASCII (CPython hashes an ASCII str as its bytes). The look-ups run as numpy passes
+        over the run (:func:`_find`); only the hashes are computed per id.
         """
         if not ids or (ok_action is None and failed_action is None):
             return None
-        keys = list(map(_MASK62.__and__, map(hash, ids)))
-        if 0 in keys or len(set(keys)) != len(keys):
-            return None  # a duplicate within the run (or a key of 0): line by line
-        table, mask = self._table, self._mask
-        slots = list(map(mask.__and__, keys))
-        currents = list(map(table.__getitem__, slots))
-        hits = list(map(operator.eq, map(operator.rshift, currents, repeat(2)), keys))
-        if not all(hits):  # keys past their home slot: probe on
-            for j in [j for j, hit in enumerate(hits) if not hit]:
-                key, i = keys[j], slots[j]
-                while True:
-                    i = (i + 1) & mask
-                    current = table[i]
-                    if current >> 2 == key:
-                        break
-                    if current == 0:
-                        return None  # an id the results file does not know
-                slots[j], currents[j] = i, current
-        if any(map(operator.and_, currents, repeat(2))):
+        np = _numpy()
+        n = len(ids)
+        keys = np.fromiter(map(hash, ids), np.int64, n).view(np.uint64) & np.uint64(_MASK62)
+        if not keys.all() or np.unique(keys).size != n:
+            return None  # a key of 0, or a duplicate within the run: line by line
+        table = self._vector()
+        slots = _find(table, self._mask, keys)
+        if slots is None:
+            return None  # an id the results file does not know
+        currents = table[slots]
+        if (currents & 2).any():
             return None  # read before: a duplicate
-        ok = sum(map(operator.and_, currents, repeat(1)))
-        failed = len(keys) - ok
+        ok = int((currents & 1).sum())
+        failed = n - ok
         if (ok and ok_action is None) or (failed and failed_action is None):
             return None
-        deque(map(table.__setitem__, slots, map(operator.or_, currents, repeat(2))), maxlen=0)
+        table[slots] = currents | 2
         counts[0] += failed
         counts[1] += ok
-        counts[2] += len(keys)
+        counts[2] += n
         return marker
+
+    def _vector(self) -> Any:
+        """The table as a numpy array sharing its memory (valid until :meth:`reserve`)."""
+        return _numpy().frombuffer(self._table, dtype=_numpy().uint64)
+
+    def insert_block(self, keys: Any, values: Any) -> None:
+        """Put ``values`` (numpy uint64: ``key << 2 | done``) for distinct ``keys`` (numpy
+        uint64, never 0) into the table: :meth:`_put` for many ids, as numpy passes.
+
+        Linear probing in rounds: each round looks at every pending key's slot; a key finds
+        itself there (its later record wins) or an empty slot, which the first pending key
+        that wants it takes (the others, and keys meeting another id, try the next slot).
+        With no deletion, an empty slot on a key's path proves it is not in the table.
+        """
+        np = _numpy()
+        n = int(keys.size)
+        if (self._size + n) * 2 > self._mask:
+            self.reserve(self._size + n)
+        table, mask = self._vector(), self._mask
+        pos = (keys & mask).astype(np.intp)
+        while keys.size:
+            current = table[pos]
+            write = (current >> 2) == keys
+            empty = np.flatnonzero(current == 0)
+            if empty.size:
+                _, first = np.unique(pos[empty], return_index=True)
+                write[empty[first]] = True
+                self._size += int(first.size)
+            table[pos[write]] = values[write]
+            rest = ~write
+            keys, values, pos = keys[rest], values[rest], (pos[rest] + 1) & mask
 
     def seen_ids(self) -> SeenIds:
         """A duplicate check for a manifest read against this state (see :class:`SeenIds`)."""
@@ -363,6 +420,13 @@ class ResumeState:
         table = array("Q", bytes(8 * slots))
         fps = array("I", bytes(4 * slots)) if old_fps is not None else None
         mask = slots - 1
+        if fps is None and self._size >= BLOCK_SETTLE_FROM:  # a big table: numpy passes
+            np = _numpy()
+            values = np.frombuffer(old, dtype=np.uint64)
+            values = values[values != 0]
+            self._table, self._mask, self._size = table, mask, 0
+            self.insert_block(values >> np.uint64(2), values)
+            return
         for j, value in enumerate(old):
             if value:
                 i = (value >> 2) & mask
@@ -422,20 +486,18 @@ class SeenIds(DigestSet):
 def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
     """Build the resume state from a results stream (only whole, valid record lines count).
 
-    ``fingerprints`` also keeps each ok record's source fingerprint (a full parse per line).
-    Otherwise the stream is read in blocks of whole lines: a block whose every line is a valid
-    item record is read by :func:`_scan_block` (:func:`block_heads`); any other block line by
-    line with :func:`parse_head`, the reference. Either way a line that is neither a record, an
+    The reference reads one line at a time (:func:`_scan_line`: :func:`parse_head`, orjson).
+    A stream of :data:`VECTOR_FROM` bytes or more is read a block at a time instead: a block
+    whose every line is a valid item record goes through :func:`_scan_block` (msgspec and
+    numpy); any other block line by line. Either way a line that is neither a record, an
     event nor blank is counted in ``corrupt_lines`` and its number kept in ``damaged``.
+    ``fingerprints`` also keeps each ok record's source fingerprint (the reference path).
     """
     state = ResumeState(fingerprints=fingerprints)
-    if fingerprints:
-        for lineno, line in enumerate(iter_lines(stream), 1):
-            _scan_line(state, line, lineno, True)
-        return state
+    size = _stream_size(stream)
+    vector = not fingerprints and size >= VECTOR_FROM
     read = stream.read
     tail = b""
-    first = True
     lineno = 0  # lines before the block
     while True:
         chunk = read(_BLOCK)
@@ -446,63 +508,66 @@ def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
         block, tail = data[:cut], data[cut:]
         if not block:
             continue
-        n = block.count(b"\n")
-        if first:
-            first = False
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                size = os.fstat(stream.fileno()).st_size
-                state.reserve(size // max(1, len(block) // n) + 1024)
-        if not _scan_block(state, block, n):  # some other line in this block: line by line
+        # numpy counts newlines ~3x faster than bytes.count, once it is imported anyway
+        n = _count_newlines(block) if vector else block.count(b"\n")
+        if not lineno and size:  # the first block tells the size of a line: room for all
+            state.reserve(size // max(1, len(block) // n) + 1024)
+        if not (vector and _scan_block(state, block, n)):
             for i, line in enumerate(block.split(b"\n")[:-1], lineno + 1):
-                _scan_line(state, line, i, False)
+                _scan_line(state, line, i, fingerprints)
         lineno += n
     if tail:
-        _scan_line(state, tail, lineno + 1, False)
+        _scan_line(state, tail, lineno + 1, fingerprints)
     return state
+
+
+def _count_newlines(data: bytes) -> int:
+    np = _numpy()
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE))
+
+
+_NEWLINE = 10
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    """The size of a file (or seekable stream), 0 when it cannot be told."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    try:
+        here = stream.tell()
+        end = stream.seek(0, os.SEEK_END)
+        stream.seek(here)
+    except (OSError, ValueError):
+        return 0
+    return end
 
 
 def _scan_block(state: ResumeState, block: bytes, n: int) -> bool:
     """Add a block of ``n`` whole lines if every one is a valid item record; else add nothing
-    (False). The same states as :func:`_scan_line` on each line (tests hold them together).
-
-    The keys and the table insert run as C-level ``map`` passes for every id whose home slot
-    is empty (no other id there, so this id is not in the table either) and that shares its
-    home slot with no other id of the block; only the rest (~a quarter at load 1/2) are probed
-    in Python, after them and in file order, so the last record of an id still wins.
+    (False). The same state as :func:`_scan_line` on each line (tests hold them together):
+    msgspec checks and decodes the block (:func:`block_heads`), Python hashes the ids, numpy
+    does the rest (:meth:`ResumeState.insert_block`) after keeping each id's last record.
     """
     heads = block_heads(block, n)
     if heads is None:
         return False
-    keys = list(map(_MASK62.__and__, map(hash, map(_HEAD_ID, heads))))
-    if 0 in keys:
-        return False  # 1 in 2**62: let the line path map it to 1
-    done = list(map(_DONE_STATUSES.__contains__, map(_HEAD_STATUS, heads)))
-    if (state._size + n) * 2 > state._mask:
-        state.reserve(state._size + n)
-    table, mask = state._table, state._mask
-    values = list(map(operator.or_, map(operator.lshift, keys, repeat(2)), done))
-    slots = list(map(mask.__and__, keys))
-    direct = list(map(operator.not_, map(table.__getitem__, slots)))  # home slot empty
-    if len(set(slots)) != n:  # ids of this block that share a home slot: probed in order
-        shared = {slot for slot, times in Counter(slots).items() if times > 1}
-        direct = list(
-            map(operator.and_, direct, map(operator.not_, map(shared.__contains__, slots)))
-        )
-    placed = list(compress(slots, direct))
-    deque(map(table.__setitem__, placed, compress(values, direct)), maxlen=0)
-    size = state._size + len(placed)
-    if len(placed) != n:
-        for i, value in compress(zip(slots, values, strict=True), map(operator.not_, direct)):
-            while True:
-                current = table[i]
-                if current == 0:
-                    size += 1
-                    break
-                if not (current ^ value) >> 2:  # this id: its later record wins
-                    break
-                i = (i + 1) & mask
-            table[i] = value
-    state._size = size
+    np = _numpy()
+    keys = np.fromiter(map(hash, map(_HEAD_ID, heads)), np.int64, n).view(np.uint64)
+    keys &= np.uint64(_MASK62)
+    keys[keys == 0] = 1  # as ResumeState.key
+    statuses = list(map(_HEAD_STATUS, heads))
+    if statuses.count("ok") == n:
+        values = (keys << np.uint64(2)) | np.uint64(1)
+    else:
+        done = np.fromiter(map(_DONE_STATUSES.__contains__, statuses), np.bool_, n)
+        values = (keys << np.uint64(2)) | done
+    unique, last = np.unique(keys[::-1], return_index=True)
+    if unique.size != n:  # an id twice in the block: its last record wins
+        keep = np.sort(n - 1 - last)
+        keys, values = keys[keep], values[keep]
+    state.insert_block(keys, values)
     state.records += n
     return True
 

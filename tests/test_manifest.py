@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchscribe import manifest as manifest_module
+from batchscribe import results as results_module
 from batchscribe.ids import DigestSet, id_digest, id_key
 from batchscribe.manifest import (
     Item,
@@ -1003,7 +1004,11 @@ def test_resumed_reading_settles_runs_as_lines_would(
     data = b"".join(_manifest_line(*line) for line in lines)
     part = None if shard is None else Shard(*shard)
     outcomes = []
-    with tempfile.TemporaryDirectory() as folder, patch.object(manifest_module, "_CHUNK", chunk):
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        patch.object(manifest_module, "_CHUNK", chunk),
+        patch.object(results_module, "BLOCK_SETTLE_FROM", 0),  # runs settle from the first id
+    ):
         manifest = Path(folder) / "m.jsonl"
         manifest.write_bytes(data)
         for runs in (True, False):
@@ -1041,7 +1046,8 @@ def test_a_settled_id_read_again_is_a_duplicate(tmp_path: Path) -> None:
         state.add(f"id-{i}", "ok")
     counts = [0, 0, 0]
     seen = state.seen_ids()
-    settle = state.settler("done", "failed", counts, seen=seen)
+    with patch.object(results_module, "BLOCK_SETTLE_FROM", 0):
+        settle = state.settler("done", "failed", counts, seen=seen)
     with patch.object(manifest_module, "_CHUNK", len(head)):  # the 50 lines are one run
         entries = list(iter_sources([str(manifest)], seen=seen, settled=settle))
     assert entries[0] == "done"  # the marker of a run settled at once

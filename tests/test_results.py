@@ -28,6 +28,14 @@ from batchscribe.results import (
 )
 
 
+def _scans(data: bytes) -> list[ResumeState]:
+    """The state ``data`` gives read line by line (the reference) and a block at a time."""
+    states = [scan(io.BytesIO(data))]
+    with mock.patch.object(results_module, "VECTOR_FROM", 0):
+        states.append(scan(io.BytesIO(data)))
+    return states
+
+
 def _line(item_id: str, status: str, **extra: object) -> bytes:
     return orjson.dumps({"id": item_id, "status": status, **extra}) + b"\n"
 
@@ -53,15 +61,15 @@ def test_last_record_of_an_id_is_its_state() -> None:
         [_line("a", "failed"), _line("b", "ok"), _line("a", "ok"), _line("c", "ok"),
          _line("c", "failed"), _line("d", "failed"), b'{"event":"run","ok":1}\n', b"garbage\n"]
     )  # fmt: skip
-    state = scan(io.BytesIO(data))
-    assert state.status(ResumeState.key("a")) == "ok"
-    assert state.status(ResumeState.key("b")) == "ok"
-    assert state.status(ResumeState.key("c")) == "failed"
-    assert state.status(ResumeState.key("d")) == "failed"
-    assert state.status(ResumeState.key("e")) is None
-    assert state.records == 6
-    assert state.corrupt_lines == 1
-    assert len(state) == 4
+    for state in _scans(data):
+        assert state.status(ResumeState.key("a")) == "ok"
+        assert state.status(ResumeState.key("b")) == "ok"
+        assert state.status(ResumeState.key("c")) == "failed"
+        assert state.status(ResumeState.key("d")) == "failed"
+        assert state.status(ResumeState.key("e")) is None
+        assert state.records == 6
+        assert state.corrupt_lines == 1
+        assert len(state) == 4
 
 
 @settings(max_examples=200)
@@ -69,10 +77,10 @@ def test_last_record_of_an_id_is_its_state() -> None:
 def test_scan_matches_a_dict_of_last_states(records: list[tuple[str, bool]]) -> None:
     """The compact resume state agrees with the obvious dict model on any history."""
     data = b"".join(_line(i, "ok" if ok else "failed") for i, ok in records)
-    state = scan(io.BytesIO(data))
     model = {i: ("ok" if ok else "failed") for i, ok in records}
-    for item_id in "abcdefghz":
-        assert state.status(ResumeState.key(item_id)) == model.get(item_id)
+    for state in _scans(data):
+        for item_id in "abcdefghz":
+            assert state.status(ResumeState.key(item_id)) == model.get(item_id)
 
 
 def test_torn_tail_is_cut_back_to_the_last_newline(tmp_path) -> None:
@@ -232,10 +240,12 @@ def test_block_scan_agrees_with_line_by_line_on_mixed_files(
         item_id, status = entry
         data += _line(item_id, status, transcription="x" * pad)
         model[item_id] = "ok" if status == "ok" else "failed"  # any other status is not done
-    state = scan(io.BytesIO(data))
-    for item_id, status in model.items():
-        assert state.status(ResumeState.key(item_id)) == status, (item_id, status)
-    assert state.status(ResumeState.key("never-there")) is None
+    reference, fast = _scans(data)
+    assert fast.entries() == reference.entries()
+    for state in (reference, fast):
+        for item_id, status in model.items():
+            assert state.status(ResumeState.key(item_id)) == status, (item_id, status)
+        assert state.status(ResumeState.key("never-there")) is None
 
 
 def test_settle_block_is_all_or_nothing_and_marks_ids_seen() -> None:
@@ -287,7 +297,7 @@ def test_resume_scan_agrees_with_a_full_parse_of_every_line_of_damaged_files(
 ) -> None:
     """Cuts, bit flips and splices anywhere: the block scan counts exactly the lines that parse
     whole as records (last one wins), and names every other line by its number."""
-    with mock.patch.object(results_module, "_BLOCK", block):
+    with mock.patch.multiple(results_module, _BLOCK=block, VECTOR_FROM=0):
         fast = scan(io.BytesIO(data))
     reference = _reference_scan(data)
     assert fast.entries() == reference.entries()
@@ -302,17 +312,17 @@ def test_a_line_cut_after_its_head_is_not_a_record() -> None:
     assert cut == b'{"id":"f02.wav","status":"ok","source":"\n'
     data = good + cut + _line("f03.wav", "failed") + b'{"event":"run","ok":1}\n'
     assert parse_head(cut[:-1]) is None
-    for state in (scan(io.BytesIO(data)), scan(io.BytesIO(data * 600))):  # line and block paths
+    for state in (*_scans(data), *_scans(data * 600)):
         assert state.status(ResumeState.key("f02.wav")) is None
         assert state.status(ResumeState.key("f01.wav")) == "ok"
         assert state.damaged[0] == 2
-    assert scan(io.BytesIO(data * 600)).corrupt_lines == 600
+    assert [s.corrupt_lines for s in _scans(data * 600)] == [600, 600]
 
 
 def test_submitted_is_done_and_other_statuses_are_failed() -> None:
     """A submitted record (its answer goes to a webhook) is not sent again; an odd status is."""
     data = _line("a", "submitted") + _line("b", "processing") + _line("c", "ok")
-    for state in (scan(io.BytesIO(data)), scan(io.BytesIO(data * 800))):
+    for state in (*_scans(data), *_scans(data * 800)):
         assert state.status(ResumeState.key("a")) == "ok"
         assert state.status(ResumeState.key("b")) == "failed"
         assert state.status(ResumeState.key("c")) == "ok"
