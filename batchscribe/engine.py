@@ -729,7 +729,10 @@ class Engine:
                 url = _request_url(self._endpoint, params)
             async with session.post(url, data=data, headers=headers) as response:
                 body = await response.read()
-                return classify(response.status, response.headers, body, now=self.clock.wall())
+                return classify(
+                    response.status, response.headers, body, now=self.clock.wall(),
+                    webhook=params.webhook_url is not None,
+                )  # fmt: skip
         except asyncio.TimeoutError:
             return Outcome(
                 Verdict.RETRY, None, "timeout", f"no response within {self.options.timeout:g} s"
@@ -781,8 +784,8 @@ class Engine:
         audio = 0.0
         record["attempts"] = attempts
         record["http_status"] = outcome.http_status
-        if outcome.verdict is Verdict.OK:
-            record["status"] = "ok"
+        if outcome.verdict is Verdict.OK or outcome.verdict is Verdict.SUBMITTED:
+            record["status"] = "ok" if outcome.verdict is Verdict.OK else "submitted"
             record["error"] = None
             record["cause"] = None
         else:
@@ -791,7 +794,12 @@ class Engine:
         record["finished_at"] = utc_now()
         record["run"] = summary.run_id
         payload = outcome.payload
-        if payload is not None:
+        if outcome.verdict is Verdict.SUBMITTED:
+            # No transcript: the service sends it to the webhook, under this request id.
+            record["request_id"] = outcome.request_id
+            if payload is not None:
+                record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
+        elif payload is not None:
             duration = _payload_duration(payload)
             if duration is None and header_duration is not None:
                 duration = round(header_duration, 3)
@@ -802,7 +810,7 @@ class Engine:
             record["words"] = payload.get("words")
             record["utterances"] = payload.get("utterances")
             record["duration"] = duration
-            record["request_id"] = payload.get("request_id")
+            record["request_id"] = outcome.request_id
             record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
         if item.params:
             record["params"] = dict(item.params)  # per-item Pulse overrides, for reruns
@@ -820,6 +828,8 @@ class Engine:
             summary.audio_seconds += audio
             if summary.sample is None and record.get("transcription"):
                 summary.sample = f"{item.id}: {str(record['transcription'])[:120]!r}"
+        elif outcome.verdict is Verdict.SUBMITTED:
+            summary.submitted += 1
         else:
             summary.failed += 1
             summary.failed_by_cause[outcome.cause] += 1

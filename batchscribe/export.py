@@ -395,7 +395,7 @@ class ExportSummary:
     written: int = 0
     up_to_date: int = 0
     not_ok: int = 0  # final state failed: nothing to export
-    no_transcript: int = 0  # ok, but the transcript went to a webhook
+    no_transcript: int = 0  # submitted: the transcript went to a webhook (or ok without one)
     urls: int = 0  # --beside-audio: URL items have no folder to write beside
     errors: int = 0
     counts: ReadCounts = field(default_factory=ReadCounts)
@@ -521,7 +521,11 @@ def export(
     summary = ExportSummary()
     taken = DigestSet()
     for _, _, record in final_states(paths, counts=summary.counts):
-        if record.get("status") != "ok":
+        status = record.get("status")
+        if status == "submitted":
+            summary.no_transcript += 1  # the transcript went to the webhook
+            continue
+        if status != "ok":
             summary.not_ok += 1
             continue
         if not _has_transcript(record):

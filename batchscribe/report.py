@@ -54,6 +54,8 @@ CAUSES = (
     "too_large",
     "file_changed",
 )
+#: Final states that are not failures (``failed`` never lists them).
+_DONE = ("ok", "submitted")
 _MAX_ERRORS = 1000  # distinct error messages counted (a bound, for errors that name files)
 
 
@@ -66,7 +68,7 @@ class Report:
     items: int = 0
     ok: int = 0
     failed: int = 0
-    webhook_pending: int = 0  # ok, but the transcript goes to a webhook
+    submitted: int = 0  # accepted for a webhook: the transcript goes there, not here
     failed_by_cause: Counter[str] = field(default_factory=Counter)
     failed_by_status: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -102,7 +104,7 @@ class Report:
             "items": self.items,
             "ok": self.ok,
             "failed": self.failed,
-            "webhook_pending": self.webhook_pending,
+            "submitted": self.submitted,
             "failed_by_cause": dict(self.failed_by_cause.most_common()),
             "failed_by_http_status": dict(self.failed_by_status.most_common()),
             "top_errors": [{"error": e, "count": n} for e, n in self.errors.most_common(self.top)],
@@ -125,9 +127,10 @@ class Report:
             + (f", {c.unreadable:,} unreadable line(s) skipped" if c.unreadable else ""),
         ]
         share = f" ({100 * self.ok / self.items:.1f}%)" if self.items else ""
-        out.append(f"items: {self.items:,}  ok: {self.ok:,}{share}  failed: {self.failed:,}")
-        if self.webhook_pending:
-            out.append(f"  ok but transcript sent to a webhook: {self.webhook_pending:,}")
+        items = f"items: {self.items:,}  ok: {self.ok:,}{share}  failed: {self.failed:,}"
+        if self.submitted:
+            items += f"  submitted: {self.submitted:,} (answers go to the webhook)"
+        out.append(items)
         if self.failed_by_cause:
             causes = "  ".join(f"{k}: {n:,}" for k, n in self.failed_by_cause.most_common())
             out.append(f"  failed by cause: {causes}")
@@ -295,22 +298,28 @@ class _Tally:
         statuses = _column(records, "status")
         responses = _column(records, "response")
         ok = statuses.count("ok")
+        submitted = statuses.count("submitted")
+        report.submitted += submitted
         if ok == n:
             self._add_ok(records, responses)
         elif ok:
             is_ok = list(map(operator.eq, statuses, repeat("ok")))
             self._add_ok(list(compress(records, is_ok)), list(compress(responses, is_ok)))
-        if ok < n:
-            report.failed += n - ok
+        if ok + submitted < n:
+            report.failed += n - ok - submitted
             for record, status in zip(records, statuses, strict=True):
-                if status != "ok":
+                if status != "ok" and status != "submitted":
                     _add_failure(report, record)
         if report.top > 0:
             self._add_top(records, seqs, attempts, responses)
 
     def _add_ok(self, records: list[dict[str, Any]], responses: list[Any]) -> None:
         report = self.report
-        report.ok += len(records)
+        # An ok record of a webhook request (as written before the submitted state existed)
+        # holds no transcript: it is submitted.
+        legacy = _column(_dicts(responses), "status").count("processing")
+        report.ok += len(records) - legacy
+        report.submitted += legacy
         durations = _column(records, "duration")
         if not set(map(type, durations)) <= _NUMBER:
             durations = [d for d in durations if (type(d) is float or type(d) is int) and d == d]
@@ -319,7 +328,6 @@ class _Tally:
         report.audio_seconds = reduce(operator.add, durations, report.audio_seconds)
         if report.charts:
             report.durations.extend(durations)
-        report.webhook_pending += _column(_dicts(responses), "status").count("processing")
 
     def _add_top(
         self,
@@ -388,14 +396,18 @@ def _add_final(
             report.last_finished = finished
     response = get("response")
     duration = _duration(record)
-    if get("status") == "ok":
-        report.ok += 1
+    status = get("status")
+    if status == "ok":
         if type(response) is dict and response.get("status") == "processing":
-            report.webhook_pending += 1
+            report.submitted += 1  # written before the submitted state existed
+        else:
+            report.ok += 1
         if duration is not None:
             report.audio_seconds += duration
             if report.charts:
                 report.durations.append(duration)
+    elif status == "submitted":
+        report.submitted += 1
     else:
         report.failed += 1
         _add_failure(report, record)
@@ -465,7 +477,7 @@ def _entry(
 ) -> dict[str, Any]:
     return {
         "id": display_id(record["id"]),
-        "status": "ok" if record.get("status") == "ok" else "failed",
+        "status": record["status"] if record.get("status") in _DONE else "failed",
         "cause": record.get("cause"),
         "attempts": attempts,
         "processing_time_ms": processing,
@@ -677,8 +689,8 @@ def failed_manifest(
         counts: filled in with what the files hold.
     """
     for _, _, record in final_states(paths, counts=counts):
-        if record.get("status") == "ok":
-            continue
+        if record.get("status") in _DONE:
+            continue  # ok, or submitted (its transcript is on its way to the webhook)
         if causes is not None and record.get("cause") not in causes:
             continue
         source = record.get("source")
@@ -703,6 +715,7 @@ def failed_manifest(
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 _OK = "#59a14f"
+_SUBMITTED = "#4e79a7"
 _CAUSE_COLOURS = {
     "5xx": "#e15759", "429": "#f28e2b", "network": "#b07aa1", "timeout": "#9c755f",
     "4xx": "#d37295", "missing": "#79706e", "invalid": "#bab0ac", "too_large": "#edc948",
@@ -768,7 +781,10 @@ def render_html(report: Report, *, title: str = "batchscribe report", generated:
         ("Retries spent", f"{report.retries:,}", "attempts beyond the first"),
         ("Runs", f"{len(report.runs):,}", _span(report)),
     ]
-    outcomes = [("ok", report.ok, _OK)] + [
+    outcomes = [("ok", report.ok, _OK)]
+    if report.submitted:
+        outcomes.append(("submitted (webhook)", report.submitted, _SUBMITTED))
+    outcomes += [
         (f"failed: {cause}", n, _CAUSE_COLOURS.get(cause, "#e15759"))
         for cause, n in report.failed_by_cause.most_common()
     ]

@@ -430,7 +430,9 @@ def _report_records(draw: st.DrawFn) -> bytes:
     kind = draw(st.integers(0, 12))
     if kind == 0:
         return draw(_other_lines)
-    status = draw(st.sampled_from(["ok", "ok", "ok", "failed", "failed", "okay", None]))
+    status = draw(
+        st.sampled_from(["ok", "ok", "ok", "failed", "failed", "submitted", "okay", None])
+    )
     fields: dict[str, Any] = {
         "attempts": draw(st.one_of(st.integers(-1, 6), _odd)),
         "finished_at": draw(_stamps),
@@ -517,7 +519,8 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
         record("a", "failed", attempts=6, cause="5xx", http_status=503),
         record("b", attempts=2, duration=10.0, meta={"processing_time_ms": 900}),
         record("c", "failed", attempts=0, cause="missing", http_status=None, error="not found"),
-        record("d", response_status="processing", duration=None, transcription=""),
+        record("d", response_status="processing", duration=None, transcription=""),  # (as of 0.1)
+        record("f", "submitted", error=None, cause=None, http_status=200, request_id="req-f"),
         run_record("r1"),
     )  # fmt: skip
     two = write(
@@ -529,7 +532,7 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
         b"garbage\n",
     )  # fmt: skip
     report = build_report([str(one), str(two)], top=5)
-    assert (report.items, report.ok, report.failed, report.webhook_pending) == (5, 3, 2, 1)
+    assert (report.items, report.ok, report.failed, report.submitted) == (6, 2, 2, 2)
     assert report.failed_by_cause == {"missing": 1, "429": 1}
     assert report.failed_by_status == {"none": 1, "429": 1}
     assert report.retries == (3 - 1) + (2 - 1) + (4 - 1)
@@ -542,7 +545,8 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
     assert doc["failed_by_http_status"] == {"none": 1, "429": 1}
     assert doc["top_errors"][0]["count"] == 1
     text = "\n".join(report.lines())
-    assert "items: 5  ok: 3 (60.0%)  failed: 2" in text
+    assert "items: 6  ok: 2 (33.3%)  failed: 2  submitted: 2 (answers go to the webhook)" in text
+    assert report.as_dict()["submitted"] == 2
     assert "failed by cause: missing: 1  429: 1" in text
 
 
