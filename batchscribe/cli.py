@@ -637,22 +637,31 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     if ns.out is not None and any(os.path.realpath(ns.out) == os.path.realpath(p) for p in paths):
         raise ConfigError(f"{ns.out}: is one of the results files; write the list elsewhere")
     counts = ReadCounts()
-    lines = (
-        console.redact(orjson.dumps(entry).decode())
-        for entry in failed_manifest(paths, causes=causes, counts=counts)
-    )
+    # A manifest for `run` must carry each item's real id and URL: a presigned URL's signature
+    # is kept, except on a terminal (a terminal line never shows one); the key never is.
+    on_terminal = ns.out is None and sys.stdout.isatty()
+    hidden = 0
+
+    def shown(entry: dict[str, object]) -> str:
+        nonlocal hidden
+        text = console.redact.keys(orjson.dumps(entry).decode())
+        if on_terminal:
+            scrubbed = console.redact(text)
+            hidden += scrubbed != text
+            return scrubbed
+        return text
+
+    lines = map(shown, failed_manifest(paths, causes=causes, counts=counts))
     count = 0
     if ns.out is None:
-        out = Console(sys.stdout, console.redact)
         batch: list[str] = []
-        for line in lines:
+        for line in lines:  # (redacted above)
             count += 1
             batch.append(line)
             if len(batch) >= 1000:  # one write and flush per thousand lines, not per line
-                out.line("\n".join(batch))
-                batch.clear()
+                _write_stdout(batch)
         if batch:
-            out.line("\n".join(batch))
+            _write_stdout(batch)
     else:
         data = []
         for line in lines:
@@ -665,7 +674,19 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     _warn_unreadable(console, counts.unreadable)
     where = f" to {ns.out}" if ns.out else ""
     console.line(f"batchscribe: {count:,} failed item(s) listed{where}")
+    if hidden:
+        console.line(
+            f"batchscribe: {hidden:,} presigned URL(s) shown without their signature on a "
+            "terminal; redirect the list to a file (or --out FILE) for a manifest run can send"
+        )
     return EXIT_OK
+
+
+def _write_stdout(lines: list[str]) -> None:
+    """Write lines (already redacted as they must be) to stdout in one write, and empty the list."""
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    lines.clear()
 
 
 def _cmd_export(ns: argparse.Namespace, console: Console) -> int:

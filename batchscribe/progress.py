@@ -39,10 +39,15 @@ class Redactor:
             self._secrets.append(secret)
 
     def __call__(self, text: str) -> str:
+        return scrub_signed_urls(self.keys(text))  # presigned URLs' signatures, whoever signed
+
+    def keys(self, text: str) -> str:
+        """``text`` with the secrets (API keys) replaced but presigned URLs left whole: for
+        what a machine reads back as input (a manifest written to a file or a pipe)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return scrub_signed_urls(text)  # presigned URLs' signatures, whatever signed them
+        return text
 
 
 class Console:
