@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import stat
 import sys
@@ -58,6 +59,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number that may be 0 (``--runs``, ``--max-items``), refused like the others."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _finite(text: str, expected: str) -> float:
+    """A float from ``text``; NaN and infinities are refused (a comparison with NaN is always
+    false, so a NaN would slip past every range check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+    return value
+
+
 def _concurrency(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
@@ -65,11 +89,8 @@ def _concurrency(text: str) -> int | str:
 
 
 def _per_second(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected requests per second, not {text!r}") from None
-    if not value > 0 or value == float("inf"):
+    value = _finite(text, "requests per second")
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
@@ -78,12 +99,16 @@ DEFAULT_MAX_CONCURRENCY = 256
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    value = _finite(text, "seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _finite(text, "seconds")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 
 
@@ -116,16 +141,13 @@ def _duration(text: str) -> float:
         value = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    if not 0 < value < math.inf:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be a positive duration, not {text}")
     return value
 
 
 def _price(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    value = _finite(text, "a number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
@@ -237,7 +259,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="attempts per item, the first included (default: 6)",
     )  # fmt: skip
     pace.add_argument(
-        "--timeout", type=_seconds, default=900.0, metavar="S",
+        "--timeout", type=_positive_seconds, default=900.0, metavar="S",
         help="seconds per request, upload and response (default: 900)",
     )  # fmt: skip
     pace.add_argument(
@@ -254,7 +276,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="re-transcribe ok files whose size or mtime changed since their record",
     )  # fmt: skip
     jobs.add_argument(
-        "--max-items", type=int, metavar="N",
+        "--max-items", type=_count, metavar="N",
         help="send at most N items, then stop (exit 4 when work is left)",
     )  # fmt: skip
     jobs.add_argument(
@@ -368,8 +390,6 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     # in it, and the interpreter closes sys.stdin at exit, which aborts the process if a thread
     # is still inside it ("could not acquire lock ... at interpreter shutdown").
     stdin = _open_stdin() if "-" in ns.sources else None
-    if ns.max_items is not None and ns.max_items < 0:
-        raise ConfigError("--max-items must not be negative")
     shard = _apply_shard(ns, console)
     if ns.dry_run:
         return _dry_run(ns, console, stdin, shard)
@@ -510,7 +530,7 @@ def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="slowest / most-attempted items and common errors listed (default: 10)",
     )  # fmt: skip
     report.add_argument(
-        "--runs", type=int, default=10, metavar="N",
+        "--runs", type=_count, default=10, metavar="N",
         help="latest runs listed in the text report (default: 10; 0: all)",
     )  # fmt: skip
     report.set_defaults(handler=_pipe_safe(_cmd_report))
