@@ -29,7 +29,7 @@ import orjson
 from yarl import URL
 
 from batchscribe import cloud, manifest
-from batchscribe.audio import audio_duration
+from batchscribe.audio import audio_duration, plausible_seconds
 from batchscribe.clock import Clock, LoopClock
 from batchscribe.control import AdaptiveConcurrency, ConcurrencyLimit, Pacer, PoolPause
 from batchscribe.errors import (
@@ -985,10 +985,8 @@ class Engine:
 def _payload_duration(payload: dict[str, Any] | None) -> float | None:
     """Audio seconds from a response's metadata, if it says."""
     meta = payload.get("metadata") if payload else None
-    duration = meta.get("duration") if isinstance(meta, dict) else None
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-        return float(duration)
-    return None
+    # (An absurd or negative one is no duration: the file's header says instead.)
+    return plausible_seconds(meta.get("duration")) if isinstance(meta, dict) else None
 
 
 class _Skips(NamedTuple):

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import srt
 
+from batchscribe.audio import plausible_seconds
 from batchscribe.errors import ConfigError
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.pulse import AUDIO_EXTENSIONS
@@ -93,9 +94,9 @@ def _spans(values: object, key: str) -> list[_Span]:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        return float(value)
-    return None
+    """A time in the recording, in seconds; None unless plausible (a corrupt record's negative
+    or absurd times must not reach a subtitle: see :func:`plausible_seconds`)."""
+    return plausible_seconds(value)
 
 
 def _ms(seconds: float) -> int:

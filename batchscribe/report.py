@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import orjson
 
+from batchscribe.audio import MAX_AUDIO_SECONDS
 from batchscribe.errors import ConfigError
 from batchscribe.results import (
     BATCH,
@@ -54,6 +55,10 @@ CAUSES = (
     "too_large",
     "file_changed",
 )
+#: Times a record may hold beyond audio (a run's wall time, a server's processing time):
+#: past these they are corrupt, shown as "-" rather than as a 300-digit number of hours.
+_MAX_SHOWN = 1e9  # seconds (31 years), and for _float any magnitude
+_MAX_MS = MAX_AUDIO_SECONDS * 1000
 #: Final states that are not failures (``failed`` never lists them).
 _DONE = ("ok", "submitted")
 _MAX_ERRORS = 1000  # distinct error messages counted (a bound, for errors that name files)
@@ -74,6 +79,7 @@ class Report:
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0  # sum of attempts - 1 over final records
     audio_seconds: float = 0.0
+    implausible_durations: int = 0  # ok records whose duration is < 0 or over a week: not counted
     first_finished: str | None = None
     last_finished: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +117,7 @@ class Report:
             "retries": self.retries,
             "audio_seconds": round(self.audio_seconds, 3),
             "audio_hours": round(self.audio_seconds / 3600, 4),
+            "implausible_durations": self.implausible_durations,
             "first_finished_at": self.first_finished,
             "last_finished_at": self.last_finished,
             "runs": self.runs,
@@ -143,6 +150,11 @@ class Report:
             f"retries spent: {self.retries:,}  audio transcribed: "
             f"{self.audio_seconds / 3600:,.3f} h ({self.audio_seconds:,.1f} s)"
         )
+        if self.implausible_durations:
+            out.append(
+                f"  {self.implausible_durations:,} ok item(s) with an impossible duration "
+                "(negative or over a week): not counted"
+            )
         if self.first_finished:
             out.append(f"finished between {self.first_finished} and {self.last_finished}")
         out.append(f"runs recorded: {len(self.runs)}")
@@ -323,7 +335,11 @@ class _Tally:
         durations = _column(records, "duration")
         if not set(map(type, durations)) <= _NUMBER:
             durations = [d for d in durations if (type(d) is float or type(d) is int) and d == d]
-        # (orjson never makes a NaN: when every duration is a number, every one counts.)
+        # (orjson never makes a NaN: when every duration is a number, every one is compared.)
+        if durations and not (min(durations) >= 0 and max(durations) <= MAX_AUDIO_SECONDS):
+            kept = [d for d in durations if 0 <= d <= MAX_AUDIO_SECONDS]
+            report.implausible_durations += len(durations) - len(kept)
+            durations = kept
         # Summed in order, exactly as `+=` one record at a time (sum() may compensate).
         report.audio_seconds = reduce(operator.add, durations, report.audio_seconds)
         if report.charts:
@@ -406,6 +422,8 @@ def _add_final(
             report.audio_seconds += duration
             if report.charts:
                 report.durations.append(duration)
+        elif _number(get("duration")) is not None:
+            report.implausible_durations += 1
     elif status == "submitted":
         report.submitted += 1
     else:
@@ -434,9 +452,9 @@ def _add_failure(report: Report, record: dict[str, Any]) -> None:
 
 
 def _duration(record: dict[str, Any]) -> float | None:
-    """The record's audio seconds, if a number (orjson makes exact types: no bool here)."""
+    """The record's audio seconds, if a plausible number (as ``audio.plausible_seconds``)."""
     duration = record.get("duration")
-    if (type(duration) is float or type(duration) is int) and duration == duration:
+    if (type(duration) is float or type(duration) is int) and 0 <= duration <= MAX_AUDIO_SECONDS:
         return cast(float, duration)
     return None
 
@@ -446,7 +464,8 @@ def _processing(response: object) -> float | None:
     if type(response) is dict:
         meta = response.get("metadata")
         if type(meta) is dict:
-            return _number(meta.get("processing_time_ms"))
+            ms = _number(meta.get("processing_time_ms"))
+            return ms if ms is None or 0 <= ms <= _MAX_MS else None
     return None
 
 
@@ -458,11 +477,14 @@ def _processing_times(responses: list[Any]) -> list[float | None]:
         return [None] * len(metas)
     values = _column(_dicts(metas, types), "processing_time_ms")
     types = set(map(type, values))
-    if types <= _NUMBER:  # (orjson never makes a NaN)
+    if types <= _NUMBER and min(values) >= 0 and max(values) <= _MAX_MS:  # (orjson: no NaN)
         return list(map(float, values))
     if types <= _NONE:
         return values
-    return [float(v) if (type(v) is int or type(v) is float) and v == v else None for v in values]
+    return [
+        float(v) if (type(v) is int or type(v) is float) and 0 <= v <= _MAX_MS else None
+        for v in values
+    ]
 
 
 def _dicts(values: list[Any], types: set[type] | None = None) -> list[Any]:
@@ -625,19 +647,20 @@ def _int(value: object) -> str:
 
 def _float(value: object) -> str:
     number = _number(value)
-    return "-" if number is None else f"{number:,.1f}"
+    return "-" if number is None or not abs(number) < _MAX_SHOWN else f"{number:,.1f}"
 
 
 def _ms(value: object) -> str:
     number = _number(value)
-    if number is None:
+    if number is None or number < 0:
         return "-"
     return f"{number:,.0f} ms" if number < 1000 else _seconds(number / 1000)
 
 
 def _seconds(value: object) -> str:
+    """Seconds for people; "-" for none, and for a negative or absurd value (a corrupt record)."""
     number = _number(value)
-    if number is None:
+    if number is None or not 0 <= number < _MAX_SHOWN:
         return "-"
     if number < 120:
         return f"{number:.1f} s"

@@ -28,6 +28,10 @@ SCRIPTS: dict[str, list[tuple[int, dict[str, Any]]]] = {
     "busy": [(200, {"status": "error", "message": "Server busy, try again later"}),
              (200, {"status": "success", "transcription": "after the busy spell",
                     "metadata": {"duration": 1.5}})],
+    "absurd": [(200, {"status": "success", "transcription": "hi",
+                      "metadata": {"duration": 1e308}})],
+    "negative": [(200, {"status": "success", "transcription": "hi",
+                        "metadata": {"duration": -40.0}})],
     "silence": [(200, {"status": "success", "transcription": "", "words": [],
                        "metadata": {"duration": 2.0}})],
 }  # fmt: skip
@@ -151,6 +155,21 @@ def test_silence_is_an_empty_transcript_and_ok(tmp_path, make_archive, run_cli, 
     assert proc.returncode == 0, proc.stderr
     record = _only(out)
     assert record["status"] == "ok" and record["transcription"] == ""
+
+
+@pytest.mark.parametrize("name", ["absurd", "negative"])
+def test_an_impossible_duration_in_an_answer_is_not_audio(
+    tmp_path, make_archive, run_cli, scripted, name
+) -> None:
+    """An answer's negative or absurd duration (1e308) is not recorded or summed: the file's
+    own header gives the duration, and the summary's audio hours stay true."""
+    archive = make_archive(tmp_path, 1)  # 0.2 s of audio
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", scripted.url(name))
+    assert proc.returncode == 0, proc.stderr
+    record = _only(out)
+    assert record["duration"] == 0.2 and record["duration_from"] == "header"
+    assert "audio: 0.000 h (0.2 s)" in proc.stdout
 
 
 # --------------------------------------------------------------------------- webhooks

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import HTTPError
@@ -151,6 +152,21 @@ def test_dry_run_sends_nothing_and_writes_nothing(
     assert "manifest.jsonl:6: invalid JSON" in proc.stderr
     assert out.read_bytes() == before
     assert emu.stats()["requests"] == 0
+
+
+def test_dry_run_does_not_count_a_header_claiming_days_of_audio(tmp_path, run_cli) -> None:
+    """A WAV header claiming more than a week of audio (1 frame a second) is a duration
+    unknown to --dry-run, not hundreds of hours to send."""
+    liar = tmp_path / "archive" / "liar.wav"
+    liar.parent.mkdir()
+    with wave.open(str(liar), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(1)
+        handle.writeframes(bytes(2 * 700_000))  # 700,000 s: eight days
+    proc = run_cli("run", liar.parent, "--out", tmp_path / "r.jsonl", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "audio to send: 0.000 h (0.0 s, 1.4 MB); duration unknown for 1 item(s)" in proc.stdout
 
 
 def test_json_log_file_has_events_and_summary_and_no_key(
