@@ -11,6 +11,21 @@ import struct
 import wave
 from typing import Any
 
+#: The most audio one item can hold: a week. The API takes 250 MB a request, under six days
+#: even at 4 kbit/s, so a duration or time beyond this (or below 0) read from a record, an
+#: answer or a header is a corrupt value, not audio.
+MAX_AUDIO_SECONDS = 7 * 24 * 3600.0
+
+
+def plausible_seconds(value: object) -> float | None:
+    """``value`` as seconds of audio when it is a number from 0 to :data:`MAX_AUDIO_SECONDS`;
+    else None (not a number, negative, NaN, infinite or absurdly large)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not 0 <= value <= MAX_AUDIO_SECONDS:  # (NaN too: every comparison with it is false)
+        return None
+    return float(value)
+
 
 def audio_duration(path: str) -> float | None:
     """Seconds of audio in a file, from its header; None when it cannot be told."""
@@ -21,13 +36,13 @@ def audio_duration(path: str) -> float | None:
     except Exception:  # mutagen raises many types for odd files; a duration is best effort
         info = None
     if info is not None and getattr(info, "info", None) is not None:
-        length = getattr(info.info, "length", None)
-        if isinstance(length, (int, float)) and length > 0:
-            return float(length)
+        length = plausible_seconds(getattr(info.info, "length", None))
+        if length:
+            return length
     with contextlib.suppress(Exception), wave.open(path, "rb") as handle:
         rate = handle.getframerate()
         if rate > 0:
-            return handle.getnframes() / rate
+            return plausible_seconds(handle.getnframes() / rate)
     return None
 
 
@@ -78,10 +93,8 @@ def head_duration(head: bytes, size: int) -> float | None:
         info = mutagen.File(io.BufferedReader(_Sparse(head, size)))
     except Exception:  # a duration is best effort, as for local files
         return None
-    length = getattr(getattr(info, "info", None), "length", None)
-    if isinstance(length, (int, float)) and length > 0:
-        return float(length)
-    return None
+    length = plausible_seconds(getattr(getattr(info, "info", None), "length", None))
+    return length or None
 
 
 def wav_duration(head: bytes, size: int) -> float | None:
@@ -99,6 +112,6 @@ def wav_duration(head: bytes, size: int) -> float | None:
             available = size - body
             # 0 and 0xFFFFFFFF mark a streamed WAV whose length was never patched in.
             data = available if chunk_size in (0, 0xFFFFFFFF) else min(chunk_size, available)
-            return max(0, data) / byte_rate
+            return plausible_seconds(max(0, data) / byte_rate)
         offset = body + chunk_size + (chunk_size & 1)
     return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import stat
 import sys
@@ -65,6 +66,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number that may be 0 (``--runs``, ``--max-items``), refused like the others."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _finite(text: str, expected: str) -> float:
+    """A float from ``text``; NaN and infinities are refused (a comparison with NaN is always
+    false, so a NaN would slip past every range check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}")
+    return value
+
+
 def _concurrency(text: str) -> int | str:
     if text.strip().lower() == "auto":
         return "auto"
@@ -72,11 +96,8 @@ def _concurrency(text: str) -> int | str:
 
 
 def _per_second(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected requests per second, not {text!r}") from None
-    if not value > 0 or value == float("inf"):
+    value = _finite(text, "requests per second")
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
@@ -85,12 +106,16 @@ DEFAULT_MAX_CONCURRENCY = 256
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    value = _finite(text, "seconds")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _finite(text, "seconds")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 
 
@@ -123,16 +148,13 @@ def _duration(text: str) -> float:
         value = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    if not 0 < value < math.inf:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be a positive duration, not {text}")
     return value
 
 
 def _price(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    value = _finite(text, "a number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
     return value
@@ -245,7 +267,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="attempts per item, the first included (default: 6)",
     )  # fmt: skip
     pace.add_argument(
-        "--timeout", type=_seconds, default=900.0, metavar="S",
+        "--timeout", type=_positive_seconds, default=900.0, metavar="S",
         help="seconds per request, upload and response (default: 900)",
     )  # fmt: skip
     pace.add_argument(
@@ -262,7 +284,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="re-transcribe ok files whose size or mtime changed since their record",
     )  # fmt: skip
     jobs.add_argument(
-        "--max-items", type=int, metavar="N",
+        "--max-items", type=_count, metavar="N",
         help="send at most N items, then stop (exit 4 when work is left)",
     )  # fmt: skip
     jobs.add_argument(
@@ -376,8 +398,6 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     # in it, and the interpreter closes sys.stdin at exit, which aborts the process if a thread
     # is still inside it ("could not acquire lock ... at interpreter shutdown").
     stdin = _open_stdin() if "-" in ns.sources else None
-    if ns.max_items is not None and ns.max_items < 0:
-        raise ConfigError("--max-items must not be negative")
     shard = _apply_shard(ns, console)
     if ns.dry_run:
         return _dry_run(ns, console, stdin, shard)
@@ -520,7 +540,7 @@ def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="slowest / most-attempted items and common errors listed (default: 10)",
     )  # fmt: skip
     report.add_argument(
-        "--runs", type=int, default=10, metavar="N",
+        "--runs", type=_count, default=10, metavar="N",
         help="latest runs listed in the text report (default: 10; 0: all)",
     )  # fmt: skip
     report.set_defaults(handler=_pipe_safe(_cmd_report))
@@ -649,22 +669,31 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     if ns.out is not None and any(os.path.realpath(ns.out) == os.path.realpath(p) for p in paths):
         raise ConfigError(f"{ns.out}: is one of the results files; write the list elsewhere")
     counts = ReadCounts()
-    lines = (
-        console.redact(orjson.dumps(entry).decode())
-        for entry in failed_manifest(paths, causes=causes, counts=counts)
-    )
+    # A manifest for `run` must carry each item's real id and URL: a presigned URL's signature
+    # is kept, except on a terminal (a terminal line never shows one); the key never is.
+    on_terminal = ns.out is None and sys.stdout.isatty()
+    hidden = 0
+
+    def shown(entry: dict[str, object]) -> str:
+        nonlocal hidden
+        text = console.redact.keys(orjson.dumps(entry).decode())
+        if on_terminal:
+            scrubbed = console.redact(text)
+            hidden += scrubbed != text
+            return scrubbed
+        return text
+
+    lines = map(shown, failed_manifest(paths, causes=causes, counts=counts))
     count = 0
     if ns.out is None:
-        out = Console(sys.stdout, console.redact)
         batch: list[str] = []
-        for line in lines:
+        for line in lines:  # (redacted above)
             count += 1
             batch.append(line)
             if len(batch) >= 1000:  # one write and flush per thousand lines, not per line
-                out.line("\n".join(batch))
-                batch.clear()
+                _write_stdout(batch)
         if batch:
-            out.line("\n".join(batch))
+            _write_stdout(batch)
     else:
         data = []
         for line in lines:
@@ -677,7 +706,19 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     _warn_unreadable(console, counts)
     where = f" to {ns.out}" if ns.out else ""
     console.line(f"batchscribe: {count:,} failed item(s) listed{where}")
+    if hidden:
+        console.line(
+            f"batchscribe: {hidden:,} presigned URL(s) shown without their signature on a "
+            "terminal; redirect the list to a file (or --out FILE) for a manifest run can send"
+        )
     return EXIT_OK
+
+
+def _write_stdout(lines: list[str]) -> None:
+    """Write lines (already redacted as they must be) to stdout in one write, and empty the list."""
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    lines.clear()
 
 
 def _cmd_export(ns: argparse.Namespace, console: Console) -> int:

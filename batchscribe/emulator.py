@@ -1241,7 +1241,7 @@ def _latency(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(
             f"latency must look like MS or MS:JITTER (e.g. 200:50), not {text!r}"
         ) from None
-    if min(values) < 0:
+    if not all(0 <= value < math.inf for value in values):  # (NaN too)
         raise argparse.ArgumentTypeError(f"latency and jitter must be >= 0, not {text!r}")
     return values
 
@@ -1252,17 +1252,27 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
+        if not 0 < value < math.inf:  # (NaN too)
             raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
         return value
 
     return parse
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``batchscribe emulate`` flags to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8787, help="TCP port (default: 8787; 0: any)")
+    parser.add_argument("--port", type=_port, default=8787, help="TCP port (default: 8787; 0: any)")
     parser.add_argument("--key", help="require Authorization: Bearer KEY (default: no key check)")
     parser.add_argument(
         "--latency",

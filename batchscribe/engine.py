@@ -33,7 +33,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 from batchscribe import cloud, manifest
-from batchscribe.audio import audio_duration
+from batchscribe.audio import audio_duration, plausible_seconds
 from batchscribe.clock import Clock, LoopClock
 from batchscribe.control import AdaptiveConcurrency, ConcurrencyLimit, Pacer, PoolPause
 from batchscribe.errors import (
@@ -797,7 +797,10 @@ class Engine:
                     body = await response.read()
                 except aiohttp.ClientPayloadError as exc:
                     return _unreadable_body(response, exc)
-                return classify(response.status, response.headers, body, now=self.clock.wall())
+                return classify(
+                    response.status, response.headers, body, now=self.clock.wall(),
+                    webhook=params.webhook_url is not None,
+                )  # fmt: skip
         except asyncio.TimeoutError:
             return Outcome(
                 Verdict.RETRY, None, "timeout", f"no response within {self.options.timeout:g} s"
@@ -854,8 +857,8 @@ class Engine:
         audio = 0.0
         record["attempts"] = attempts
         record["http_status"] = outcome.http_status
-        if outcome.verdict is Verdict.OK:
-            record["status"] = "ok"
+        if outcome.verdict is Verdict.OK or outcome.verdict is Verdict.SUBMITTED:
+            record["status"] = "ok" if outcome.verdict is Verdict.OK else "submitted"
             record["error"] = None
             record["cause"] = None
         else:
@@ -864,7 +867,12 @@ class Engine:
         record["finished_at"] = utc_now()
         record["run"] = summary.run_id
         payload = outcome.payload
-        if payload is not None:
+        if outcome.verdict is Verdict.SUBMITTED:
+            # No transcript: the service sends it to the webhook, under this request id.
+            record["request_id"] = outcome.request_id
+            if payload is not None:
+                record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
+        elif payload is not None:
             duration = _payload_duration(payload)
             if duration is None and header_duration is not None:
                 duration = round(header_duration, 3)
@@ -875,7 +883,7 @@ class Engine:
             record["words"] = payload.get("words")
             record["utterances"] = payload.get("utterances")
             record["duration"] = duration
-            record["request_id"] = payload.get("request_id")
+            record["request_id"] = outcome.request_id
             record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
         if item.params:
             record["params"] = dict(item.params)  # per-item Pulse overrides, for reruns
@@ -893,6 +901,8 @@ class Engine:
             summary.audio_seconds += audio
             if summary.sample is None and record.get("transcription"):
                 summary.sample = f"{item.id}: {str(record['transcription'])[:120]!r}"
+        elif outcome.verdict is Verdict.SUBMITTED:
+            summary.submitted += 1
         else:
             summary.failed += 1
             summary.failed_by_cause[outcome.cause] += 1
@@ -1052,10 +1062,8 @@ class Engine:
 def _payload_duration(payload: dict[str, Any] | None) -> float | None:
     """Audio seconds from a response's metadata, if it says."""
     meta = payload.get("metadata") if payload else None
-    duration = meta.get("duration") if isinstance(meta, dict) else None
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
-        return float(duration)
-    return None
+    # (An absurd or negative one is no duration: the file's header says instead.)
+    return plausible_seconds(meta.get("duration")) if isinstance(meta, dict) else None
 
 
 class _Skips(NamedTuple):

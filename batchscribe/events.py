@@ -26,7 +26,7 @@ class ItemFinished:
     """An item ended and its record is written."""
 
     item_id: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "submitted" (the transcript goes to a webhook) or "failed"
     cause: str
     attempts: int
     audio_seconds: float
@@ -119,6 +119,7 @@ class Summary:
     ok: int = 0
     failed: int = 0
     failed_by_cause: Counter[str] = field(default_factory=Counter)
+    submitted: int = 0  # accepted for a webhook: the transcript goes there (not a failure)
     skipped_ok: int = 0
     skipped_failed: int = 0
     invalid_lines: int = 0
@@ -139,8 +140,8 @@ class Summary:
 
     @property
     def done(self) -> int:
-        """Items finished in this run (ok or failed)."""
-        return self.ok + self.failed
+        """Items finished in this run (ok, submitted or failed)."""
+        return self.ok + self.failed + self.submitted
 
     @property
     def items_per_second(self) -> float:
@@ -153,6 +154,7 @@ class Summary:
             "ok": self.ok,
             "failed": self.failed,
             "failed_by_cause": dict(self.failed_by_cause),
+            "submitted": self.submitted,
             "skipped_ok": self.skipped_ok,
             "skipped_failed": self.skipped_failed,
             "invalid_lines": self.invalid_lines,
@@ -181,8 +183,11 @@ class Summary:
     def lines(self) -> list[str]:
         """The human summary printed at the end of a run."""
         causes = ", ".join(f"{c}: {n}" for c, n in sorted(self.failed_by_cause.items()))
+        head = f"ok: {self.ok}  failed: {self.failed}" + (f" ({causes})" if causes else "")
+        if self.submitted:
+            head += f"  submitted: {self.submitted} (answers go to the webhook)"
         out = [
-            f"ok: {self.ok}  failed: {self.failed}" + (f" ({causes})" if causes else ""),
+            head,
             f"skipped (done earlier): {self.skipped_ok}  skipped (failed earlier): "
             f"{self.skipped_failed}  invalid lines: {self.invalid_lines}",
             f"retries: {self.retries}  audio: {self.audio_seconds / 3600:.3f} h "

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import srt
 
+from batchscribe.audio import plausible_seconds
 from batchscribe.errors import ConfigError
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.pulse import AUDIO_EXTENSIONS
@@ -93,9 +94,9 @@ def _spans(values: object, key: str) -> list[_Span]:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        return float(value)
-    return None
+    """A time in the recording, in seconds; None unless plausible (a corrupt record's negative
+    or absurd times must not reach a subtitle: see :func:`plausible_seconds`)."""
+    return plausible_seconds(value)
 
 
 def _ms(seconds: float) -> int:
@@ -395,7 +396,7 @@ class ExportSummary:
     written: int = 0
     up_to_date: int = 0
     not_ok: int = 0  # final state failed: nothing to export
-    no_transcript: int = 0  # ok, but the transcript went to a webhook
+    no_transcript: int = 0  # submitted: the transcript went to a webhook (or ok without one)
     urls: int = 0  # --beside-audio: URL items have no folder to write beside
     errors: int = 0
     counts: ReadCounts = field(default_factory=ReadCounts)
@@ -521,7 +522,11 @@ def export(
     summary = ExportSummary()
     taken = DigestSet()
     for _, _, record in final_states(paths, counts=summary.counts):
-        if record.get("status") != "ok":
+        status = record.get("status")
+        if status == "submitted":
+            summary.no_transcript += 1  # the transcript went to the webhook
+            continue
+        if status != "ok":
             summary.not_ok += 1
             continue
         if not _has_transcript(record):

@@ -24,7 +24,8 @@ from batchscribe.results import ResumeState, SeenIds, fingerprint, scan
 from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
-#: changed since, with --rescan-changed): these are sent. done / failed: skipped.
+#: changed since, with --rescan-changed): these are sent. done (ok, or submitted: the transcript
+#: goes to a webhook) / failed: skipped.
 SEND_ACTIONS = frozenset({"new", "retry", "changed"})
 _MASK64 = (1 << 64) - 1
 
@@ -39,8 +40,8 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
         return "new"
     if state == "failed":
         return "retry" if retry_failed else "failed"
-    if not rescan_changed:
-        return "done"
+    if not rescan_changed or state == "submitted":
+        return "done"  # (a submitted item's transcript is on its way: never paid for twice)
     if rescan_changed and not item.is_url:
         stored = resume.ok_fingerprint(key)
         if stored is not None and cloud.is_cloud_uri(item.source):
@@ -66,7 +67,7 @@ def settled_action(
     state = resume.status(resume.key(item_id))
     if state == "failed":
         return None if retry_failed else "failed"
-    if state == "ok" and not rescan_changed:
+    if (state == "ok" and not rescan_changed) or state == "submitted":
         return "done"
     return None
 

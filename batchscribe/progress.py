@@ -41,10 +41,15 @@ class Redactor:
             self._secrets.append(secret)
 
     def __call__(self, text: str) -> str:
+        return scrub_signed_urls(self.keys(text))  # presigned URLs' signatures, whoever signed
+
+    def keys(self, text: str) -> str:
+        """``text`` with the secrets (API keys) replaced but presigned URLs left whole: for
+        what a machine reads back as input (a manifest written to a file or a pipe)."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return scrub_signed_urls(text)  # presigned URLs' signatures, whatever signed them
+        return text
 
 
 class TerminalStream:
@@ -121,7 +126,7 @@ class Progress:
         self.interval = interval
         self._bar: Any = None
         self._total: int | None = None
-        self.done = self.ok = self.failed = self.retries = self.skipped = 0
+        self.done = self.ok = self.failed = self.retries = self.skipped = self.submitted = 0
         self.limit: int | None = None  # with --concurrency auto: the current in-flight limit
         self._started = time.monotonic()
         self._last_log = self._started
@@ -133,6 +138,8 @@ class Progress:
             self.done += 1
             if event.status == "ok":
                 self.ok += 1
+            elif event.status == "submitted":
+                self.submitted += 1
             else:
                 self.failed += 1
         elif isinstance(event, ItemsSkipped):
@@ -186,7 +193,8 @@ class Progress:
             if now - self._last_refresh >= 0.5:
                 self._last_refresh = now
                 self._bar.set_postfix_str(
-                    f"ok={self.ok} failed={self.failed} retries={self.retries}{self._limit()}",
+                    f"ok={self.ok}{self._submitted()} failed={self.failed} "
+                    f"retries={self.retries}{self._limit()}",
                     refresh=False,
                 )
         elif now - self._last_log >= self.interval:
@@ -203,9 +211,13 @@ class Progress:
         if self._total is not None and rate > 0:
             eta = f" eta={(self._total - self.done) / rate:.0f}s"
         return (
-            f"batchscribe: {self.done}/{total} ok={self.ok} failed={self.failed} "
+            f"batchscribe: {self.done}/{total} ok={self.ok}{self._submitted()} "
+            f"failed={self.failed} "
             f"retries={self.retries}{self._limit()} rate={rate:.1f}/s{eta}"
         )
+
+    def _submitted(self) -> str:
+        return f" submitted={self.submitted}" if self.submitted else ""
 
     def _limit(self) -> str:
         return "" if self.limit is None else f" limit={self.limit}"
@@ -246,7 +258,11 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         self._progress.count(event)
         if isinstance(event, ItemFinished):
-            if event.status != "ok":
+            if event.status == "submitted":
+                self.log("info", "item_submitted",
+                         f"{event.item_id}: submitted (the transcript goes to the webhook)",
+                         id=event.item_id, attempts=event.attempts)  # fmt: skip
+            elif event.status != "ok":
                 self.log("warning", "item_failed", f"{event.item_id}: failed ({event.cause})",
                          id=event.item_id, cause=event.cause, attempts=event.attempts)  # fmt: skip
             now = time.monotonic()
@@ -254,7 +270,8 @@ class EventLog:
                 self._last = now
                 p = self._progress
                 self.log("info", "progress", p.status_line(now).removeprefix("batchscribe: "),
-                         done=p.done, ok=p.ok, failed=p.failed, retries=p.retries)  # fmt: skip
+                         done=p.done, ok=p.ok, failed=p.failed, submitted=p.submitted,
+                         retries=p.retries)  # fmt: skip
         elif isinstance(event, ItemRetried):
             self.log("info", "retry",
                      f"{event.item_id}: attempt {event.attempt} failed ({event.error}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -152,6 +153,7 @@ class Verdict(Enum):
     RETRY = "retry"  # try this item again (after the server's delay or a backoff)
     FAIL = "fail"  # record this item as failed; the run goes on
     ABORT = "abort"  # the whole run cannot go on (e.g. the key is rejected)
+    SUBMITTED = "submitted"  # accepted for a webhook: the transcript goes there, not to us
 
 
 @dataclass(frozen=True)
@@ -164,27 +166,68 @@ class Outcome:
     error: str | None = None
     payload: dict[str, Any] | None = None
     delay: float | None = None  # seconds the server asked us to wait, if it said
+    request_id: str | None = None  # the body's request_id, else the x-request-id header
 
 
 _RETRY_STATUSES = frozenset({408, 409, 429})
 
 
-def _error_text(status: int, body: bytes) -> str:
-    """A short, single-line description of an error response."""
+#: The fields an error body may carry its text in, across the unified shape
+#: (``{error, request_id, details}``) and the legacy ones (``{errors, status, message}``,
+#: ``{status, error_code, message}``, ``{message}``); joined in this order.
+_ERROR_FIELDS = ("error_code", "error", "errors", "message", "details")
+#: Wording of an error body that says the service was busy, not that the request was wrong.
+_BUSY = re.compile(r"busy|overload|try again|retry later|unavailable|capacity", re.IGNORECASE)
+_RATE_LIMITED = re.compile(r"rate.?limit|too many requests", re.IGNORECASE)
+
+
+def _body_error(doc: Mapping[str, Any]) -> str:
+    """The error text of a JSON body in any documented shape, one short line ("" if none)."""
+    parts: list[str] = []
+    for name in _ERROR_FIELDS:
+        value = doc.get(name)
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        if text not in parts:
+            parts.append(text)
+    return " ".join(": ".join(parts).split())[:200]
+
+
+def _error_text(status: int, body: bytes) -> tuple[str, object]:
+    """A short, single-line description of an error response, and its body's JSON (or None)."""
     detail = ""
+    doc = None
     try:
         doc = orjson.loads(body)
-        if isinstance(doc, dict) and doc.get("error"):
-            detail = str(doc["error"])
+        if isinstance(doc, dict):
+            detail = _body_error(doc)
     except orjson.JSONDecodeError:
         if body.strip():
             detail = "non-JSON error body"
-    detail = " ".join(detail.split())[:200]
-    return f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+    return (f"HTTP {status}: {detail}" if detail else f"HTTP {status}"), doc
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Outcome:
-    """Classify a complete HTTP response. ``now`` is the wall-clock epoch (for HTTP-date delays)."""
+def _request_id(doc: object, headers: Mapping[str, str]) -> str | None:
+    """The answer's correlation id: the body's ``request_id``, else the ``x-request-id`` header."""
+    if isinstance(doc, dict):
+        value = doc.get("request_id")
+        if isinstance(value, str) and value:
+            return value
+    return _header(headers, "X-Request-Id") or None
+
+
+def classify(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: float, webhook: bool = False
+) -> Outcome:
+    """Classify a complete HTTP response.
+
+    Args:
+        status, headers, body: the response.
+        now: the wall-clock epoch (for HTTP-date delays).
+        webhook: the request carried a ``webhook_url`` (a "processing" answer is then
+            submitted; without one it is a failure: nothing would ever deliver the transcript).
+    """
     if body[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark: allowed before JSON, not JSON
         body = body[3:]
     if status == 200:
@@ -194,8 +237,9 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
             return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with an incomplete body")
         if not isinstance(doc, dict):
             return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with a non-object body")
-        return Outcome(Verdict.OK, status, "ok", None, doc)
-    error = _error_text(status, body)
+        return _answer(doc, headers, now=now, webhook=webhook)
+    error, doc = _error_text(status, body)
+    rid = _request_id(doc, headers)
     if 300 <= status <= 399:
         # Never followed (the engine sends allow_redirects=False): a 301/302 would turn the
         # POST into a GET whose answer is no transcript, and a 307/308 needs the whole body
@@ -204,20 +248,72 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float
         where = f" to {public_url(location)}" if location else ""
         return Outcome(
             Verdict.FAIL, status, "redirect",
-            f"HTTP {status} redirect{where} (not followed: check --endpoint)",
+            f"HTTP {status} redirect{where} (not followed: check --endpoint)", request_id=rid,
         )  # fmt: skip
     if status == 401:
-        return Outcome(Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)")
+        return Outcome(
+            Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)", request_id=rid
+        )
     if status == 404:
         return Outcome(
-            Verdict.ABORT, status, "4xx", f"{error} (wrong endpoint URL: check --endpoint)"
-        )
+            Verdict.ABORT, status, "4xx", f"{error} (wrong endpoint URL: check --endpoint)",
+            request_id=rid,
+        )  # fmt: skip
     if status in _RETRY_STATUSES or 500 <= status <= 599:
         cause = "429" if status == 429 else ("5xx" if status >= 500 else "4xx")
-        return Outcome(Verdict.RETRY, status, cause, error, delay=server_delay(headers, now=now))
+        return Outcome(
+            Verdict.RETRY, status, cause, error, delay=server_delay(headers, now=now),
+            request_id=rid,
+        )  # fmt: skip
     if status == 413:
-        return Outcome(Verdict.FAIL, status, "too_large", error)
-    return Outcome(Verdict.FAIL, status, "4xx", error)
+        return Outcome(Verdict.FAIL, status, "too_large", error, request_id=rid)
+    return Outcome(Verdict.FAIL, status, "4xx", error, request_id=rid)
+
+
+def _answer(
+    doc: dict[str, Any], headers: Mapping[str, str], *, now: float, webhook: bool
+) -> Outcome:
+    """What a 200 with a JSON object means: only ``status: success`` with a transcription is ok.
+
+    A service that answers 200 with an error body (legacy shapes do) must not be taken at its
+    status code: the body is what says whether the audio was transcribed.
+    """
+    request_id = _request_id(doc, headers)
+    state = doc.get("status")
+    if state == "success" and "transcription" in doc:
+        if isinstance(doc["transcription"], str):  # "" is silence, a valid transcript
+            return Outcome(Verdict.OK, 200, "ok", None, doc, request_id=request_id)
+    elif state == "processing":
+        if webhook:
+            return Outcome(Verdict.SUBMITTED, 200, "ok", None, doc, request_id=request_id)
+        return Outcome(
+            Verdict.FAIL, 200, "4xx",
+            "HTTP 200: status 'processing' but the request had no webhook_url: "
+            "the transcript would never arrive",
+            request_id=request_id,
+        )  # fmt: skip
+    detail = _body_error(doc)
+    if state == "success" or (not detail and state is None):
+        # A success (or a bare object) without a transcript: cut short on the way, or a
+        # server fault; worth asking again.
+        return Outcome(
+            Verdict.RETRY, 200, "5xx",
+            "HTTP 200 with an incomplete answer (no status 'success' with a transcription)",
+            delay=server_delay(headers, now=now), request_id=request_id,
+        )  # fmt: skip
+    if not detail:
+        detail = f"status {str(state)[:60]!r} without a transcription"
+    error = f"HTTP 200: {' '.join(detail.split())}"
+    if _RATE_LIMITED.search(detail):
+        cause = "429"
+    elif _BUSY.search(detail):
+        cause = "5xx"
+    else:
+        return Outcome(Verdict.FAIL, 200, "4xx", error, request_id=request_id)
+    return Outcome(
+        Verdict.RETRY, 200, cause, error, delay=server_delay(headers, now=now),
+        request_id=request_id,
+    )  # fmt: skip
 
 
 def public_url(url: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import orjson
 
+from batchscribe.audio import MAX_AUDIO_SECONDS
 from batchscribe.errors import ConfigError
 from batchscribe.results import (
     BATCH,
@@ -55,6 +56,12 @@ CAUSES = (
     "too_large",
     "file_changed",
 )
+#: Times a record may hold beyond audio (a run's wall time, a server's processing time):
+#: past these they are corrupt, shown as "-" rather than as a 300-digit number of hours.
+_MAX_SHOWN = 1e9  # seconds (31 years), and for _float any magnitude
+_MAX_MS = MAX_AUDIO_SECONDS * 1000
+#: Final states that are not failures (``failed`` never lists them).
+_DONE = ("ok", "submitted")
 _MAX_ERRORS = 1000  # distinct error messages counted (a bound, for errors that name files)
 
 
@@ -67,12 +74,13 @@ class Report:
     items: int = 0
     ok: int = 0
     failed: int = 0
-    webhook_pending: int = 0  # ok, but the transcript goes to a webhook
+    submitted: int = 0  # accepted for a webhook: the transcript goes there, not here
     failed_by_cause: Counter[str] = field(default_factory=Counter)
     failed_by_status: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0  # sum of attempts - 1 over final records
     audio_seconds: float = 0.0
+    implausible_durations: int = 0  # ok records whose duration is < 0 or over a week: not counted
     first_finished: str | None = None
     last_finished: str | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -103,13 +111,14 @@ class Report:
             "items": self.items,
             "ok": self.ok,
             "failed": self.failed,
-            "webhook_pending": self.webhook_pending,
+            "submitted": self.submitted,
             "failed_by_cause": dict(self.failed_by_cause.most_common()),
             "failed_by_http_status": dict(self.failed_by_status.most_common()),
             "top_errors": [{"error": e, "count": n} for e, n in self.errors.most_common(self.top)],
             "retries": self.retries,
             "audio_seconds": round(self.audio_seconds, 3),
             "audio_hours": round(self.audio_seconds / 3600, 4),
+            "implausible_durations": self.implausible_durations,
             "first_finished_at": self.first_finished,
             "last_finished_at": self.last_finished,
             "runs": self.runs,
@@ -126,9 +135,10 @@ class Report:
             + (f", {c.unreadable:,} unreadable line(s) skipped" if c.unreadable else ""),
         ]
         share = f" ({100 * self.ok / self.items:.1f}%)" if self.items else ""
-        out.append(f"items: {self.items:,}  ok: {self.ok:,}{share}  failed: {self.failed:,}")
-        if self.webhook_pending:
-            out.append(f"  ok but transcript sent to a webhook: {self.webhook_pending:,}")
+        items = f"items: {self.items:,}  ok: {self.ok:,}{share}  failed: {self.failed:,}"
+        if self.submitted:
+            items += f"  submitted: {self.submitted:,} (answers go to the webhook)"
+        out.append(items)
         if self.failed_by_cause:
             causes = "  ".join(f"{k}: {n:,}" for k, n in self.failed_by_cause.most_common())
             out.append(f"  failed by cause: {causes}")
@@ -141,6 +151,11 @@ class Report:
             f"retries spent: {self.retries:,}  audio transcribed: "
             f"{self.audio_seconds / 3600:,.3f} h ({self.audio_seconds:,.1f} s)"
         )
+        if self.implausible_durations:
+            out.append(
+                f"  {self.implausible_durations:,} ok item(s) with an impossible duration "
+                "(negative or over a week): not counted"
+            )
         if self.first_finished:
             out.append(f"finished between {self.first_finished} and {self.last_finished}")
         out.append(f"runs recorded: {len(self.runs)}")
@@ -296,31 +311,40 @@ class _Tally:
         statuses = _column(records, "status")
         responses = _column(records, "response")
         ok = statuses.count("ok")
+        submitted = statuses.count("submitted")
+        report.submitted += submitted
         if ok == n:
             self._add_ok(records, responses)
         elif ok:
             is_ok = list(map(operator.eq, statuses, repeat("ok")))
             self._add_ok(list(compress(records, is_ok)), list(compress(responses, is_ok)))
-        if ok < n:
-            report.failed += n - ok
+        if ok + submitted < n:
+            report.failed += n - ok - submitted
             for record, status in zip(records, statuses, strict=True):
-                if status != "ok":
+                if status != "ok" and status != "submitted":
                     _add_failure(report, record)
         if report.top > 0:
             self._add_top(records, seqs, attempts, responses)
 
     def _add_ok(self, records: list[dict[str, Any]], responses: list[Any]) -> None:
         report = self.report
-        report.ok += len(records)
+        # An ok record of a webhook request (as written before the submitted state existed)
+        # holds no transcript: it is submitted.
+        legacy = _column(_dicts(responses), "status").count("processing")
+        report.ok += len(records) - legacy
+        report.submitted += legacy
         durations = _column(records, "duration")
         if not set(map(type, durations)) <= _NUMBER:
             durations = [d for d in durations if (type(d) is float or type(d) is int) and d == d]
-        # (orjson never makes a NaN: when every duration is a number, every one counts.)
+        # (orjson never makes a NaN: when every duration is a number, every one is compared.)
+        if durations and not (min(durations) >= 0 and max(durations) <= MAX_AUDIO_SECONDS):
+            kept = [d for d in durations if 0 <= d <= MAX_AUDIO_SECONDS]
+            report.implausible_durations += len(durations) - len(kept)
+            durations = kept
         # Summed in order, exactly as `+=` one record at a time (sum() may compensate).
         report.audio_seconds = reduce(operator.add, durations, report.audio_seconds)
         if report.charts:
             report.durations.extend(durations)
-        report.webhook_pending += _column(_dicts(responses), "status").count("processing")
 
     def _add_top(
         self,
@@ -389,14 +413,20 @@ def _add_final(
             report.last_finished = finished
     response = get("response")
     duration = _duration(record)
-    if get("status") == "ok":
-        report.ok += 1
+    status = get("status")
+    if status == "ok":
         if type(response) is dict and response.get("status") == "processing":
-            report.webhook_pending += 1
+            report.submitted += 1  # written before the submitted state existed
+        else:
+            report.ok += 1
         if duration is not None:
             report.audio_seconds += duration
             if report.charts:
                 report.durations.append(duration)
+        elif _number(get("duration")) is not None:
+            report.implausible_durations += 1
+    elif status == "submitted":
+        report.submitted += 1
     else:
         report.failed += 1
         _add_failure(report, record)
@@ -423,9 +453,9 @@ def _add_failure(report: Report, record: dict[str, Any]) -> None:
 
 
 def _duration(record: dict[str, Any]) -> float | None:
-    """The record's audio seconds, if a number (orjson makes exact types: no bool here)."""
+    """The record's audio seconds, if a plausible number (as ``audio.plausible_seconds``)."""
     duration = record.get("duration")
-    if (type(duration) is float or type(duration) is int) and duration == duration:
+    if (type(duration) is float or type(duration) is int) and 0 <= duration <= MAX_AUDIO_SECONDS:
         return cast(float, duration)
     return None
 
@@ -435,7 +465,8 @@ def _processing(response: object) -> float | None:
     if type(response) is dict:
         meta = response.get("metadata")
         if type(meta) is dict:
-            return _number(meta.get("processing_time_ms"))
+            ms = _number(meta.get("processing_time_ms"))
+            return ms if ms is None or 0 <= ms <= _MAX_MS else None
     return None
 
 
@@ -447,11 +478,14 @@ def _processing_times(responses: list[Any]) -> list[float | None]:
         return [None] * len(metas)
     values = _column(_dicts(metas, types), "processing_time_ms")
     types = set(map(type, values))
-    if types <= _NUMBER:  # (orjson never makes a NaN)
+    if types <= _NUMBER and min(values) >= 0 and max(values) <= _MAX_MS:  # (orjson: no NaN)
         return list(map(float, values))
     if types <= _NONE:
         return values
-    return [float(v) if (type(v) is int or type(v) is float) and v == v else None for v in values]
+    return [
+        float(v) if (type(v) is int or type(v) is float) and 0 <= v <= _MAX_MS else None
+        for v in values
+    ]
 
 
 def _dicts(values: list[Any], types: set[type] | None = None) -> list[Any]:
@@ -466,7 +500,7 @@ def _entry(
 ) -> dict[str, Any]:
     return {
         "id": display_id(record["id"]),
-        "status": "ok" if record.get("status") == "ok" else "failed",
+        "status": record["status"] if record.get("status") in _DONE else "failed",
         "cause": record.get("cause"),
         "attempts": attempts,
         "processing_time_ms": processing,
@@ -614,19 +648,20 @@ def _int(value: object) -> str:
 
 def _float(value: object) -> str:
     number = _number(value)
-    return "-" if number is None else f"{number:,.1f}"
+    return "-" if number is None or not abs(number) < _MAX_SHOWN else f"{number:,.1f}"
 
 
 def _ms(value: object) -> str:
     number = _number(value)
-    if number is None:
+    if number is None or number < 0:
         return "-"
     return f"{number:,.0f} ms" if number < 1000 else _seconds(number / 1000)
 
 
 def _seconds(value: object) -> str:
+    """Seconds for people; "-" for none, and for a negative or absurd value (a corrupt record)."""
     number = _number(value)
-    if number is None:
+    if number is None or not 0 <= number < _MAX_SHOWN:
         return "-"
     if number < 120:
         return f"{number:.1f} s"
@@ -678,8 +713,8 @@ def failed_manifest(
         counts: filled in with what the files hold.
     """
     for _, _, record in final_states(paths, counts=counts):
-        if record.get("status") == "ok":
-            continue
+        if record.get("status") in _DONE:
+            continue  # ok, or submitted (its transcript is on its way to the webhook)
         if causes is not None and record.get("cause") not in causes:
             continue
         source = record.get("source")
@@ -704,6 +739,7 @@ def failed_manifest(
 
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 _OK = "#59a14f"
+_SUBMITTED = "#4e79a7"
 _CAUSE_COLOURS = {
     "5xx": "#e15759", "429": "#f28e2b", "network": "#b07aa1", "timeout": "#9c755f",
     "4xx": "#d37295", "missing": "#79706e", "invalid": "#bab0ac", "too_large": "#edc948",
@@ -769,7 +805,10 @@ def render_html(report: Report, *, title: str = "batchscribe report", generated:
         ("Retries spent", f"{report.retries:,}", "attempts beyond the first"),
         ("Runs", f"{len(report.runs):,}", _span(report)),
     ]
-    outcomes = [("ok", report.ok, _OK)] + [
+    outcomes = [("ok", report.ok, _OK)]
+    if report.submitted:
+        outcomes.append(("submitted (webhook)", report.submitted, _SUBMITTED))
+    outcomes += [
         (f"failed: {cause}", n, _CAUSE_COLOURS.get(cause, "#e15759"))
         for cause, n in report.failed_by_cause.most_common()
     ]

@@ -379,9 +379,12 @@ class ResumeState:
         """Record one item record (in file order: the last record of an id wins).
 
         ``ok`` and ``submitted`` (answered later through a webhook) are done; anything else is
-        failed.
+        failed. A submitted id keeps no fingerprint: ``--rescan-changed`` never sends it again
+        (its transcript is on its way; a second request would be paid twice).
         """
-        self._put(hash(item_id) & _MASK62 or 1, status in _DONE_STATUSES, fp)
+        self._put(
+            hash(item_id) & _MASK62 or 1, status in _DONE_STATUSES, fp if status == "ok" else 0
+        )
 
     def note_damaged(self, lineno: int) -> None:
         """Count a line that is not a valid record (nor an event, nor blank)."""

@@ -748,6 +748,48 @@ def test_usage_errors_exit_2(tmp_path, make_archive, run_cli, args):
     assert not out.exists()
 
 
+_RUN = ["run", "m.jsonl", "--out", "r.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(["report", "r.jsonl", "--runs", "-5"], "--runs"),
+     (["report", "r.jsonl", "--top", "-1"], "--top"),
+     ([*_RUN, "--max-items", "-1"], "--max-items"),
+     ([*_RUN, "--max-attempts", "-2"], "--max-attempts"),
+     ([*_RUN, "--concurrency", "-4"], "--concurrency"),
+     ([*_RUN, "--max-concurrency", "-3"], "--max-concurrency"),
+     ([*_RUN, "--timeout", "0"], "--timeout"),
+     ([*_RUN, "--timeout", "nan"], "--timeout"),
+     ([*_RUN, "--timeout", "inf"], "--timeout"),
+     ([*_RUN, "--max-retry-wait", "-1"], "--max-retry-wait"),
+     ([*_RUN, "--max-retry-wait", "nan"], "--max-retry-wait"),
+     ([*_RUN, "--max-runtime", "nan"], "--max-runtime"),
+     ([*_RUN, "--max-runtime", "inf"], "--max-runtime"),
+     ([*_RUN, "--rate", "nan"], "--rate"),
+     ([*_RUN, "--dry-run", "--price-per-hour", "nan"], "--price-per-hour"),
+     ([*_RUN, "--dry-run", "--price-per-hour", "-1"], "--price-per-hour"),
+     (["emulate", "--port", "-1"], "--port"),
+     (["emulate", "--port", "65536"], "--port"),
+     (["emulate", "--latency", "nan"], "--latency"),
+     (["emulate", "--rate-limit", "inf"], "--rate-limit"),
+     (["emulate", "--stall-seconds", "nan"], "--stall-seconds")],
+)  # fmt: skip
+def test_every_numeric_option_refuses_out_of_range_values_alike(
+    capsys: pytest.CaptureFixture[str], args: list[str], option: str
+) -> None:
+    """Every count, time and rate option of every subcommand refuses a negative (or zero
+    where it must be positive), NaN or infinite value the same way: a usage error naming the
+    option, exit 2, before anything is read."""
+    from batchscribe.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and "Traceback" not in err, err
+
+
 def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(
     tmp_path, emulator, make_archive, spawn_cli
 ):

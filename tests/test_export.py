@@ -146,6 +146,25 @@ def test_a_bare_transcript_is_spread_over_the_duration() -> None:
     assert " ".join(" ".join(c.lines) for c in cues) == LONG
 
 
+_ABSURD = [1e308, -5000.0, 1e300, 9e15, -1e308]
+
+
+@pytest.mark.parametrize("bad", _ABSURD)
+def test_impossible_times_in_a_record_never_reach_a_subtitle(bad: float) -> None:
+    """A duration or word/utterance times that are negative or beyond any recording (a
+    corrupt or hand-edited record) are ignored: the export still renders, with sane times."""
+    rec = record(
+        "a", transcription="one two three", duration=bad,
+        words=[{"start": bad, "end": bad, "word": "one"},
+               {"start": 0.5, "end": bad, "word": "two"}],
+        utterances=[{"start": 0.0, "end": bad, "text": "one two three"}],
+    )  # fmt: skip
+    for cues in (build_cues(rec), build_cues({**rec, "words": None, "utterances": None})):
+        assert cues and all(0 <= c.start_ms <= c.end_ms <= 3_600_000 for c in cues), cues
+        srt.parse(render_srt(cues))
+        render_vtt(cues)
+
+
 def test_speaker_labels() -> None:
     """Diarized speakers read `Speaker N` whatever shape the API gives them."""
     assert [speaker_label(v) for v in (0, 3, "1", "speaker_2", "SPEAKER_07", None, "Ada")] == [

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import configparser
+import hashlib
+import hmac
 import os
+import pty
 import re
+import shlex
 import shutil
 import subprocess
+import sys
+import threading
+import wave
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import parse_qsl, urlsplit
+from urllib.request import Request, urlopen
 
 import orjson
 import pytest
-from audio_fixtures import make_wav
-from conftest import TEST_KEY, read_results, wait_until
+from audio_fixtures import make_wav, wav_bytes
+from conftest import TEST_KEY, cli_env, read_results, wait_until
 
 from batchscribe.cli import parse_duration
+from batchscribe.emulator import transcript_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,6 +152,21 @@ def test_dry_run_sends_nothing_and_writes_nothing(
     assert "manifest.jsonl:6: invalid JSON" in proc.stderr
     assert out.read_bytes() == before
     assert emu.stats()["requests"] == 0
+
+
+def test_dry_run_does_not_count_a_header_claiming_days_of_audio(tmp_path, run_cli) -> None:
+    """A WAV header claiming more than a week of audio (1 frame a second) is a duration
+    unknown to --dry-run, not hundreds of hours to send."""
+    liar = tmp_path / "archive" / "liar.wav"
+    liar.parent.mkdir()
+    with wave.open(str(liar), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(1)
+        handle.writeframes(bytes(2 * 700_000))  # 700,000 s: eight days
+    proc = run_cli("run", liar.parent, "--out", tmp_path / "r.jsonl", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "audio to send: 0.000 h (0.0 s, 1.4 MB); duration unknown for 1 item(s)" in proc.stdout
 
 
 def test_json_log_file_has_events_and_summary_and_no_key(
@@ -322,3 +349,175 @@ def test_resume_counts_with_done_failed_new_and_bad_lines_interleaved(
     proc = _run_dir(run_cli, emu, archive.manifest, out, "--retry-failed")
     assert "skipped (done earlier): 7  skipped (failed earlier): 0  invalid lines: 3" in proc.stdout
     assert emu.stats()["requests"] == 6
+
+
+# --------------------------------------------------------------------------- presigned URLs
+
+_SIGNING_KEY = b"loopback-bucket-secret"
+
+
+def _presign(base: str, path: str) -> str:
+    """A presigned-looking GET URL for ``path`` (SigV4 query shape; HMAC of the path)."""
+    signature = hmac.new(_SIGNING_KEY, path.encode(), hashlib.sha256).hexdigest()
+    return (f"{base}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIALOOPBACK"
+            f"%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Expires=3600"
+            f"&X-Amz-Signature={signature}")  # fmt: skip
+
+
+class _Bucket(BaseHTTPRequestHandler):
+    """A loopback bucket: GET of a presigned URL gives the audio when its signature is right
+    (403 otherwise), 503 while the bucket is down."""
+
+    def do_GET(self) -> None:
+        server: _Servers = self.server  # type: ignore[assignment]
+        parts = urlsplit(self.path)
+        signature = dict(parse_qsl(parts.query)).get("X-Amz-Signature", "")
+        want = hmac.new(_SIGNING_KEY, parts.path.encode(), hashlib.sha256).hexdigest()
+        server.fetched.append(self.path)
+        if server.down:
+            self._answer(503, b"slow down")
+        elif not hmac.compare_digest(signature, want) or parts.path not in server.audio:
+            self._answer(403, b"SignatureDoesNotMatch")
+        else:
+            self._answer(200, server.audio[parts.path])
+
+    def do_POST(self) -> None:
+        """The service's side of URL input: fetch the URL, then transcribe what came back
+        (forwarded to the real emulator); a URL it cannot fetch is a 400, as the API says."""
+        server: _Servers = self.server  # type: ignore[assignment]
+        url = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))["url"]
+        try:
+            with urlopen(url, timeout=10) as answer:
+                audio = answer.read()
+        except HTTPError as exc:
+            body = orjson.dumps({"error": f"cannot fetch the url: HTTP {exc.code}"})
+            self._answer(400, body)
+            return
+        query = urlsplit(self.path).query
+        headers = {"Authorization": self.headers["Authorization"], "Content-Type": "audio/wav"}
+        forward = Request(f"{server.emulator}?{query}", data=audio, headers=headers)
+        try:
+            with urlopen(forward, timeout=10) as answer:
+                self._answer(answer.status, answer.read())
+        except HTTPError as exc:
+            self._answer(exc.code, exc.read())
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Servers(ThreadingHTTPServer):
+    def __init__(self, emulator: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Bucket)
+        self.emulator = emulator
+        self.down = True
+        self.audio: dict[str, bytes] = {}
+        self.fetched: list[str] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def bucket(emulator):
+    """A loopback bucket and URL-fetching service in front of the real emulator."""
+    emu = emulator()
+    server = _Servers(emu.endpoint())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, emu
+    server.shutdown()
+    server.server_close()
+
+
+def test_documented_rerun_of_failed_presigned_urls_sends_the_real_url(tmp_path, bucket) -> None:
+    """`failed r > again && run again --out r --retry-failed` re-sends each presigned URL whole,
+    under its own id, and supersedes the failed records; no terminal line shows a signature."""
+    server, emu = bucket
+    server.audio = {"/tapes/a.wav": wav_bytes(freq=410), "/tapes/b.wav": wav_bytes(freq=420)}
+    urls = {p: _presign(server.base, p) for p in server.audio}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(
+        orjson.dumps({"id": "interview", "url": urls["/tapes/a.wav"], "speaker": "Ada"}) + b"\n"
+        + orjson.dumps({"url": urls["/tapes/b.wav"]}) + b"\n"  # its id is the URL
+    )  # fmt: skip
+    env = cli_env()
+    py = f"{shlex.quote(sys.executable)} -m batchscribe"
+    endpoint = f"{server.base}/api/v1/pulse/get_text"
+    first = subprocess.run(
+        [sys.executable, "-m", "batchscribe", "run", str(manifest), "--out", "r.jsonl",
+         "--endpoint", endpoint, "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert first.returncode == 1, first.stderr  # the bucket was down: both failed
+    server.down = False
+    documented = (
+        f"{py} failed r.jsonl > again.jsonl && "
+        f"{py} run again.jsonl --out r.jsonl --retry-failed --endpoint {shlex.quote(endpoint)}"
+    )
+    rerun = subprocess.run(
+        ["sh", "-c", documented], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    again = [orjson.loads(x) for x in (tmp_path / "again.jsonl").read_bytes().splitlines()]
+    assert sorted(again, key=lambda entry: entry["id"]) == [  # (in the order they finished)
+        {"id": urls["/tapes/b.wav"], "url": urls["/tapes/b.wav"]},
+        {"id": "interview", "url": urls["/tapes/a.wav"], "speaker": "Ada"},
+    ]
+    items, _ = read_results(tmp_path / "r.jsonl")
+    final = {r["id"]: r for r in items}  # the last record of each id
+    assert sorted(final) == sorted(["interview", urls["/tapes/b.wav"]])  # no new id
+    for item_id, path in [("interview", "/tapes/a.wav"), (urls["/tapes/b.wav"], "/tapes/b.wav")]:
+        assert final[item_id]["status"] == "ok", final[item_id]
+        assert final[item_id]["transcription"] == transcript_for(server.audio[path])
+    assert final["interview"]["metadata"] == {"speaker": "Ada"}
+    assert not any("***" in path for path in server.fetched)
+    assert emu.stats()["requests"] == 2  # each transcribed once, by the rerun
+    for text in (first.stdout, first.stderr, rerun.stdout, rerun.stderr):
+        assert "X-Amz-Signature=***" in text or "X-Amz-Signature" not in text
+        assert not re.search(r"X-Amz-Signature=[0-9a-f]", text)
+
+
+def test_failed_on_a_terminal_hides_signatures_and_says_so(tmp_path) -> None:
+    """On a terminal `failed` shows a presigned URL without its signature (and says how to get
+    a usable manifest); into a file or a pipe it writes the URL whole."""
+    url = _presign("https://bucket.s3.amazonaws.com", "/tapes/a.wav")
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(orjson.dumps({"id": "a", "status": "failed", "source": url,
+                                      "error": "HTTP 503", "cause": "5xx"}) + b"\n")  # fmt: skip
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchscribe", "failed", str(results)], cwd=tmp_path,
+            env=cli_env(), stdout=follower, stderr=subprocess.PIPE, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0, proc.stderr
+    assert b"X-Amz-Signature=***" in shown and b"X-Amz-Credential=***" in shown
+    assert "redirect the list to a file" in proc.stderr
+    piped = subprocess.run(
+        [sys.executable, "-m", "batchscribe", "failed", str(results)], cwd=tmp_path,
+        env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert [orjson.loads(x)["url"] for x in piped.stdout.splitlines()] == [url]
+    assert "X-Amz-Signature" not in piped.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import email.utils
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchscribe.pulse import (
     PulseParams,
@@ -205,3 +208,139 @@ def test_endpoint_query_clashes_and_secrets() -> None:
     assert endpoint_clashes(endpoint) == ["model"]
     assert url_secrets(endpoint) == ["hunter2-pw", "abcdefgh12"]
     assert url_secrets("https://h.example/p") == []
+
+
+# --------------------------------------------------------------------------------------------
+# What a 200 says: only a transcript is ok; "processing" is submitted only with a webhook.
+
+
+def test_200_success_with_an_empty_transcription_is_ok() -> None:
+    """Silence transcribes to an empty string: still ok."""
+    outcome = classify(200, {}, b'{"status":"success","transcription":""}', now=NOW)
+    assert outcome.verdict is Verdict.OK
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [(b'{"status":"error","message":"Invalid audio file"}', "Invalid audio file"),
+     (b'{"errors":"Audio data too large","status":"error","message":"Bad request"}',
+      "Audio data too large"),
+     (b'{"status":"error","error_code":"LANGUAGE_NOT_ENABLED_IN_REGION","message":"no hi"}',
+      "LANGUAGE_NOT_ENABLED_IN_REGION"),
+     (b'{"error":"unsupported codec","request_id":"r-1","details":{"codec":"amr"}}',
+      "unsupported codec"),
+     (b'{"message":"Forbidden"}', "Forbidden"),
+     (b'{"status":"failed"}', "status 'failed'")],
+)  # fmt: skip
+def test_200_whose_body_says_it_did_not_succeed_fails_with_its_error(
+    body: bytes, fragment: str
+) -> None:
+    """A 200 whose body is an error (any documented shape) fails the item with the body's
+    error text, never ok."""
+    outcome = classify(200, {}, body, now=NOW)
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.http_status == 200
+    assert outcome.error is not None and fragment in outcome.error
+    assert outcome.error.startswith("HTTP 200: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [(b'{"status":"error","message":"Server busy, please try again later"}', "5xx"),
+     (b'{"status":"error","errors":"Model overloaded"}', "5xx"),
+     (b'{"status":"error","message":"Service temporarily unavailable"}', "5xx"),
+     (b'{"error":"Rate limit exceeded. Please retry after a short backoff."}', "429"),
+     (b'{"status":"error","message":"Too many requests"}', "429")],
+)  # fmt: skip
+def test_200_error_body_saying_busy_is_retried(body: bytes, cause: str) -> None:
+    """A 200 error body saying the service is busy, overloaded or rate limited is retried,
+    honouring any delay header."""
+    outcome = classify(200, {"Retry-After": "4"}, body, now=NOW)
+    assert outcome.verdict is Verdict.RETRY
+    assert outcome.cause == cause
+    assert outcome.delay == 4.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"status":"success"}', b'{"status":"success","transcription":null}',
+     b'{"status":"success","transcription":7}', b"{}", b'{"transcription":"hi"}'],
+)  # fmt: skip
+def test_200_success_without_a_transcription_is_retried_as_incomplete(body: bytes) -> None:
+    """status success without a transcription string is an incomplete answer: retried."""
+    outcome = classify(200, {}, body, now=NOW)
+    assert outcome.verdict is Verdict.RETRY
+    assert outcome.error is not None and "incomplete answer" in outcome.error
+
+
+def test_processing_with_a_webhook_is_submitted_with_its_request_id() -> None:
+    """A pulse-pro webhook request answered "processing" is submitted, not ok, with the
+    request id to match the webhook's delivery."""
+    body = b'{"status":"processing","request_id":"req-9"}'
+    outcome = classify(200, {}, body, now=NOW, webhook=True)
+    assert outcome.verdict is Verdict.SUBMITTED
+    assert outcome.request_id == "req-9"
+
+
+def test_processing_without_a_webhook_fails() -> None:
+    """ "processing" without a webhook_url fails: nothing will ever deliver the transcript."""
+    outcome = classify(200, {}, b'{"status":"processing","request_id":"r"}', now=NOW)
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.error is not None and "webhook" in outcome.error
+
+
+def test_request_id_comes_from_the_body_or_the_x_request_id_header() -> None:
+    """The correlation id is the body's request_id, else the x-request-id header."""
+    ok = b'{"status":"success","transcription":"hi"}'
+    assert classify(200, {"x-request-id": "h-1"}, ok, now=NOW).request_id == "h-1"
+    body = b'{"status":"processing","request_id":"b-1"}'
+    headers = {"X-Request-Id": "h-2"}
+    assert classify(200, headers, body, now=NOW, webhook=True).request_id == "b-1"
+    assert classify(400, headers, b'{"error":"x"}', now=NOW).request_id == "h-2"
+
+
+def test_legacy_error_shapes_of_4xx_give_their_message() -> None:
+    """Legacy 4xx bodies ({errors, message}, {error_code, message}, {message}) name their error."""
+    for body, fragment in [
+        (b'{"errors":"Audio data too large","status":"error","message":"x"}', "too large"),
+        (b'{"status":"error","error_code":"LANGUAGE_NOT_ENABLED_IN_REGION"}', "LANGUAGE_NOT"),
+        (b'{"message":"Forbidden"}', "Forbidden"),
+    ]:
+        error = classify(400, {}, body, now=NOW).error
+        assert error is not None and fragment in error
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_ANSWER = st.dictionaries(
+    st.sampled_from(["status", "transcription", "error", "errors", "message", "error_code",
+                     "details", "request_id", "words"]) | st.text(max_size=5),
+    _JSON | st.sampled_from(["success", "processing", "error", "busy", ""]),
+    max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_ANSWER, webhook=st.booleans())
+def test_a_200_is_ok_only_for_a_success_with_a_transcription(
+    doc: dict[str, object], webhook: bool
+) -> None:
+    """Property: whatever a 200 body holds, it is ok exactly when it says success and carries
+    a transcription string, submitted exactly when a webhook request is processing; every
+    other answer fails or is retried with a one-line error."""
+    outcome = classify(200, {}, orjson.dumps(doc), now=NOW, webhook=webhook)
+    success = doc.get("status") == "success" and isinstance(doc.get("transcription"), str)
+    processing = doc.get("status") == "processing" and webhook
+    assert (outcome.verdict is Verdict.OK) == success
+    assert (outcome.verdict is Verdict.SUBMITTED) == processing
+    if not success and not processing:
+        assert outcome.verdict in (Verdict.FAIL, Verdict.RETRY)
+        assert outcome.error is not None and outcome.error.startswith("HTTP 200")
+        assert "\n" not in outcome.error and len(outcome.error) < 260

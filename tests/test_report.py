@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -437,10 +438,6 @@ def test_epochs_of_a_batch_are_exactly_epoch_of_each(values: list[Any]) -> None:
 _odd = st.sampled_from([None, True, False, 0, 1, 2, 7, -1, 2.5, "3", "", [], {}, 1e300])
 
 
-def _not_negative(value: Any) -> bool:
-    return not (isinstance(value, (int, float)) and value < 0)
-
-
 _meta = st.fixed_dictionaries(
     {}, optional={"processing_time_ms": st.one_of(st.integers(0, 5000), st.floats(0, 9e3), _odd)}
 )
@@ -459,7 +456,9 @@ def _report_records(draw: st.DrawFn) -> bytes:
     kind = draw(st.integers(0, 12))
     if kind == 0:
         return draw(_other_lines)
-    status = draw(st.sampled_from(["ok", "ok", "ok", "failed", "failed", "okay", None]))
+    status = draw(
+        st.sampled_from(["ok", "ok", "ok", "failed", "failed", "submitted", "okay", None])
+    )
     fields: dict[str, Any] = {
         "attempts": draw(st.one_of(st.integers(-1, 6), _odd)),
         "finished_at": draw(_stamps),
@@ -468,9 +467,10 @@ def _report_records(draw: st.DrawFn) -> bytes:
         "cause": draw(st.one_of(st.sampled_from(["5xx", "429", "timeout"]), _odd)),
         "error": draw(st.one_of(st.sampled_from(["HTTP 503: down", "a\x07b", "e" * 400]), _odd)),
         "transcription": draw(st.sampled_from(["a b", "word " * 900])),  # short and long lines
-        # (not negative: a negative duration breaks the HTML histogram, before and after)
         "duration": draw(
-            st.one_of(st.floats(0, 1e4), st.integers(0, 99), _odd.filter(_not_negative))
+            st.one_of(
+                st.floats(0, 1e4), st.integers(0, 99), _odd, st.sampled_from([-3.5, 1e308, 7e5])
+            )
         ),
         "response": draw(_response),
     }
@@ -546,7 +546,8 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
         record("a", "failed", attempts=6, cause="5xx", http_status=503),
         record("b", attempts=2, duration=10.0, meta={"processing_time_ms": 900}),
         record("c", "failed", attempts=0, cause="missing", http_status=None, error="not found"),
-        record("d", response_status="processing", duration=None, transcription=""),
+        record("d", response_status="processing", duration=None, transcription=""),  # (as of 0.1)
+        record("f", "submitted", error=None, cause=None, http_status=200, request_id="req-f"),
         run_record("r1"),
     )  # fmt: skip
     two = write(
@@ -558,7 +559,7 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
         b"garbage\n",
     )  # fmt: skip
     report = build_report([str(one), str(two)], top=5)
-    assert (report.items, report.ok, report.failed, report.webhook_pending) == (5, 3, 2, 1)
+    assert (report.items, report.ok, report.failed, report.submitted) == (6, 2, 2, 2)
     assert report.failed_by_cause == {"missing": 1, "429": 1}
     assert report.failed_by_status == {"none": 1, "429": 1}
     assert report.retries == (3 - 1) + (2 - 1) + (4 - 1)
@@ -571,8 +572,35 @@ def test_report_totals_over_final_states(tmp_path: Path) -> None:
     assert doc["failed_by_http_status"] == {"none": 1, "429": 1}
     assert doc["top_errors"][0]["count"] == 1
     text = "\n".join(report.lines())
-    assert "items: 5  ok: 3 (60.0%)  failed: 2" in text
+    assert "items: 6  ok: 2 (33.3%)  failed: 2  submitted: 2 (answers go to the webhook)" in text
+    assert report.as_dict()["submitted"] == 2
     assert "failed by cause: missing: 1  429: 1" in text
+
+
+def test_impossible_durations_and_times_are_flagged_not_printed_as_hours(tmp_path: Path) -> None:
+    """A record's negative or absurd duration (1e308) is left out of the audio hours and
+    flagged; absurd run times show as "-": no text, JSON or HTML line prints them as hours."""
+    path = write(
+        tmp_path / "r.jsonl",
+        record("huge", duration=1e308, meta={"processing_time_ms": 1e308}, attempts=2),
+        record("negative", duration=-5000.0),
+        record("fine", duration=3.0),
+        run_record("r1", wall_seconds=1e308, items_per_second=1e308),
+        run_record("r2", wall_seconds=-7.0),
+    )  # fmt: skip
+    report = build_report([str(path)], top=5, charts=True)
+    assert report.audio_seconds == 3.0
+    assert report.implausible_durations == 2
+    assert list(report.durations) == [3.0]
+    text = "\n".join(report.lines(runs=0))
+    assert "2 ok item(s) with an impossible duration (negative or over a week)" in text
+    assert "audio transcribed: 0.001 h (3.0 s)" in text
+    assert not re.search(r"[0-9,]{16}", text), text  # no 300-digit "hours" anywhere
+    doc = report.as_dict()
+    assert doc["audio_seconds"] == 3.0 and doc["implausible_durations"] == 2
+    assert all(e["duration"] is None for e in doc["slowest"] if e["id"] != "fine")
+    page = render_html(report)
+    assert not re.search(r"[0-9,]{16}", page)
 
 
 def _generate(path: Path, n: int) -> dict[str, Any]:
