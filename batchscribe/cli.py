@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import stat
 import sys
@@ -30,7 +31,13 @@ from batchscribe.errors import (
 from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
 from batchscribe.progress import Console, EventLog, Progress, Redactor
-from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, PulseParams, coerce_param
+from batchscribe.pulse import (
+    BOOL_PARAMS,
+    DEFAULT_ENDPOINT,
+    PulseParams,
+    clean_api_key,
+    coerce_param,
+)
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -82,8 +89,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    if not 0 <= value < math.inf:  # (nan and inf too: a timer cannot be set to them)
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text}")
     return value
 
 
@@ -116,8 +123,8 @@ def _duration(text: str) -> float:
         value = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be positive and finite, not {text}")
     return value
 
 
@@ -126,8 +133,8 @@ def _price(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
     return value
 
 
@@ -317,18 +324,25 @@ def _add_emulate(
     parser.set_defaults(handler=_cmd_emulate)
 
 
+_KEY_FILE_LIMIT = 64 * 1024  # far above any key; a bound so /dev/zero cannot fill memory
+
+
 def read_api_key(path: str | None, console: Console) -> str | None:
-    """The API key from ``--api-key-file`` or the environment (None when neither has one)."""
+    """The API key from ``--api-key-file`` or the environment (None when neither has one),
+    without surrounding whitespace or a BOM; ConfigError when it cannot be a key."""
     if path is None:
-        return os.environ.get(KEY_ENV) or None
+        return _clean_key(os.environ.get(KEY_ENV) or "", KEY_ENV) or None
     try:
         st = os.stat(path)
         with open(path, encoding="utf-8") as handle:
-            key = handle.read().strip()
+            raw = handle.read(_KEY_FILE_LIMIT + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read API key file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: API key file is not UTF-8 text") from None
+    if len(raw) > _KEY_FILE_LIMIT:
+        raise ConfigError(f"{path}: API key file is over {_KEY_FILE_LIMIT // 1024} KiB: not a key")
+    key = _clean_key(raw, path)
     if not key:
         raise ConfigError(f"{path}: API key file is empty")
     if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
@@ -337,6 +351,14 @@ def read_api_key(path: str | None, console: Console) -> str | None:
             f"restrict it with: chmod 600 {path}"
         )
     return key
+
+
+def _clean_key(raw: str, origin: str) -> str:
+    """:func:`clean_api_key`, its refusal a ConfigError naming where the key came from."""
+    try:
+        return clean_api_key(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: the API key {exc}") from None
 
 
 def _apply_shard(ns: argparse.Namespace, console: Console) -> Shard | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import os
 import random
 import signal
@@ -70,6 +71,7 @@ from batchscribe.pulse import (
     build_query,
     check_combination,
     classify,
+    clean_api_key,
     content_type_for,
 )
 from batchscribe.results import ResultsStore, ResumeState, SeenIds
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 UPLOAD_CHUNK = 256 * 1024
+MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
 _READ_BATCH = 256  # manifest entries taken from the reader thread at a time
 
 
@@ -147,8 +150,10 @@ class RunOptions:
         """Raise ConfigError for options that cannot work, before anything is opened."""
         if not self.sources:
             raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
-        if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            # (a worker task each: a billion would exhaust memory before the first request)
+            flag = "--max-concurrency" if self.adaptive else "--concurrency"
+            raise ConfigError(f"{flag} must be from 1 to {MAX_CONCURRENCY:,}")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError("--rate must be a positive number of requests per second")
         if self.rate_store is not None:
@@ -162,25 +167,49 @@ class RunOptions:
             check_url(self.rate_store)
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
-        if self.timeout <= 0:
-            raise ConfigError("--timeout must be positive")
-        if self.max_retry_wait < 0:
-            raise ConfigError("--max-retry-wait must not be negative")
+        if not 0 < self.timeout < math.inf:
+            raise ConfigError("--timeout must be a positive, finite number of seconds")
+        if not 0 <= self.max_retry_wait < math.inf:
+            raise ConfigError("--max-retry-wait must be a finite number of seconds >= 0")
         if self.max_items is not None and self.max_items < 0:
             raise ConfigError("--max-items must not be negative")
-        if self.max_runtime is not None and self.max_runtime <= 0:
-            raise ConfigError("--max-runtime must be positive")
+        if self.max_runtime is not None and not 0 < self.max_runtime < math.inf:
+            raise ConfigError("--max-runtime must be positive and finite")
         if not self.emulate:
-            if not self.endpoint.startswith(("http://", "https://")):
-                raise ConfigError(f"--endpoint must be an http(s) URL, not {self.endpoint!r}")
+            _check_endpoint(self.endpoint)
             if not self.api_key:
                 raise ConfigError(
                     "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
                     "use --emulate to try batchscribe without one"
                 )
+            _check_key(self.api_key)
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL with a host (and a valid port)."""
+    problem = f"--endpoint must be an http(s) URL, not {endpoint!r}"
+    if not endpoint.startswith(("http://", "https://")) or not endpoint.isprintable():
+        raise ConfigError(problem)
+    try:
+        url = URL(endpoint)
+        url.port  # noqa: B018 (parsed lazily: an out-of-range port raises here)
+    except ValueError as exc:
+        raise ConfigError(f"{problem} ({exc})") from None
+    if not url.host:
+        raise ConfigError(f"{problem} (no host)")
+
+
+def _check_key(key: str) -> None:
+    """ConfigError unless ``key`` can go in a header as it is (the CLI cleans it first)."""
+    try:
+        clean = clean_api_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"the API key {exc}") from None
+    if clean != key:
+        raise ConfigError("the API key has surrounding whitespace or a BOM: strip it")
 
 
 class FileChanged(Exception):
