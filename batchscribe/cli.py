@@ -481,7 +481,7 @@ def _dry_run(
     )
     for line in lines:
         out.line(line)
-    return EXIT_FAILED if plan.invalid else EXIT_OK
+    return EXIT_FAILED if plan.invalid or plan.unfit else EXIT_OK
 
 
 def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:

@@ -15,7 +15,6 @@ import math
 import os
 import random
 import signal
-import stat
 import threading
 import time
 import uuid
@@ -61,10 +60,9 @@ from batchscribe.events import (
 )
 from batchscribe.ids import DigestSet, id_key
 from batchscribe.manifest import Item, Problem
-from batchscribe.plan import SEND_ACTIONS, decide, reader_settles
+from batchscribe.plan import SEND_ACTIONS, check_file, decide, reader_settles
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
-    MAX_PAYLOAD,
     Outcome,
     PulseParams,
     Verdict,
@@ -596,21 +594,11 @@ class Engine:
                     return self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
                 return self._finish(item, record, 0, unfit)
         elif not item.is_url:
-            try:
-                st = os.stat(item.source)
-            except FileNotFoundError:
-                return self._finish(
-                    item, record, 0, Outcome(Verdict.FAIL, None, "missing", "file not found")
-                )
-            except OSError as exc:
-                return self._finish(
-                    item, record, 0,
-                    Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}"),
-                )  # fmt: skip
-            size = st.st_size
-            record["size"] = size
-            record["mtime"] = st.st_mtime
-            unfit = _file_problem(item.source, st)
+            st, unfit = check_file(item.source)  # the dry run's decision too
+            if st is not None:
+                size = st.st_size
+                record["size"] = size
+                record["mtime"] = st.st_mtime
             if unfit is not None:
                 return self._finish(item, record, 0, unfit)
 
@@ -1094,22 +1082,6 @@ class _Reader(Generic[_T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-
-def _file_problem(path: str, st: os.stat_result) -> Outcome | None:
-    """Why a local file must not be sent (None when it can be)."""
-    if not stat.S_ISREG(st.st_mode):
-        return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
-    if st.st_size == 0:
-        return Outcome(Verdict.FAIL, None, "invalid", "empty file")
-    if st.st_size > MAX_PAYLOAD:
-        return Outcome(
-            Verdict.FAIL, None, "too_large",
-            f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
-        )  # fmt: skip
-    if not os.access(path, os.R_OK):
-        return Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
-    return None
 
 
 class _SmallReads:
