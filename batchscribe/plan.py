@@ -166,12 +166,20 @@ def _shard_block(
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
     """The resume state of a results file, read-only and without its lock (for dry runs)."""
     try:
-        with open(path, "rb", buffering=1 << 20) as stream:
+        # Non-blocking open, then fstat: a FIFO named as the results file must not hang the
+        # dry run (the run refuses it as not a regular file; so does the dry run).
+        with open(path, "rb", buffering=1 << 20, opener=_open_nonblocking) as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise ConfigError(f"{path}: results path is not a regular file")
             return scan(stream, fingerprints=fingerprints)
     except FileNotFoundError:
         return ResumeState()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read results file: {exc.strerror}") from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 @dataclass

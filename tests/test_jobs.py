@@ -201,6 +201,21 @@ def test_audio_duration_never_reads_a_fifo_a_device_or_a_folder(tmp_path) -> Non
     assert audio_duration(str(tmp_path / "good.wav")) == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_dry_run_refuses_a_results_path_that_is_not_a_file(tmp_path, run_cli, kind) -> None:
+    """--dry-run --out naming a FIFO or /dev/zero exits 2 at once, as the run does, instead of
+    waiting for a writer or reading forever."""
+    make_wav(tmp_path / "good.wav", seconds=0.2)
+    (tmp_path / "m.txt").write_text("good.wav\n")
+    out = tmp_path / "r.jsonl"
+    if kind == "fifo":
+        os.mkfifo(out)
+    proc = run_cli("run", "m.txt", "--out", out if kind == "fifo" else "/dev/zero", "--dry-run",
+                   timeout=20)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "results path is not a regular file" in proc.stderr
+
+
 def test_dry_run_stops_on_sigint(tmp_path, spawn_cli) -> None:
     """A --dry-run waiting on a manifest pipe that never ends stops on SIGINT with exit 130."""
     make_wav(tmp_path / "good.wav", seconds=0.2)
