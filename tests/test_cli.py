@@ -225,6 +225,35 @@ def test_stdin_source(tmp_path, emulator, make_archive, run_cli):
         assert_ok_file_record(records[item_id], archive.paths[item_id], meta)
 
 
+def test_process_substitutions_resolve_like_stdin_and_are_sniffed(tmp_path, emulator, make_archive):
+    """Manifests given as bash <(...): relative paths resolve against the working directory
+    (not /dev/fd), and CSV, JSONL and a text list are told apart by their content."""
+    emu = emulator()
+    archive = make_archive(tmp_path / "a", 4)
+    out = tmp_path / "r.jsonl"
+    script = (
+        'exec "$0" -m batchscribe run'
+        ' <(printf "id,path,speaker\\nfirst,audio/clip-000.wav,Ada\\n")'
+        ' <(printf "audio/clip-001.wav\\n")'
+        """ <(printf '{"id": "third", "path": "audio/clip-002.wav"}\\n')"""
+        ' /proc/self/fd/3 3< <(printf "path\\naudio/clip-003.wav\\n")'
+        ' --out "$1" --endpoint "$2"'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script, sys.executable, str(out), emu.endpoint()],
+        env=cli_env(), cwd=archive.root, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = by_id(read_results(out)[0])
+    assert sorted(records) == ["audio/clip-001.wav", "audio/clip-003.wav", "first", "third"]
+    assert records["first"]["metadata"] == {"speaker": "Ada"}
+    for item_id, clip in [("first", 0), ("audio/clip-001.wav", 1), ("third", 2),
+                          ("audio/clip-003.wav", 3)]:  # fmt: skip
+        assert records[item_id]["source"] == str(archive.paths[f"clip-00{clip}"])
+    assert emu.stats()["requests"] == 4
+
+
 def test_several_sources_at_once(tmp_path, emulator, make_archive, run_cli):
     """JSONL, CSV, a directory and stdin in one run: every item of every source, once."""
     emu = emulator()
