@@ -450,16 +450,27 @@ def _safe_folder(root: str, parts: Sequence[str]) -> str:
     return current
 
 
-def write_if_changed(path: str, data: bytes, mode: int = 0o644) -> bool:
-    """Write ``data`` to ``path`` atomically unless it already holds exactly that.
+def write_if_changed(
+    path: str, data: bytes, mode: int | None = None, *, through_links: bool = True
+) -> bool:
+    """Write ``data`` to ``path`` atomically (a temporary file beside it, renamed over it)
+    unless it already holds exactly that. Returns True when written.
 
-    Returns True when written. A symlink at ``path`` is replaced, never followed.
+    ``mode``: the file's permission bits (default: an existing file's own, else 0o644).
+    ``through_links``: a symlink at ``path`` (a file the user named) stays a link and its
+    target is written, as a shell's ``>`` would; False (exports, whose names come from ids):
+    a symlink is replaced, never followed, so no write can land outside the chosen folder.
     """
+    if through_links:
+        path = os.path.realpath(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
-    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+    existing = st is not None and stat.S_ISREG(st.st_mode)
+    if mode is None:
+        mode = stat.S_IMODE(st.st_mode) if st is not None and existing else 0o644
+    if st is not None and existing and st.st_size == len(data):
         with open(path, "rb") as handle:
             if handle.read() == data:
                 return False
@@ -544,7 +555,7 @@ def export(
                     taken.add(id_digest(rel))
                 *folders, name = rel.split("/")
                 target = os.path.join(_safe_folder(root, folders), name)
-            if write_if_changed(target, render(record, fmt), mode):
+            if write_if_changed(target, render(record, fmt), mode, through_links=False):
                 summary.written += 1
             else:
                 summary.up_to_date += 1

@@ -303,6 +303,23 @@ def test_export_keeps_every_file_inside_out_even_past_a_symlink(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "outside", "r.jsonl"]
 
 
+def test_export_replaces_a_file_symlink_in_out_instead_of_writing_through_it(
+    tmp_path: Path,
+) -> None:
+    """A symlink in OUT where an export file goes (planted to lead outside) is replaced by the
+    file; its target outside OUT is left untouched."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").symlink_to(outside)
+    path = write(tmp_path / "r.jsonl", record("a.wav", transcription="Hello."))
+    assert export([str(path)], "txt", out_dir=str(out)).written == 1
+    assert not (out / "a.txt").is_symlink()
+    assert (out / "a.txt").read_text() == "Hello.\n"
+    assert outside.read_text() == "keep me\n"
+
+
 def test_export_skips_up_to_date_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
     """A second export writes nothing; a changed record rewrites its file, atomically."""
     path = write(tmp_path / "r.jsonl", record("a/b.wav"), record("c"), record("d", "failed"))
