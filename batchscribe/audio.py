@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import stat
 import struct
 import wave
 from typing import Any
@@ -28,22 +30,41 @@ def plausible_seconds(value: object) -> float | None:
 
 
 def audio_duration(path: str) -> float | None:
-    """Seconds of audio in a file, from its header; None when it cannot be told."""
-    try:
-        import mutagen
+    """Seconds of audio in a file, from its header; None when it cannot be told.
 
-        info = mutagen.File(path)  # reads headers only (mp3 may scan a few frames)
-    except Exception:  # mutagen raises many types for odd files; a duration is best effort
-        info = None
-    if info is not None and getattr(info, "info", None) is not None:
-        length = plausible_seconds(getattr(info.info, "length", None))
-        if length:
-            return length
-    with contextlib.suppress(Exception), wave.open(path, "rb") as handle:
-        rate = handle.getframerate()
-        if rate > 0:
-            return plausible_seconds(handle.getnframes() / rate)
+    Only a regular file is read: a FIFO, a device (``/dev/zero``) or a folder is None at once,
+    never opened for reading (a FIFO's open would wait for a writer; a device never ends).
+    """
+    try:
+        handle = open(path, "rb", opener=_open_nonblocking)  # noqa: SIM115 (closed below)
+    except OSError:
+        return None
+    with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        try:
+            import mutagen
+
+            info = mutagen.File(handle)  # reads headers only (mp3 may scan a few frames)
+        except Exception:  # mutagen raises many types for odd files; a duration is best effort
+            info = None
+        if info is not None and getattr(info, "info", None) is not None:
+            length = plausible_seconds(getattr(info.info, "length", None))
+            if length:
+                return length
+        with contextlib.suppress(Exception):
+            handle.seek(0)
+            with wave.open(handle, "rb") as reader:
+                rate = reader.getframerate()
+                if rate > 0:
+                    return plausible_seconds(reader.getnframes() / rate)
     return None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open``'s opener: a FIFO opens at once instead of waiting for a writer (then fstat
+    tells it apart); a terminal is not made the controlling one."""
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
 
 
 class _Sparse(io.RawIOBase):

@@ -35,6 +35,7 @@ from batchscribe.pulse import (
     BOOL_PARAMS,
     DEFAULT_ENDPOINT,
     PulseParams,
+    clean_api_key,
     coerce_param,
     url_secrets,
 )
@@ -347,18 +348,25 @@ def _add_emulate(
     parser.set_defaults(handler=_cmd_emulate)
 
 
+_KEY_FILE_LIMIT = 64 * 1024  # far above any key; a bound so /dev/zero cannot fill memory
+
+
 def read_api_key(path: str | None, console: Console) -> str | None:
-    """The API key from ``--api-key-file`` or the environment (None when neither has one)."""
+    """The API key from ``--api-key-file`` or the environment (None when neither has one),
+    without surrounding whitespace or a BOM; ConfigError when it cannot be a key."""
     if path is None:
-        return os.environ.get(KEY_ENV) or None
+        return _clean_key(os.environ.get(KEY_ENV) or "", KEY_ENV) or None
     try:
         st = os.stat(path)
         with open(path, encoding="utf-8") as handle:
-            key = handle.read().strip()
+            raw = handle.read(_KEY_FILE_LIMIT + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read API key file: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: API key file is not UTF-8 text") from None
+    if len(raw) > _KEY_FILE_LIMIT:
+        raise ConfigError(f"{path}: API key file is over {_KEY_FILE_LIMIT // 1024} KiB: not a key")
+    key = _clean_key(raw, path)
     if not key:
         raise ConfigError(f"{path}: API key file is empty")
     if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
@@ -367,6 +375,14 @@ def read_api_key(path: str | None, console: Console) -> str | None:
             f"restrict it with: chmod 600 {path}"
         )
     return key
+
+
+def _clean_key(raw: str, origin: str) -> str:
+    """:func:`clean_api_key`, its refusal a ConfigError naming where the key came from."""
+    try:
+        return clean_api_key(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: the API key {exc}") from None
 
 
 def _apply_shard(ns: argparse.Namespace, console: Console) -> Shard | None:
@@ -489,7 +505,7 @@ def _dry_run(
     )
     for line in lines:
         out.line(line)
-    return EXIT_FAILED if plan.invalid else EXIT_OK
+    return EXIT_FAILED if plan.invalid or plan.unfit else EXIT_OK
 
 
 def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:

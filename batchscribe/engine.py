@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import os
 import random
 import signal
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -64,16 +64,16 @@ from batchscribe.events import (
 )
 from batchscribe.ids import DigestSet, id_key
 from batchscribe.manifest import Item, Problem
-from batchscribe.plan import SEND_ACTIONS, decide, reader_settles
+from batchscribe.plan import SEND_ACTIONS, check_file, decide, reader_settles
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
-    MAX_PAYLOAD,
     Outcome,
     PulseParams,
     Verdict,
     build_query,
     check_combination,
     classify,
+    clean_api_key,
     content_type_for,
     endpoint_clashes,
     public_url,
@@ -93,6 +93,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 UPLOAD_CHUNK = 256 * 1024
+MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
 _READ_BATCH = 256  # manifest entries taken from the reader thread at a time
 
 
@@ -154,8 +155,10 @@ class RunOptions:
         """Raise ConfigError for options that cannot work, before anything is opened."""
         if not self.sources:
             raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
-        if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            # (a worker task each: a billion would exhaust memory before the first request)
+            flag = "--max-concurrency" if self.adaptive else "--concurrency"
+            raise ConfigError(f"{flag} must be from 1 to {MAX_CONCURRENCY:,}")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError("--rate must be a positive number of requests per second")
         if self.rate_store is not None:
@@ -169,14 +172,14 @@ class RunOptions:
             check_url(self.rate_store)
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
-        if self.timeout <= 0:
-            raise ConfigError("--timeout must be positive")
-        if self.max_retry_wait < 0:
-            raise ConfigError("--max-retry-wait must not be negative")
+        if not 0 < self.timeout < math.inf:
+            raise ConfigError("--timeout must be a positive, finite number of seconds")
+        if not 0 <= self.max_retry_wait < math.inf:
+            raise ConfigError("--max-retry-wait must be a finite number of seconds >= 0")
         if self.max_items is not None and self.max_items < 0:
             raise ConfigError("--max-items must not be negative")
-        if self.max_runtime is not None and self.max_runtime <= 0:
-            raise ConfigError("--max-runtime must be positive")
+        if self.max_runtime is not None and not 0 < self.max_runtime < math.inf:
+            raise ConfigError("--max-runtime must be positive and finite")
         if not self.emulate:
             _check_endpoint(self.endpoint)
             if not self.api_key:
@@ -184,19 +187,21 @@ class RunOptions:
                     "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
                     "use --emulate to try batchscribe without one"
                 )
+            _check_key(self.api_key)
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
 
 
 def _check_endpoint(endpoint: str) -> None:
-    """ConfigError unless ``endpoint`` is an http(s) URL without credentials; the message shows
-    it without its query (it may hold a token)."""
+    """ConfigError unless ``endpoint`` is an http(s) URL with a host (and a valid port) and
+    without credentials; the message shows it without its query (it may hold a token)."""
     shown = public_url(endpoint)
-    if not endpoint.startswith(("http://", "https://")):
+    if not endpoint.startswith(("http://", "https://")) or not endpoint.isprintable():
         raise ConfigError(f"--endpoint must be an http(s) URL, not {shown!r}")
     try:
         parts = URL(endpoint)
+        parts.port  # noqa: B018 (parsed lazily: an out-of-range port raises here)
     except ValueError as exc:
         raise ConfigError(f"--endpoint {shown!r} is not a valid URL: {exc}") from None
     if parts.user is not None or parts.password is not None:
@@ -206,6 +211,16 @@ def _check_endpoint(endpoint: str) -> None:
         )
     if not parts.host:
         raise ConfigError(f"--endpoint {shown!r} has no host name")
+
+
+def _check_key(key: str) -> None:
+    """ConfigError unless ``key`` can go in a header as it is (the CLI cleans it first)."""
+    try:
+        clean = clean_api_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"the API key {exc}") from None
+    if clean != key:
+        raise ConfigError("the API key has surrounding whitespace or a BOM: strip it")
 
 
 class FileChanged(Exception):
@@ -602,21 +617,11 @@ class Engine:
                     return self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
                 return self._finish(item, record, 0, unfit)
         elif not item.is_url:
-            try:
-                st = os.stat(item.source)
-            except FileNotFoundError:
-                return self._finish(
-                    item, record, 0, Outcome(Verdict.FAIL, None, "missing", "file not found")
-                )
-            except OSError as exc:
-                return self._finish(
-                    item, record, 0,
-                    Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}"),
-                )  # fmt: skip
-            size = st.st_size
-            record["size"] = size
-            record["mtime"] = st.st_mtime
-            unfit = _file_problem(item.source, st)
+            st, unfit = check_file(item.source)  # the dry run's decision too
+            if st is not None:
+                size = st.st_size
+                record["size"] = size
+                record["mtime"] = st.st_mtime
             if unfit is not None:
                 return self._finish(item, record, 0, unfit)
 
@@ -1150,22 +1155,6 @@ class _Reader(Generic[_T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-
-def _file_problem(path: str, st: os.stat_result) -> Outcome | None:
-    """Why a local file must not be sent (None when it can be)."""
-    if not stat.S_ISREG(st.st_mode):
-        return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
-    if st.st_size == 0:
-        return Outcome(Verdict.FAIL, None, "invalid", "empty file")
-    if st.st_size > MAX_PAYLOAD:
-        return Outcome(
-            Verdict.FAIL, None, "too_large",
-            f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
-        )  # fmt: skip
-    if not os.access(path, os.R_OK):
-        return Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
-    return None
 
 
 class _SmallReads:

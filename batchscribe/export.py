@@ -21,12 +21,11 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import srt
 
-from batchscribe.audio import plausible_seconds
 from batchscribe.errors import ConfigError
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.pulse import AUDIO_EXTENSIONS
@@ -39,6 +38,8 @@ MAX_LINES = 2  # lines a cue
 MAX_CUE_SECONDS = 7.0  # longest cue
 PAUSE_SECONDS = 1.5  # a silence this long between words starts a new cue
 _SENTENCE_BREAK = 24  # after a sentence end, start a new cue once this many characters are shown
+MAX_SECONDS = 359_999.0  # 99:59:59, SRT's two-digit hours; no audio the API takes is this long
+_MIN_CUE_MS = 500  # a cue whose words take no time (end <= start) shows this long at most
 _NAME_MAX = 240  # bytes of one path component (filesystems allow 255; room for a suffix)
 
 
@@ -77,7 +78,8 @@ def speaker_label(value: object) -> str | None:
 
 
 def _spans(values: object, key: str) -> list[_Span]:
-    """Timed entries of a ``words`` or ``utterances`` list (untimed or empty ones dropped)."""
+    """Timed entries of a ``words`` or ``utterances`` list (untimed or empty ones dropped, and
+    those whose times are not numbers a subtitle can show: see :func:`timing_problem`)."""
     if not isinstance(values, list):
         return []
     out = []
@@ -94,9 +96,35 @@ def _spans(values: object, key: str) -> list[_Span]:
 
 
 def _number(value: object) -> float | None:
-    """A time in the recording, in seconds; None unless plausible (a corrupt record's negative
-    or absurd times must not reach a subtitle: see :func:`plausible_seconds`)."""
-    return plausible_seconds(value)
+    """A time in seconds, or None: not a number, NaN, infinite or beyond +-:data:`MAX_SECONDS`
+    (a negative one is shown from 0)."""
+    # (The range check first: NaN fails it, and a huge int never reaches float().)
+    if _numeric(value) and -MAX_SECONDS <= value <= MAX_SECONDS:
+        return float(value)
+    return None
+
+
+def _numeric(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def timing_problem(record: dict[str, Any]) -> str | None:
+    """Why a record's subtitles cannot be trusted (None when they can): a word or utterance
+    time that is a number but infinite or beyond 99:59:59 (the cue builder drops such entries;
+    the export skips the record rather than write subtitles with a hole)."""
+    for name in ("utterances", "words"):
+        values = record.get(name)
+        if not isinstance(values, list):
+            continue
+        for n, value in enumerate(values, 1):
+            if not isinstance(value, dict):
+                continue
+            for end in ("start", "end"):
+                time = value.get(end)
+                if _numeric(time) and _number(time) is None:
+                    shown = repr(time) if len(repr(time)) <= 24 else repr(time)[:20] + "..."
+                    return f"{name[:-1]} {n} has {end} {shown} s, not a time in the audio"
+    return None
 
 
 def _ms(seconds: float) -> int:
@@ -165,7 +193,9 @@ def _chunk(tokens: list[_Span], indent: Callable[[str | None], int]) -> list[Cue
             text = " ".join(t.text for t in current)
             speaker = current[0].speaker
             lines = wrap(text, indent(speaker)) or [text]
-            cues.append(Cue(_ms(current[0].start), _ms(current[-1].end), tuple(lines), speaker))
+            # min/max, not first/last: words out of order must not make a cue run backwards
+            start, end = min(t.start for t in current), max(t.end for t in current)
+            cues.append(Cue(_ms(start), _ms(end), tuple(lines), speaker))
             current.clear()
 
     for token in tokens:
@@ -224,15 +254,31 @@ def build_cues(record: dict[str, Any], *, label_in_text: bool = True) -> list[Cu
             else:
                 tokens = _spread(u.text, u.start, u.end, u.speaker)
             cues.extend(_chunk(_split_long(tokens, room), indent))
-        return cues
+        return _lasting(cues)
     if words:
-        return _chunk(_split_long(words, room), indent)
+        return _lasting(_chunk(_split_long(words, room), indent))
     text = record.get("transcription")
     if not isinstance(text, str) or not text.strip():
         return []
     duration = _number(record.get("duration"))
     end = duration if duration is not None and duration > 0 else 0.4 * len(text.split())
-    return _chunk(_split_long(_spread(text, 0.0, end, None), room), indent)
+    return _lasting(
+        _chunk(_split_long(_spread(text, 0.0, min(end, MAX_SECONDS), None), room), indent)
+    )
+
+
+def _lasting(cues: list[Cue]) -> list[Cue]:
+    """Cues as given, but one that would last no time (its words' ends at or before their
+    starts) lasts :data:`_MIN_CUE_MS`, or until the next cue starts if that is sooner."""
+    out = []
+    for i, cue in enumerate(cues):
+        if cue.end_ms <= cue.start_ms:
+            end = cue.start_ms + _MIN_CUE_MS
+            if i + 1 < len(cues) and cue.start_ms < cues[i + 1].start_ms:
+                end = min(end, cues[i + 1].start_ms)
+            cue = Cue(cue.start_ms, end, cue.lines, cue.speaker)
+        out.append(cue)
+    return out
 
 
 # ------------------------------------------------------------------------------ renderers
@@ -424,6 +470,23 @@ class ExportSummary:
         return text
 
 
+class _Unrenderable(Exception):
+    """This record's data cannot make a file of the format (the message says why)."""
+
+
+def _rendered(record: dict[str, Any], fmt: str) -> bytes:
+    """:func:`render`, or _Unrenderable: subtitles from times that are not in any audio, or
+    data no renderer can take (one bad record must not stop the export of the others)."""
+    if fmt in ("srt", "vtt"):
+        problem = timing_problem(record)
+        if problem is not None:
+            raise _Unrenderable(problem)
+    try:
+        return render(record, fmt)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _Unrenderable(f"{type(exc).__name__}: {exc}") from None
+
+
 class _Refused(Exception):
     """This item's file cannot be written where it should go (the message says why)."""
 
@@ -451,16 +514,27 @@ def _safe_folder(root: str, parts: Sequence[str]) -> str:
     return current
 
 
-def write_if_changed(path: str, data: bytes, mode: int = 0o644) -> bool:
-    """Write ``data`` to ``path`` atomically unless it already holds exactly that.
+def write_if_changed(
+    path: str, data: bytes, mode: int | None = None, *, through_links: bool = True
+) -> bool:
+    """Write ``data`` to ``path`` atomically (a temporary file beside it, renamed over it)
+    unless it already holds exactly that. Returns True when written.
 
-    Returns True when written. A symlink at ``path`` is replaced, never followed.
+    ``mode``: the file's permission bits (default: an existing file's own, else 0o644).
+    ``through_links``: a symlink at ``path`` (a file the user named) stays a link and its
+    target is written, as a shell's ``>`` would; False (exports, whose names come from ids):
+    a symlink is replaced, never followed, so no write can land outside the chosen folder.
     """
+    if through_links:
+        path = os.path.realpath(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
-    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+    existing = st is not None and stat.S_ISREG(st.st_mode)
+    if mode is None:
+        mode = stat.S_IMODE(st.st_mode) if st is not None and existing else 0o644
+    if st is not None and existing and st.st_size == len(data):
         with open(path, "rb") as handle:
             if handle.read() == data:
                 return False
@@ -521,7 +595,7 @@ def export(
     mode = 0o666 & ~_umask()
     summary = ExportSummary()
     taken = DigestSet()
-    for _, _, record in final_states(paths, counts=summary.counts):
+    for path, lineno, record in final_states(paths, counts=summary.counts):
         status = record.get("status")
         if status == "submitted":
             summary.no_transcript += 1  # the transcript went to the webhook
@@ -549,10 +623,15 @@ def export(
                     taken.add(id_digest(rel))
                 *folders, name = rel.split("/")
                 target = os.path.join(_safe_folder(root, folders), name)
-            if write_if_changed(target, render(record, fmt), mode):
+            data = _rendered(record, fmt)
+            if write_if_changed(target, data, mode, through_links=False):
                 summary.written += 1
             else:
                 summary.up_to_date += 1
+        except _Unrenderable as exc:
+            summary.errors += 1
+            if on_problem is not None:
+                on_problem(f"{path}:{lineno}: {display_id(item_id)}: not exported: {exc}")
         except _Refused as exc:
             summary.errors += 1
             if on_problem is not None:

@@ -212,12 +212,17 @@ def _read_file(
 ) -> Iterator[Item | Problem | str]:
     name = _printable(source)
     kind = _KINDS.get(os.path.splitext(source)[1].lower(), "sniff")
-    base = os.path.dirname(os.path.abspath(source))
     try:
         stream = open(source, "rb", buffering=_BUFFER)  # noqa: SIM115 (closed below; a generator)
     except OSError as exc:
         raise ManifestError(f"{name}: cannot read manifest: {_reason(exc)}") from exc
     with stream:
+        # A pipe or an inherited descriptor (bash's <(...) is /dev/fd/63) has no folder of its
+        # own: relative paths resolve against the working directory, as for stdin.
+        if _is_stream(source, stream):
+            base = os.getcwd()
+        else:
+            base = os.path.dirname(os.path.abspath(source))
         try:
             yield from _read_stream(stream, name, base, kind, seen, settled)
         except OSError as exc:
@@ -241,9 +246,12 @@ def _read_stream(
         return
     lineno, first = head
     if kind == "sniff":
-        kind = "jsonl" if first == b"{" else "text"
+        kind = _sniff(first)
+        if kind == "csv":
+            yield from _parse_csv(_chunk_lines(chunks), file, base, seen)
+            return
     if kind == "jsonl":
-        if first == b"[":
+        if first[:1] == b"[":
             yield _problem(
                 file, lineno, "this is a JSON array, not JSON Lines: write one JSON object per line"
             )
@@ -335,8 +343,8 @@ def _chunk_lines(chunks: Iterator[Chunk]) -> Iterator[Line]:
 
 
 def _first_content(chunks: Iterator[Chunk]) -> tuple[tuple[int, bytes] | None, Iterator[Chunk]]:
-    """The line number and first byte of the first non-blank line (``b""`` for one too long),
-    and the chunks, all still to be read."""
+    """The line number and content of the first non-blank line (without leading whitespace or
+    its line break; ``b""`` for one too long), and the chunks, all still to be read."""
     held: list[Chunk] = []
     for chunk in chunks:
         held.append(chunk)
@@ -346,8 +354,34 @@ def _first_content(chunks: Iterator[Chunk]) -> tuple[tuple[int, bytes] | None, I
         body = data.lstrip()
         if body:
             skipped = len(data) - len(body)
-            return (lineno + data.count(b"\n", 0, skipped), body[:1]), itertools.chain(held, chunks)
+            first = body.split(b"\n", 1)[0].rstrip(b"\r")
+            return (lineno + data.count(b"\n", 0, skipped), first), itertools.chain(held, chunks)
     return None, iter(held)
+
+
+_FD_ALIAS = re.compile(r"/dev/(?:stdin|fd/\d+)|/proc/(?:self|thread-self|\d+)/fd/\d+")
+_CSV_NAME = re.compile(r"[A-Za-z_][\w .-]*")  # (no "/": a text list's paths and URLs have one)
+
+
+def _is_stream(source: str, stream: BinaryIO) -> bool:
+    """A manifest that is not a file in a folder: a FIFO, a pipe, or a descriptor's alias."""
+    if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+        return True
+    return _FD_ALIAS.fullmatch(os.path.abspath(source)) is not None
+
+
+def _sniff(first: bytes) -> Kind:
+    """The format of a manifest whose name does not tell it, from its first non-blank line:
+    JSONL if it starts with ``{``, CSV if it is a header naming an id, path or url column (and
+    nothing that cannot be a column name), else a text list."""
+    if first[:1] == b"{":
+        return "jsonl"
+    cells = [cell.strip().strip('"') for cell in first.decode("utf-8", "replace").split(",")]
+    if {"id", "path", "url"} & set(cells) and all(
+        _CSV_NAME.fullmatch(cell) for cell in cells if cell
+    ):
+        return "csv"
+    return "text"
 
 
 # --------------------------------------------------------------------------- formats

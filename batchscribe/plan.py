@@ -6,10 +6,10 @@ engine and the dry run both use it, so a dry run predicts exactly what a run sen
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import os
-from collections import deque
+import stat
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
+from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
 from batchscribe.results import ResumeState, SeenIds, fingerprint, scan
 from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
 
@@ -56,6 +57,36 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
             if fingerprint(st.st_size, st.st_mtime) != stored:
                 return "changed"
     return "done"
+
+
+def file_problem(st: os.stat_result) -> Outcome | None:
+    """Why a local file with this ``stat`` must not be sent (None when it can be), as far as
+    its stat tells: not a regular file (a folder, a FIFO, a device), empty, over 250 MB."""
+    if not stat.S_ISREG(st.st_mode):
+        return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
+    if st.st_size == 0:
+        return Outcome(Verdict.FAIL, None, "invalid", "empty file")
+    if st.st_size > MAX_PAYLOAD:
+        return Outcome(
+            Verdict.FAIL, None, "too_large",
+            f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
+        )  # fmt: skip
+    return None
+
+
+def check_file(path: str) -> tuple[os.stat_result | None, Outcome | None]:
+    """A local file's stat (None when it cannot be had) and why it must not be sent (None when
+    it can be): the one per-file decision of a run and of a dry run. Never opens the file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None, Outcome(Verdict.FAIL, None, "missing", "file not found")
+    except OSError as exc:
+        return None, Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}")
+    unfit = file_problem(st)
+    if unfit is None and not os.access(path, os.R_OK):
+        unfit = Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
+    return st, unfit
 
 
 def settled_action(
@@ -136,12 +167,20 @@ def _shard_block(
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
     """The resume state of a results file, read-only and without its lock (for dry runs)."""
     try:
-        with open(path, "rb", buffering=1 << 20) as stream:
+        # Non-blocking open, then fstat: a FIFO named as the results file must not hang the
+        # dry run (the run refuses it as not a regular file; so does the dry run).
+        with open(path, "rb", buffering=1 << 20, opener=_open_nonblocking) as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise ConfigError(f"{path}: results path is not a regular file")
             return scan(stream, fingerprints=fingerprints)
     except FileNotFoundError:
         return ResumeState()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read results file: {exc.strerror}") from None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 @dataclass
@@ -155,6 +194,8 @@ class Plan:
     audio_seconds: float = 0.0
     unknown_duration: int = 0
     url_items: int = 0
+    #: items a run would record failed without a request (a missing file, a FIFO, ...), by error
+    unfit: Counter[str] = field(default_factory=Counter)
 
     @property
     def to_send(self) -> int:
@@ -176,8 +217,9 @@ class Plan:
         a = self.actions
         out = [
             "dry run: nothing sent, nothing written",
-            f"items: {sum(a.values())}  to send: {self.to_send} (new: {a.get('new', 0)}, "
-            f"retry failed: {a.get('retry', 0)}, changed: {a.get('changed', 0)})",
+            f"items: {sum(a.values()) + self.unfit.total()}  to send: {self.to_send} "
+            f"(new: {a.get('new', 0)}, retry failed: {a.get('retry', 0)}, "
+            f"changed: {a.get('changed', 0)})",
             f"skipped: done: {a.get('done', 0)}  failed earlier: {a.get('failed', 0)}  "
             f"invalid lines: {self.invalid}",
             f"audio to send: {self.audio_seconds / 3600:.3f} h ({self.audio_seconds:.1f} s, "
@@ -185,6 +227,9 @@ class Plan:
             + (f"; duration unknown for {self.unknown_duration} item(s)" if self.unknown_duration
                else ""),
         ]  # fmt: skip
+        if self.unfit:
+            why = ", ".join(f"{error}: {n}" for error, n in self.unfit.most_common())
+            out.insert(2, f"to fail without a request: {self.unfit.total()} ({why})")
         if price_per_hour is not None:
             cost = self.audio_seconds / 3600 * price_per_hour
             out.append(f"estimated cost: {cost:.2f} at {price_per_hour:g} per audio hour")
@@ -243,9 +288,17 @@ def dry_run(
             assert isinstance(entry, Item)
             yield entry
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for item in items():
             action = decide(resume, item, retry_failed=retry_failed, rescan_changed=rescan_changed)
+            if action in SEND_ACTIONS and not item.is_url and not cloud.is_cloud_uri(item.source):
+                st, unfit = check_file(item.source)  # as the run decides, from a stat alone
+                if unfit is not None:
+                    plan.unfit[_unfit_label(unfit)] += 1
+                    continue
+                assert st is not None
+                plan.bytes_to_send += st.st_size  # (an object's size comes with its header)
             plan.actions[action] = plan.actions.get(action, 0) + 1
             if action not in SEND_ACTIONS:
                 continue
@@ -253,14 +306,21 @@ def dry_run(
                 plan.url_items += 1
                 plan.unknown_duration += 1
                 continue
-            if not cloud.is_cloud_uri(item.source):  # an object's size comes with its header
-                with contextlib.suppress(OSError):
-                    plan.bytes_to_send += os.stat(item.source).st_size
             to_measure.append(item.source)
             if len(to_measure) >= 1024:
                 _measure(pool, to_measure, plan)
         _measure(pool, to_measure, plan)
+    finally:
+        # On Ctrl-C, headers not yet read are dropped rather than waited for.
+        pool.shutdown(wait=True, cancel_futures=True)
     return plan
+
+
+def _unfit_label(unfit: Outcome) -> str:
+    """The error of a file a run would not send, without the size in "file is N MB, ..."."""
+    if unfit.cause == "too_large":
+        return "over the API's 250 MB limit"
+    return unfit.error or unfit.cause or "cannot be sent"
 
 
 def _size_and_duration(source: str) -> tuple[int, float | None]:

@@ -115,12 +115,21 @@ def coerce_param(name: str, value: Any) -> Any:
     if name == "webhook_url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise ValueError(f"webhook_url must be an http(s) URL, not {value!r}")
+        if not _one_token(value):
+            raise ValueError(f"webhook_url must not hold spaces or control characters: {value!r}")
         return value
     if name == "webhook_extra":
         if not isinstance(value, str) or not all(":" in pair for pair in value.split(",") if pair):
             raise ValueError(f"webhook_extra must look like key:value,key2:value2, not {value!r}")
+        if not value.isprintable():
+            raise ValueError(f"webhook_extra must not hold control characters: {value!r}")
         return value
     raise ValueError(f"unknown Pulse parameter {name!r}")
+
+
+def _one_token(text: str) -> bool:
+    """No whitespace, control or invisible characters (what a URL or a header value needs)."""
+    return text.isprintable() and not any(char.isspace() for char in text)
 
 
 def check_combination(params: PulseParams, *, url_input: bool) -> str | None:
@@ -144,6 +153,30 @@ def build_query(params: PulseParams) -> dict[str, str]:
         if value:
             query[name] = value
     return query
+
+
+def clean_api_key(raw: str) -> str:
+    """The API key as sent in ``Authorization: Bearer KEY``: surrounding whitespace and a
+    UTF-8 BOM removed (key files and Secrets made from files often end in a newline). Raise
+    ValueError, with a message holding no part of the key, when what is left cannot be one:
+    a line break, other whitespace, a control character or a character that is not ASCII.
+    """
+    key = raw.strip().lstrip("\ufeff").strip()
+    for position, char in enumerate(key, 1):
+        if char.isascii() and char.isprintable() and char != " ":
+            continue
+        if char in "\r\n":
+            what = "a line break (a file of several lines?)"
+        elif char.isspace():
+            what = "a space or other whitespace"
+        elif not char.isascii():
+            what = "a character that is not ASCII"
+        else:
+            what = "a control character"
+        raise ValueError(
+            f"contains {what} at character {position}; a key is one line of printable ASCII"
+        )
+    return key
 
 
 class Verdict(Enum):

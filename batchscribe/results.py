@@ -1431,7 +1431,7 @@ def merge_results(paths: Sequence[str], out: str) -> MergeSummary:
     ok is never lost: when the last record is failed but an earlier one is ok, the latest ok
     is kept. Superseded records are dropped. ``out`` is locked like a run's results file
     (ResultsBusy when a run holds it) and replaced atomically, so readers see the old file or
-    the new one, never half of one.
+    the new one, never half of one; a symlink ``out`` stays one, and its target is replaced.
 
     Raises ConfigError when ``out`` is one of ``paths``.
     """
@@ -1467,7 +1467,7 @@ def merge_results(paths: Sequence[str], out: str) -> MergeSummary:
                 handle.flush()
                 os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
                 os.fsync(handle.fileno())
-            os.replace(temp, out)
+            os.replace(temp, out_real)  # through a symlink: the link stays, its target is new
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp)

@@ -22,6 +22,8 @@ from audio_fixtures import make_wav, wav_bytes
 from conftest import SAMPLES, TEST_KEY, cli_env, read_results, wait_until
 
 from batchscribe.emulator import FaultRates, content_key, transcript_for, transcript_for_url
+from batchscribe.engine import RunOptions
+from batchscribe.errors import ConfigError
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 OK_FIELDS = ["transcription", "words", "utterances", "duration", "request_id", "response"]
@@ -221,6 +223,35 @@ def test_stdin_source(tmp_path, emulator, make_archive, run_cli):
     for i, item_id in enumerate(archive.ids):
         meta = {"speaker": f"spk{i % 3}", "n": i}
         assert_ok_file_record(records[item_id], archive.paths[item_id], meta)
+
+
+def test_process_substitutions_resolve_like_stdin_and_are_sniffed(tmp_path, emulator, make_archive):
+    """Manifests given as bash <(...): relative paths resolve against the working directory
+    (not /dev/fd), and CSV, JSONL and a text list are told apart by their content."""
+    emu = emulator()
+    archive = make_archive(tmp_path / "a", 4)
+    out = tmp_path / "r.jsonl"
+    script = (
+        'exec "$0" -m batchscribe run'
+        ' <(printf "id,path,speaker\\nfirst,audio/clip-000.wav,Ada\\n")'
+        ' <(printf "audio/clip-001.wav\\n")'
+        """ <(printf '{"id": "third", "path": "audio/clip-002.wav"}\\n')"""
+        ' /proc/self/fd/3 3< <(printf "path\\naudio/clip-003.wav\\n")'
+        ' --out "$1" --endpoint "$2"'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script, sys.executable, str(out), emu.endpoint()],
+        env=cli_env(), cwd=archive.root, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = by_id(read_results(out)[0])
+    assert sorted(records) == ["audio/clip-001.wav", "audio/clip-003.wav", "first", "third"]
+    assert records["first"]["metadata"] == {"speaker": "Ada"}
+    for item_id, clip in [("first", 0), ("audio/clip-001.wav", 1), ("third", 2),
+                          ("audio/clip-003.wav", 3)]:  # fmt: skip
+        assert records[item_id]["source"] == str(archive.paths[f"clip-00{clip}"])
+    assert emu.stats()["requests"] == 4
 
 
 def test_several_sources_at_once(tmp_path, emulator, make_archive, run_cli):
@@ -688,6 +719,89 @@ def test_api_key_file(tmp_path, emulator, make_archive, run_cli, mode):
     assert_no_key(proc.stdout, proc.stderr, out.read_bytes())
 
 
+@pytest.mark.parametrize(
+    ("where", "raw"),
+    [
+        ("env", TEST_KEY + "\n"),
+        ("env", "  " + TEST_KEY + " \t"),
+        ("env", "\ufeff" + TEST_KEY),
+        ("file", "\ufeff" + TEST_KEY + "\r\n\n"),
+        ("file", "\n  " + TEST_KEY + "  \n"),
+    ],
+    ids=["env-newline", "env-spaces", "env-bom", "file-bom-crlf", "file-padded"],
+)
+def test_key_with_surrounding_whitespace_or_bom_is_stripped(
+    tmp_path, emulator, make_archive, run_cli, where, raw
+):
+    """A key ending in a newline, padded with spaces or led by a BOM (env or file) just works."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 2)
+    out = tmp_path / "r.jsonl"
+    if where == "env":
+        proc = run_cli(
+            "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+            env={"SMALLEST_API_KEY": raw},
+        )  # fmt: skip
+    else:
+        key_file = tmp_path / "pulse.key"
+        key_file.write_bytes(raw.encode())
+        key_file.chmod(0o600)
+        proc = run_cli(
+            "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+            "--api-key-file", key_file, env={"SMALLEST_API_KEY": None},
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert emu.stats()["statuses"] == {"200": 2}
+
+
+@pytest.mark.parametrize(
+    ("where", "raw", "what"),
+    [
+        ("env", TEST_KEY[:20] + "\n" + TEST_KEY[20:], "line break"),
+        ("env", TEST_KEY[:20] + " " + TEST_KEY[20:], "whitespace"),
+        ("env", TEST_KEY[:20] + "\x07" + TEST_KEY[20:], "control character"),
+        ("env", TEST_KEY[:20] + "\u00e9" + TEST_KEY[20:], "not ASCII"),
+        ("file", TEST_KEY + "\n" + TEST_KEY[::-1] + "\n", "line break"),
+        ("file", TEST_KEY[:20] + "\t" + TEST_KEY[20:], "whitespace"),
+        ("file", "\x00" * 70_000, "over 64 KiB"),
+    ],
+    ids=["env-newline", "env-space", "env-bell", "env-accent", "file-two-lines", "file-tab",
+         "file-huge"],
+)  # fmt: skip
+def test_key_that_cannot_be_a_header_exits_2_before_anything(
+    tmp_path, emulator, make_archive, run_cli, where, raw, what
+):
+    """A key with an inner line break, space, control or non-ASCII character: exit 2 with one
+    line naming where it came from and no part of the key; nothing sent, nothing written."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 2)
+    out = tmp_path / "r.jsonl"
+    if where == "env":
+        origin = "SMALLEST_API_KEY"
+        proc = run_cli(
+            "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+            env={"SMALLEST_API_KEY": raw, "BATCHSCRIBE_DEBUG": "1"},
+        )  # fmt: skip
+    else:
+        key_file = tmp_path / "pulse.key"
+        key_file.write_bytes(raw.encode())
+        key_file.chmod(0o600)
+        origin = str(key_file)
+        proc = run_cli(
+            "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+            "--api-key-file", key_file, env={"SMALLEST_API_KEY": None, "BATCHSCRIBE_DEBUG": "1"},
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"batchscribe: error: {origin}:"), lines
+    assert what in lines[0] and "internal error" not in lines[0]
+    pieces = {TEST_KEY[i : i + 6] for i in range(len(TEST_KEY) - 5)}
+    said = (proc.stderr + proc.stdout).replace(origin, "")  # (the tmp path may hold "test-7")
+    assert not [p for p in pieces if p in said]
+    assert emu.stats()["requests"] == 0
+    assert not out.exists()
+
+
 def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_archive, run_cli):
     """Even with BATCHSCRIBE_DEBUG=1, failures never put the key in stdout, stderr or results."""
     archive = make_archive(tmp_path, 4)
@@ -735,16 +849,24 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
 
 @pytest.mark.parametrize(
     "args",
-    [["--concurrency", "0"], ["--model", "whisper"], ["--language", "xx"], ["--bogus-flag"]],
-    ids=["concurrency", "model", "language", "unknown-flag"],
-)
+    [["--concurrency", "0"], ["--model", "whisper"], ["--language", "xx"], ["--bogus-flag"],
+     ["--endpoint", "http://[::1"], ["--endpoint", "http://"],
+     ["--endpoint", "http://127.0.0.1:99999/x"], ["--timeout", "inf"], ["--timeout", "nan"],
+     ["--max-retry-wait", "nan"], ["--max-runtime", "nan"], ["-j", "99999999999"],
+     ["-j", "auto", "--max-concurrency", "99999999999"],
+     ["--dry-run", "--price-per-hour", "nan"]],
+    ids=["concurrency", "model", "language", "unknown-flag", "endpoint-ipv6", "endpoint-no-host",
+         "endpoint-port", "timeout-inf", "timeout-nan", "retry-wait-nan", "runtime-nan",
+         "concurrency-huge", "max-concurrency-huge", "price-nan"],
+)  # fmt: skip
 def test_usage_errors_exit_2(tmp_path, make_archive, run_cli, args):
-    """Bad flags exit 2 with a message, before anything is opened."""
+    """Bad flags exit 2 with a message (never an internal error), before anything is opened."""
     archive = make_archive(tmp_path, 1)
     out = tmp_path / "r.jsonl"
-    proc = run_cli("run", archive.manifest, "--out", out, *args)
-    assert proc.returncode == 2
+    proc = run_cli("run", archive.manifest, "--out", out, *args, timeout=20)
+    assert proc.returncode == 2, proc.stderr
     assert "error" in proc.stderr
+    assert "internal error" not in proc.stderr
     assert not out.exists()
 
 
@@ -788,6 +910,15 @@ def test_every_numeric_option_refuses_out_of_range_values_alike(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}" in err and "Traceback" not in err, err
+
+
+def test_python_api_refuses_a_key_that_cannot_go_in_a_header(tmp_path) -> None:
+    """RunOptions.validate refuses a key with a newline, inner or outer, before anything."""
+    for key in (TEST_KEY + "\n", TEST_KEY[:9] + "\n" + TEST_KEY[9:]):
+        options = RunOptions(sources=["m.jsonl"], out=str(tmp_path / "r.jsonl"), api_key=key)
+        with pytest.raises(ConfigError) as info:
+            options.validate()
+        assert TEST_KEY[:6] not in str(info.value)
 
 
 def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(

@@ -32,6 +32,7 @@ from batchscribe.export import (
     render_srt,
     render_vtt,
     speaker_label,
+    timing_problem,
     wrap,
 )
 
@@ -195,6 +196,83 @@ def test_cues_from_any_words_respect_player_limits(
         assert "".join("".join(c.lines).replace(" ", "") for c in cues) == "".join(
             w["word"] for w in words
         )
+
+
+_ANY_TIME = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-5, 400_000),
+    st.integers(-(10**30), 10**30),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+)
+_ANY_ENTRY = st.fixed_dictionaries(
+    {"start": _ANY_TIME, "end": _ANY_TIME},
+    optional={"speaker": st.one_of(st.integers(0, 3), st.text(max_size=6), st.none())},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(_ANY_ENTRY.map(lambda e: {**e, "word": "w"}), max_size=12),
+    utterances=st.one_of(
+        st.none(), st.lists(_ANY_ENTRY.map(lambda e: {**e, "text": "a few words"}), max_size=4)
+    ),
+    duration=_ANY_TIME,
+)
+def test_any_timings_make_valid_cues_and_never_raise(
+    words: list[dict[str, Any]], utterances: list[dict[str, Any]] | None, duration: Any
+) -> None:
+    """Whatever the times (NaN, inf, negative, huge, reversed, not numbers), the cue builder and
+    the SRT/VTT writers never raise, and every cue runs forwards: 0 <= start < end."""
+    rec = record("a", words=words, utterances=utterances, duration=duration)
+    assert timing_problem(rec) is None or isinstance(timing_problem(rec), str)
+    for label in (True, False):
+        cues = build_cues(rec, label_in_text=label)
+        for cue in cues:
+            assert 0 <= cue.start_ms < cue.end_ms, cue
+        render_srt(cues)
+        render_vtt(cues)
+    try:
+        orjson.dumps(rec)
+    except TypeError:  # an integer past 64 bits: no results file can hold this record
+        return
+    for fmt in ("txt", "json"):
+        render(rec, fmt)
+
+
+def test_a_word_ending_before_it_starts_never_makes_an_empty_cue() -> None:
+    """A word whose end is before (or at) its start still gets a cue that lasts, up to the
+    next cue at most; reversed words never make a cue that runs backwards."""
+    words = [
+        {"start": 1.0, "end": 0.5, "word": "Backwards."},
+        {"start": 4.0, "end": 4.0, "word": "Instant."},
+        {"start": 4.2, "end": 4.6, "word": "Next."},
+    ]
+    cues = build_cues(record("a", words=words, utterances=None, transcription="x"))
+    assert [(c.start_ms, c.end_ms) for c in cues] == [(1000, 1500), (4000, 4600)]
+    reordered = build_cues(record("a", words=[words[2], words[0]], utterances=None))
+    assert all(c.start_ms < c.end_ms for c in reordered)
+
+
+def test_export_skips_a_record_it_cannot_render_and_writes_the_others(tmp_path: Path) -> None:
+    """A record with an absurd time (a word at 1e20 s) is skipped with a FILE:LINE warning
+    naming its id; the other records are written; exit 1 (one file not written)."""
+    bad = record("bad.wav", words=[{"start": 1e20, "end": 1e20 + 1, "word": "Far."}])
+    good = record("good.wav", words=words_of("Hello there."))
+    path = write(tmp_path / "r.jsonl", good, bad, record("other.wav"))
+    for fmt in ("srt", "vtt"):
+        done = subprocess.run(
+            [sys.executable, "-m", "batchscribe", "export", path, "--format", fmt, "--dir", fmt],
+            cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "internal error" not in done.stderr
+        [warning] = done.stderr.splitlines()
+        assert warning.startswith(f"batchscribe: {path}:2: bad.wav: not exported: "), warning
+        assert "1e+20" in warning
+        assert sorted(os.listdir(tmp_path / fmt)) == [f"good.{fmt}", f"other.{fmt}"]
+        assert "1 error(s)" in done.stdout
 
 
 # --------------------------------------------------------------------------- formats

@@ -10,9 +10,11 @@ import pty
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 from audio_fixtures import make_wav, wav_bytes
 from conftest import TEST_KEY, cli_env, read_results, wait_until
 
+from batchscribe.audio import audio_duration
 from batchscribe.cli import parse_duration
 from batchscribe.emulator import transcript_for
 
@@ -167,6 +170,92 @@ def test_dry_run_does_not_count_a_header_claiming_days_of_audio(tmp_path, run_cl
     proc = run_cli("run", liar.parent, "--out", tmp_path / "r.jsonl", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "audio to send: 0.000 h (0.0 s, 1.4 MB); duration unknown for 1 item(s)" in proc.stdout
+
+
+def _odd_files(root: Path) -> Path:
+    """A text list naming one good WAV and six files a run must not send: a FIFO, /dev/zero,
+    a folder, a missing file, an empty file and a (sparse) 251 MB file."""
+    make_wav(root / "good.wav", seconds=0.2)
+    os.mkfifo(root / "pipe.wav")
+    (root / "folder.wav").mkdir()
+    (root / "empty.wav").write_bytes(b"")
+    with (root / "huge.wav").open("wb") as handle:
+        handle.truncate(251_000_000)
+    names = ["good.wav", "pipe.wav", "/dev/zero", "folder.wav", "missing.wav", "empty.wav",
+             "huge.wav"]  # fmt: skip
+    manifest = root / "m.txt"
+    manifest.write_text("\n".join(names) + "\n")
+    return manifest
+
+
+def test_dry_run_makes_the_runs_per_file_decisions_without_reading_the_files(
+    tmp_path, emulator, run_cli
+) -> None:
+    """--dry-run counts a FIFO, /dev/zero, a folder, a missing, an empty and a too-large file as
+    the run records them (failed, never sent), at once and without reading them; exit 1."""
+    emu = emulator()
+    manifest = _odd_files(tmp_path)
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", manifest, "--out", out, "--dry-run", timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert "items: 7  to send: 1 (new: 1, retry failed: 0, changed: 0)" in proc.stdout
+    assert (
+        "to fail without a request: 6 (not a regular file: 3, file not found: 1, empty file: 1, "
+        "over the API's 250 MB limit: 1)" in proc.stdout
+    )
+    assert "audio to send: 0.000 h (0.2 s, 0.0 MB)" in proc.stdout
+    assert "duration unknown" not in proc.stdout
+    assert not out.exists()
+    # The run decides the same: the six fail without a request, the one is sent.
+    proc = run_cli("run", manifest, "--out", out, "--endpoint", emu.endpoint(), timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    records, _ = read_results(out)
+    failed = sorted(r["error"] for r in records if r["status"] == "failed" and r["attempts"] == 0)
+    assert len(failed) == 6
+    assert sorted(r["id"] for r in records if r["status"] == "ok") == ["good.wav"]
+    assert emu.stats()["requests"] == 1
+
+
+def test_audio_duration_never_reads_a_fifo_a_device_or_a_folder(tmp_path) -> None:
+    """audio_duration is None at once for a FIFO with no writer, /dev/zero and a folder (it
+    would block, read forever, or fail), and still reads a WAV's header."""
+    os.mkfifo(tmp_path / "pipe.wav")
+    make_wav(tmp_path / "good.wav", seconds=0.2)
+    started = time.monotonic()
+    for path in (tmp_path / "pipe.wav", "/dev/zero", tmp_path, tmp_path / "missing.wav"):
+        assert audio_duration(str(path)) is None
+    assert time.monotonic() - started < 5
+    assert audio_duration(str(tmp_path / "good.wav")) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_dry_run_refuses_a_results_path_that_is_not_a_file(tmp_path, run_cli, kind) -> None:
+    """--dry-run --out naming a FIFO or /dev/zero exits 2 at once, as the run does, instead of
+    waiting for a writer or reading forever."""
+    make_wav(tmp_path / "good.wav", seconds=0.2)
+    (tmp_path / "m.txt").write_text("good.wav\n")
+    out = tmp_path / "r.jsonl"
+    if kind == "fifo":
+        os.mkfifo(out)
+    proc = run_cli("run", "m.txt", "--out", out if kind == "fifo" else "/dev/zero", "--dry-run",
+                   timeout=20)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "results path is not a regular file" in proc.stderr
+
+
+def test_dry_run_stops_on_sigint(tmp_path, spawn_cli) -> None:
+    """A --dry-run waiting on a manifest pipe that never ends stops on SIGINT with exit 130."""
+    make_wav(tmp_path / "good.wav", seconds=0.2)
+    fifo = tmp_path / "m.txt"
+    os.mkfifo(fifo)
+    proc = spawn_cli("run", fifo, "--out", tmp_path / "r.jsonl", "--dry-run")
+    with fifo.open("w") as writer:  # returns once the dry run has opened the pipe
+        writer.write("good.wav\n/dev/zero\n")
+        writer.flush()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
 
 
 def test_json_log_file_has_events_and_summary_and_no_key(

@@ -602,10 +602,18 @@ def test_text_list_problems(tmp_path: Path) -> None:
         (b'\n\n  {"path": "a.wav", "id": "x"}\n', ["x"]),
         (b"# a list\na.wav\n", ["a.wav"]),
         (b'{"path": "a.wav", "id": "x"}\nplain.wav\n', ["x"]),
+        (b"\xef\xbb\xbf\n id , path,speaker name\r\nx,a.wav,Ada\r\n", ["x"]),
+        (b'"url","id"\nhttps://h/a.wav,y\n', ["y"]),
+        (b"path\na.wav\n", ["a.wav"]),
+        (b"[2019] a.wav\nb,c.wav\n", ["[2019] a.wav", "b,c.wav"]),
+        (b"path,a.wav/x\n", ["path,a.wav/x"]),
     ],
-)
+    ids=["jsonl", "text", "jsonl-then-text", "csv", "csv-quoted", "csv-one-column",
+         "text-with-bracket-and-comma", "text-path-with-comma"],
+)  # fmt: skip
 def test_unknown_extension_is_sniffed(tmp_path: Path, content: bytes, expected: list[str]) -> None:
-    """A file with an unknown extension is JSONL when its first non-blank line starts with '{'."""
+    """A file with an unknown extension is JSONL when its first non-blank line starts with '{',
+    CSV when that line is a header naming an id, path or url column, else a text list."""
     manifest = tmp_path / "manifest.data"
     manifest.write_bytes(content)
     assert [i.id for i in items(read(manifest))] == expected
@@ -625,6 +633,31 @@ def test_stdin_jsonl_is_sniffed_and_resolves_against_cwd(
         (str(tmp_path / "a.wav"), "<stdin>:2")
     ]
     assert problems(results) == ['<stdin>:3: "path" must be a string, not a number']
+
+
+def test_stdin_csv_is_sniffed(tmp_path: Path) -> None:
+    """stdin whose first non-blank line is a CSV header with a path column is a CSV."""
+    results = read("-", stdin=io.BytesIO(b"id,path,speaker\nx,/abs/a.wav,Ada\n"))
+    assert [(i.id, i.source, i.metadata) for i in items(results)] == [
+        ("x", "/abs/a.wav", {"speaker": "Ada"})
+    ]
+
+
+def test_descriptor_alias_of_a_file_resolves_like_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest named by a descriptor (/proc/self/fd/N, /dev/fd/N) resolves relative paths
+    against the working directory, as stdin does, not against /proc/self/fd or /dev/fd."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    manifest = jsonl(elsewhere / "m.jsonl", {"path": "a.wav"})
+    monkeypatch.chdir(tmp_path)
+    fd = os.open(manifest, os.O_RDONLY)
+    try:
+        for alias in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+            assert [i.source for i in items(read(alias))] == [str(tmp_path / "a.wav")]
+    finally:
+        os.close(fd)
 
 
 def test_stdin_text_list(tmp_path: Path) -> None:
@@ -811,6 +844,28 @@ def test_named_pipe_is_accepted_and_sniffed(tmp_path: Path) -> None:
     writer.start()
     try:
         assert [i.source for i in items(read(fifo))] == ["/a.wav"]
+    finally:
+        writer.join(10)
+
+
+def test_named_pipe_resolves_relative_paths_against_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative paths in a FIFO manifest resolve against the working directory (a pipe has no
+    folder of its own), and a CSV sent through it is read as a CSV."""
+    (tmp_path / "pipes").mkdir()
+    fifo = tmp_path / "pipes" / "pipe"
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+
+    def feed() -> None:
+        with open(fifo, "wb") as out:
+            out.write(b"id,path\nx,a.wav\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert [(i.id, i.source) for i in items(read(fifo))] == [("x", str(tmp_path / "a.wav"))]
     finally:
         writer.join(10)
 

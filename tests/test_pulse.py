@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from batchscribe.pulse import (
     build_query,
     check_combination,
     classify,
+    clean_api_key,
     coerce_param,
     content_type_for,
     endpoint_clashes,
@@ -51,6 +53,9 @@ def test_coerce_accepts_valid_values(name: str, value: object, expected: object)
     ("name", "value", "fragment"),
     [("model", "whisper", "unknown model"), ("language", "xx", "unknown language"),
      ("diarize", "maybe", "true or false"), ("webhook_url", "ftp://x", "http(s)"),
+     ("webhook_url", "https://hook/x\nHost: evil", "control characters"),
+     ("webhook_url", "https://hook/a b", "spaces"),
+     ("webhook_extra", "a:b,c:\x00", "control characters"),
      ("nonsense", 1, "unknown Pulse parameter")],
 )  # fmt: skip
 def test_coerce_rejects_invalid_values_with_a_clear_message(
@@ -60,6 +65,37 @@ def test_coerce_rejects_invalid_values_with_a_clear_message(
     with pytest.raises(ValueError) as info:  # noqa: PT011 (the message is checked below)
         coerce_param(name, value)
     assert fragment in str(info.value)
+
+
+@given(st.text())
+def test_a_cleaned_key_is_a_header_token_and_a_refusal_holds_none_of_it(raw: str) -> None:
+    """Any string: the cleaned key is printable ASCII without spaces (safe in a header), or the
+    refusal is one of a few fixed messages (so it holds no piece of the key)."""
+    try:
+        key = clean_api_key(raw)
+    except ValueError as exc:
+        refusal = str(exc)
+    else:
+        assert all(0x21 <= ord(char) <= 0x7E for char in key)
+        assert key in raw
+        return
+    assert re.fullmatch(_REFUSAL, refusal), refusal
+
+
+_REFUSAL = (
+    r"contains (a line break \(a file of several lines\?\)|a space or other whitespace|"
+    r"a character that is not ASCII|a control character) at character \d+; "
+    r"a key is one line of printable ASCII"
+)
+
+
+def test_key_cleaning_strips_whitespace_and_a_bom_only_around_it() -> None:
+    """A newline, CRLF, spaces or a BOM around the key go; inside it they are refused."""
+    assert clean_api_key("\ufeff  sk-abc\r\n") == "sk-abc"
+    assert clean_api_key("sk-abc\n\n") == "sk-abc"
+    for raw in ("sk-a\nbc", "sk-a bc", "sk-a\x7fbc", "sk-\u00e9bc", "sk-a\u200bbc"):
+        with pytest.raises(ValueError, match="a key is one line"):
+            clean_api_key(raw)
 
 
 def test_url_input_with_pulse_pro_is_refused_locally() -> None:

@@ -926,6 +926,41 @@ def test_merge_refuses_its_input_and_a_locked_output(tmp_path: Path) -> None:
     assert busy.read_bytes() == b""
 
 
+@pytest.mark.parametrize("dangling", [False, True], ids=["link", "dangling-link"])
+def test_outputs_named_by_a_symlink_are_written_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dangling: bool
+) -> None:
+    """merge --out, failed --out and report --html given a symlink write the link's target
+    (atomically, beside the target) and leave the link a link; a file already there keeps its
+    permission bits."""
+    one = write(tmp_path / "1.jsonl", record("a"), record("b", "failed"))
+    real = tmp_path / "real"
+    real.mkdir()
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("all.jsonl", "failed.jsonl", "report.html"):
+        if not dangling:
+            (real / name).write_bytes(b"")
+            (real / name).chmod(0o600)
+        (links / name).symlink_to(real / name)
+    runs = [
+        ("merge", one, "--out", links / "all.jsonl"),
+        ("failed", one, "--out", links / "failed.jsonl"),
+        ("report", one, "--html", links / "report.html"),
+    ]
+    for args in runs:
+        code, _, err = main(capsys, *args)
+        assert code == 0, err
+    for name in ("all.jsonl", "failed.jsonl", "report.html"):
+        assert (links / name).is_symlink(), name
+        assert (real / name).stat().st_size > 0, name
+        if not dangling:
+            assert (real / name).stat().st_mode & 0o777 == 0o600, name
+    assert [r["id"] for r in read_results(real / "all.jsonl")[0]] == ["a", "b"]
+    assert sorted(os.listdir(links)) == ["all.jsonl", "failed.jsonl", "report.html"]
+    assert sorted(os.listdir(real)) == ["all.jsonl", "failed.jsonl", "report.html"]
+
+
 def test_merge_cli_with_globs_feeds_a_resumable_run(sample_results: Path, tmp_path: Path) -> None:
     """`merge 'part-*.jsonl' --out all` makes a file a run resumes from: nothing is resent."""
     lines = sample_results.read_bytes().splitlines(keepends=True)
