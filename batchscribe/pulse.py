@@ -364,15 +364,22 @@ def public_url(url: str) -> str:
 def endpoint_clashes(endpoint: str) -> list[str]:
     """The Pulse parameters an endpoint's own query sets. The run's values (flags, manifest
     fields) are sent in their place: they are per item, and one request cannot carry both."""
-    query = urlsplit(endpoint).query
+    try:
+        query = urlsplit(endpoint).query
+    except ValueError:  # not a URL at all: validation refuses it (exit 2)
+        return []
     return sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)} & _PARAMS)
 
 
 def url_secrets(url: str) -> list[str]:
     """What in ``url`` may be a secret: its password, and the values of its query parameters
     that are not Pulse's own (a ``token=``), if at least 8 characters long (shorter ones, like
-    ``region=eu``, would redact ordinary words from every line)."""
-    parts = urlsplit(url)
+    ``region=eu``, would redact ordinary words from every line). Nothing for a URL that does not
+    parse (validation refuses it, and error lines show no part of it: :func:`public_url`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
     found = [parts.password] if parts.password else []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in _PARAMS and len(value) >= 8:
