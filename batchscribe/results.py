@@ -148,6 +148,12 @@ def _numpy() -> Any:
     return numpy
 
 
+def _repeats(keys: Any) -> bool:
+    """Whether a numpy array holds a value twice (one sort, no unique's bookkeeping)."""
+    ordered = _numpy().sort(keys)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
 def _find(table: Any, mask: int, keys: Any) -> Any:
     """The slots of distinct ``keys`` (numpy uint64) in ``table`` (numpy view of a
     :class:`ResumeState` table), or None when one of them is not there. Linear probing in
@@ -312,7 +318,7 @@ class ResumeState:
         np = _numpy()
         n = len(ids)
         keys = np.fromiter(map(hash, ids), np.int64, n).view(np.uint64) & np.uint64(_MASK62)
-        if not keys.all() or np.unique(keys).size != n:
+        if not keys.all() or _repeats(keys):
             return None  # a key of 0, or a duplicate within the run: line by line
         table = self._vector()
         slots = _find(table, self._mask, keys)
@@ -339,10 +345,11 @@ class ResumeState:
         """Put ``values`` (numpy uint64: ``key << 2 | done``) for distinct ``keys`` (numpy
         uint64, never 0) into the table: :meth:`_put` for many ids, as numpy passes.
 
-        Linear probing in rounds: each round looks at every pending key's slot; a key finds
-        itself there (its later record wins) or an empty slot, which the first pending key
-        that wants it takes (the others, and keys meeting another id, try the next slot).
-        With no deletion, an empty slot on a key's path proves it is not in the table.
+        Linear probing in rounds: each round looks at every pending key's slot, where a key
+        finds itself (its later record wins) or an empty slot (with no deletion, an empty slot
+        on a key's path proves it is not in the table). Keys that want the same empty slot are
+        all written there: one write wins, read back by its value, and the others (and keys
+        meeting another id) try the next slot. No sort: conflicts are settled by the table.
         """
         np = _numpy()
         n = int(keys.size)
@@ -352,14 +359,12 @@ class ResumeState:
         pos = (keys & mask).astype(np.intp)
         while keys.size:
             current = table[pos]
-            write = (current >> 2) == keys
-            empty = np.flatnonzero(current == 0)
-            if empty.size:
-                _, first = np.unique(pos[empty], return_index=True)
-                write[empty[first]] = True
-                self._size += int(first.size)
+            empty = current == 0
+            write = empty | ((current >> 2) == keys)
             table[pos[write]] = values[write]
-            rest = ~write
+            done = write & (table[pos] == values)  # (distinct keys: distinct values)
+            self._size += int(np.count_nonzero(done & empty))
+            rest = ~done
             keys, values, pos = keys[rest], values[rest], (pos[rest] + 1) & mask
 
     def seen_ids(self) -> SeenIds:
@@ -566,8 +571,8 @@ def _scan_block(state: ResumeState, block: bytes, n: int) -> bool:
     else:
         done = np.fromiter(map(_DONE_STATUSES.__contains__, statuses), np.bool_, n)
         values = (keys << np.uint64(2)) | done
-    unique, last = np.unique(keys[::-1], return_index=True)
-    if unique.size != n:  # an id twice in the block: its last record wins
+    if _repeats(keys):  # an id twice in the block (a retry): its last record wins
+        _, last = np.unique(keys[::-1], return_index=True)
         keep = np.sort(n - 1 - last)
         keys, values = keys[keep], values[keep]
     state.insert_block(keys, values)

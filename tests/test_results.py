@@ -349,3 +349,24 @@ def test_block_heads_refuses_what_the_reference_refuses(tail: bytes) -> None:
     else:
         assert parse_head(line) is None or heads is not None
         assert heads is None or parse_head(line) == ("a", "ok")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5000), st.sampled_from(["ok", "failed", "submitted"])),
+             max_size=900),
+    st.sampled_from([64, 1000, 1 << 20]),
+)  # fmt: skip
+def test_block_inserts_agree_with_one_id_at_a_time_when_slots_collide(
+    records: list[tuple[int, str]], block: int
+) -> None:
+    """Hundreds of ids in a small table (home slots shared, probes crossing): the block path's
+    numpy rounds leave exactly the table the line path's one-at-a-time probing leaves."""
+    data = b"".join(_line(f"id-{i}", status) for i, status in records)
+    model = {f"id-{i}": ("failed" if status == "failed" else "ok") for i, status in records}
+    with mock.patch.object(results_module, "_BLOCK", block):
+        reference, fast = _scans(data)
+    assert fast.entries() == reference.entries()
+    assert len(fast) == len(reference) == len(model)
+    for item_id, status in model.items():
+        assert fast.status(ResumeState.key(item_id)) == status
