@@ -21,7 +21,7 @@ from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
 from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
-from batchscribe.results import ResumeState, SeenIds, fingerprint, scan
+from batchscribe.results import ResumeState, SeenIds, damaged_lines, fingerprint, scan
 from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
 
 #: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
@@ -266,6 +266,9 @@ def dry_run(
         raise ConfigError(str(exc)) from None
     resume = read_resume_state(out, fingerprints=rescan_changed)
     plan = Plan()
+    # The run's warning, word for word: a damaged line is not counted, so its item is sent.
+    where = [(out, n) for n in resume.damaged]
+    plan.problems += damaged_lines(where, resume.corrupt_lines, "not counted")
     to_measure: list[str] = []
 
     def items() -> Iterator[Item]:

@@ -342,3 +342,20 @@ def _drain(fd: int) -> None:
     with contextlib.suppress(BlockingIOError):
         while os.read(fd, 65536):
             pass
+
+
+def test_dry_run_names_a_damaged_line_as_the_run_does(tmp_path, emulator, make_archive, run_cli):
+    """--dry-run warns of a damaged results line with the run's words and counts its item as
+    to send, as the run will."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 3)
+    out = tmp_path / "r.jsonl"
+    assert (
+        run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint()).returncode == 0
+    )
+    lines = out.read_bytes().split(b"\n")
+    lines[1] = lines[1][:-5]  # the record's closing bytes gone, its newline kept
+    out.write_bytes(b"\n".join(lines))
+    dry = run_cli("run", archive.manifest, "--out", out, "--dry-run")
+    assert f"{out}:2: damaged record (not counted)" in dry.stderr
+    assert "to send: 1 (new: 1" in dry.stdout
