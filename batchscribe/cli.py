@@ -57,25 +57,24 @@ exit codes:
 """
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < least:
+        need = "must not be negative" if least == 0 else f"must be at least {least}"
+        raise argparse.ArgumentTypeError(f"{need}, not {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1)
 
 
 def _count(text: str) -> int:
     """A whole number that may be 0 (``--runs``, ``--max-items``), refused like the others."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
+    return _whole(text, 0)
 
 
 def _finite(text: str, expected: str) -> float:

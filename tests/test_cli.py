@@ -943,8 +943,10 @@ def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(
 
 def test_the_run_path_imports_nothing_it_may_not_need() -> None:
     """``batchscribe run`` starts without tenacity (first retry), aiolimiter (--rate), aiofiles
-    (big files), the shared rate store or the emulator: each is imported where it is used."""
-    lazy = ["tenacity", "aiolimiter", "aiofiles", "batchscribe.ratestore", "batchscribe.emulator"]
+    (big files), the shared rate store, the emulator or numpy (big results files): each is
+    imported where it is used."""
+    lazy = ["tenacity", "aiolimiter", "aiofiles", "batchscribe.ratestore", "batchscribe.emulator",
+            "numpy"]  # fmt: skip
     code = f"import sys, batchscribe.cli; print([m for m in {lazy!r} if m in sys.modules])"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
