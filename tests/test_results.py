@@ -370,3 +370,29 @@ def test_block_inserts_agree_with_one_id_at_a_time_when_slots_collide(
     assert len(fast) == len(reference) == len(model)
     for item_id, status in model.items():
         assert fast.status(ResumeState.key(item_id)) == status
+
+
+def test_a_table_that_outgrows_its_first_estimate_grows_without_losing_an_id() -> None:
+    """Long first lines make the scan reserve too little room; the tens of thousands of short
+    lines after them grow the table (numpy's re-insert on the block path) and every id keeps
+    its last status, as on the line path."""
+    long_lines = b"".join(_line(f"long-{i}", "ok", transcription="x" * 300) for i in range(4000))
+    short = b"".join(_line(f"s{i}", "failed" if i % 5 else "ok") for i in range(100_000))
+    data = long_lines + short + _line("s7", "ok")
+    grown = []
+    reserve = ResumeState.reserve
+
+    def spy(state: ResumeState, capacity: int) -> None:
+        grown.append(len(state))
+        reserve(state, capacity)
+
+    with mock.patch.object(ResumeState, "reserve", spy):
+        reference, fast = _scans(data)
+    assert max(grown) >= results_module.BLOCK_SETTLE_FROM  # the numpy re-insert ran
+    assert fast.entries() == reference.entries()
+    assert len(fast) == 104_000
+    assert fast.status(ResumeState.key("s7")) == "ok"
+    assert (
+        fast.status(ResumeState.key("s10")) == "ok"
+        and fast.status(ResumeState.key("s11")) == "failed"
+    )
