@@ -73,21 +73,25 @@ _HEAD_ID = operator.attrgetter("id")
 _HEAD_STATUS = operator.attrgetter("status")
 
 
-def block_heads(lines: bytes, count: int) -> list[_Head] | None:
-    """The heads of ``count`` whole lines (each ending in ``\n``), in order, when every line
-    is a whole valid item record with a string status; else None (read those lines one at a
-    time with :func:`parse_head`).
+def block_heads(lines: bytes, ends: Any) -> list[_Head] | None:
+    """The heads of the whole lines in ``lines`` (each ending in ``\n``; ``ends``: the
+    positions of those newlines, from :func:`newlines`), in order, when every line is a whole
+    valid item record with a string status; else None (read those lines one at a time with
+    :func:`parse_head`).
 
     Measured fast path of the resume scan and the readers' pass one (benchmarks/memory.py):
     one C call validates every byte of a block of lines and builds only two strings per line,
     ~0.45 µs a line against ~1.2 µs for a full orjson parse. It agrees with :func:`parse_head`
     (held by tests/test_results.py's damage tests) because:
 
+    - ``decode_lines`` reads JSON values separated by any whitespace, newlines included, so it
+      alone would take two records on one line, or one record spread over two lines. Every
+      line must start with ``{`` and end with ``}``: a value can then never span a newline
+      (``}`` then ``{`` is never valid inside an object or an array), so each line holds whole
+      values, at least one; and the count of values must equal the count of lines: exactly one
+      each. (A blank or padded line fails the first check and falls back.)
     - msgspec rejects all malformed JSON orjson rejects, except invalid UTF-8 inside a value
-      it skips: checked here for the whole block (``isascii`` first, a ~10 GB/s pass);
-    - ``decode_lines`` takes one JSON value per line, but also two values on one line: the
-      count of values must equal the count of lines (a blank line, which it skips, also
-      falls back), so every line is exactly one record;
+      it skips: checked here for the whole block (``isascii`` first, a ~10 GB/s pass).
     - a status that is not a string, a missing id, a nesting depth orjson accepts and msgspec
       does not: msgspec refuses, and the block falls back to the reference.
 
@@ -96,13 +100,31 @@ def block_heads(lines: bytes, count: int) -> list[_Head] | None:
     refuses. No writer of records produces one (orjson cannot), and finding one would cost a
     scan of every byte (~0.5 s a million lines).
     """
+    n = int(ends.size)
+    view = _numpy().frombuffer(lines, dtype=_numpy().uint8)
+    if not n or view[0] != _OPEN or not (view[ends - 1] == _CLOSE).all():
+        return None
+    if not (view[ends[:-1] + 1] == _OPEN).all():
+        return None
     if not (lines.isascii() or _is_utf8(lines)):
         return None
     try:
         heads = _HEADS.decode_lines(lines)
     except (msgspec.DecodeError, RecursionError):
         return None
-    return heads if len(heads) == count else None
+    return heads if len(heads) == n else None
+
+
+_OPEN, _CLOSE = ord("{"), ord("}")
+
+
+def newlines(data: bytes) -> Any:
+    """The positions of the newlines in ``data`` (a numpy array)."""
+    np = _numpy()
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE)
+
+
+_NEWLINE = 10
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[bytes]:
@@ -516,25 +538,17 @@ def scan(stream: BinaryIO, *, fingerprints: bool = False) -> ResumeState:
         block, tail = data[:cut], data[cut:]
         if not block:
             continue
-        # numpy counts newlines ~3x faster than bytes.count, once it is imported anyway
-        n = _count_newlines(block) if vector else block.count(b"\n")
+        ends = newlines(block) if vector else None  # (numpy: ~3x bytes.count's speed)
+        n = block.count(b"\n") if ends is None else int(ends.size)
         if not lineno and size:  # the first block tells the size of a line: room for all
             state.reserve(size // max(1, len(block) // n) + 1024)
-        if not (vector and _scan_block(state, block, n)):
+        if ends is None or not _scan_block(state, block, ends):
             for i, line in enumerate(block.split(b"\n")[:-1], lineno + 1):
                 _scan_line(state, line, i, fingerprints)
         lineno += n
     if tail:
         _scan_line(state, tail, lineno + 1, fingerprints)
     return state
-
-
-def _count_newlines(data: bytes) -> int:
-    np = _numpy()
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE))
-
-
-_NEWLINE = 10
 
 
 def _stream_size(stream: BinaryIO) -> int:
@@ -552,16 +566,18 @@ def _stream_size(stream: BinaryIO) -> int:
     return end
 
 
-def _scan_block(state: ResumeState, block: bytes, n: int) -> bool:
-    """Add a block of ``n`` whole lines if every one is a valid item record; else add nothing
+def _scan_block(state: ResumeState, block: bytes, ends: Any) -> bool:
+    """Add a block of whole lines (newlines at ``ends``) if every one is a valid item record;
+    else add nothing
     (False). The same state as :func:`_scan_line` on each line (tests hold them together):
     msgspec checks and decodes the block (:func:`block_heads`), Python hashes the ids, numpy
     does the rest (:meth:`ResumeState.insert_block`) after keeping each id's last record.
     """
-    heads = block_heads(block, n)
+    heads = block_heads(block, ends)
     if heads is None:
         return False
     np = _numpy()
+    n = len(heads)
     keys = np.fromiter(map(hash, map(_HEAD_ID, heads)), np.int64, n).view(np.uint64)
     keys &= np.uint64(_MASK62)
     keys[keys == 0] = 1  # as ResumeState.key
@@ -1052,6 +1068,7 @@ class _IndexBuilder:
         self.others = array("Q")  # the line (index into kinds) of every line not a record
         self.path = ""  # the file being read, and the index into kinds of its first line
         self.file_start = 0
+        self.vector = False  # the file is big enough for the block path (VECTOR_FROM)
 
     def add_block(self, data: bytes, cut: int) -> None:
         """Index the whole lines in ``data[:cut]`` (see :func:`_blocks`)."""
@@ -1064,11 +1081,15 @@ class _IndexBuilder:
         """Add the block if every line is a valid item record (:func:`block_heads`); else False.
 
         The same kinds, keys and oks as :func:`_index_line` on each line, in C-level passes.
+        Only for files of :data:`VECTOR_FROM` bytes or more (smaller ones: line by line).
         """
-        n = data.count(b"\n", 0, cut)  # each line stands after a newline
-        heads = block_heads(data[1 : cut + 1], n)  # the lines and the newline after the last
+        if not self.vector:
+            return False
+        lines = data[1 : cut + 1]  # the lines, each after a newline, and the newline after the last
+        heads = block_heads(lines, newlines(lines))
         if heads is None:
             return False
+        n = len(heads)
         self._add_keys(list(map(hash, map(_HEAD_ID, heads))))
         self.oks += bytes(map(_OK_STATUS.__eq__, map(_HEAD_STATUS, heads)))
         index = self.index
@@ -1221,6 +1242,7 @@ def index_final(
             pos = 0
             before = len(index.kinds)
             built.path, built.file_start = path, before
+            built.vector = st.st_size >= VECTOR_FROM
             for data, cut in _blocks(stream.fileno()):
                 if not cut:
                     index.counts.unreadable += 1  # torn, or being written right now

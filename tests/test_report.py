@@ -349,7 +349,7 @@ def test_pass_one_blocks_match_reading_line_by_line(
         tail = b'{"id":"t","status":"ok"' if is_torn else b""
         (where / f"{i}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines) + tail)
         paths.append(str(where / f"{i}.jsonl"))
-    with mock.patch.object(results_module, "_READ_CHUNK", chunk):
+    with mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0):
         index = index_final(paths, keep_ok=keep_ok)
         blocks = [(first, lines, kinds) for _, first, lines, kinds in index.blocks()]
     kinds, counts, ids, ok, kept = _index_model(files, torn, keep_ok, paths)
@@ -371,7 +371,7 @@ def test_pass_one_agrees_with_a_full_parse_of_every_line_of_damaged_files(
     Path(path).write_bytes(data)
     lines = data.split(b"\n")
     tail = lines.pop()
-    with mock.patch.object(results_module, "_READ_CHUNK", chunk):
+    with mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0):
         index = index_final([path])
         finals = [(n, r["id"]) for _, n, r in final_states([path])]
     kinds, counts, ids, ok, _ = _index_model([lines], [bool(tail)], False, [path])
@@ -384,12 +384,13 @@ def test_pass_one_agrees_with_a_full_parse_of_every_line_of_damaged_files(
 
 @pytest.mark.parametrize("chunk", [300, 1000, 1 << 20])
 def test_the_writers_own_files_take_the_fast_paths(tmp_path: Path, chunk: int) -> None:
-    """Blocks cut anywhere, records in the writer's layout: no line or record read alone."""
+    """Blocks cut anywhere, records in the writer's layout, a file big enough for the block
+    path: no line or record read alone."""
     docs = [record(f"id-{i % 40}", "failed" if i % 7 == 0 else "ok") for i in range(100)]
     path = write(tmp_path / "r.jsonl", *docs)
     refuse = mock.Mock(side_effect=AssertionError("read one at a time"))
     with (
-        mock.patch.object(results_module, "_READ_CHUNK", chunk),
+        mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0),
         mock.patch.object(results_module._IndexBuilder, "_add_lines", refuse),
         mock.patch.object(report_module._Tally, "_add_each", refuse),
     ):

@@ -22,6 +22,7 @@ from batchscribe.results import (
     ResultsStore,
     ResumeState,
     block_heads,
+    newlines,
     parse_head,
     scan,
     torn_tail_length,
@@ -342,7 +343,7 @@ def test_block_heads_refuses_what_the_reference_refuses(tail: bytes) -> None:
     """Invalid UTF-8, lone surrogates, two values on a line, deep nesting: the block path falls
     back (or agrees) wherever msgspec and orjson could differ; 1e400 is the one known gap."""
     line = b'{"id":"a","status":"ok"' + tail
-    heads = block_heads(line + b"\n", 1)
+    heads = block_heads(line + b"\n", newlines(line + b"\n"))
     if tail == b',"x":1e400}':
         assert parse_head(line) is None  # orjson refuses a number beyond the double range ...
         assert heads is not None  # ... msgspec skips it: the documented gap (block_heads)
@@ -396,3 +397,23 @@ def test_a_table_that_outgrows_its_first_estimate_grows_without_losing_an_id() -
         fast.status(ResumeState.key("s10")) == "ok"
         and fast.status(ResumeState.key("s11")) == "failed"
     )
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b'{"id":"a","status":"ok"}{"id":"b","status":"ok"}', b""],  # two on one, one blank
+        [b'{"id":"a","status":"ok"} {"id":"b","status":"ok"}', b"  "],
+        [b'{"id":"a","status":"ok","x":[', b'{"id":"b","status":"ok"}]}'],  # one over two
+        [b'{"id":"a","status":"ok","x":[', b'{"id":"b","status":"ok"}]}{"id":"c","status":"ok"}'],
+        [b'{"id":"a","status":"ok"},{"id":"b","status":"ok"}', b'{"id":"c",', b'"status":"ok"}'],
+    ],
+)
+def test_values_and_lines_never_trade_places(lines: list[bytes]) -> None:
+    """Two records on one line and a blank line, one record over two lines and two on
+    another: however the value count comes out even, no such line is a record on any path."""
+    data = b"".join(line + b"\n" for line in lines) * 3
+    reference, fast = _scans(data)
+    assert fast.entries() == reference.entries() == []
+    assert fast.damaged == reference.damaged
+    assert block_heads(data, newlines(data)) is None
