@@ -39,6 +39,7 @@ from batchscribe.pulse import (
     check_combination,
     clean_api_key,
     coerce_param,
+    endpoint_problem,
     url_secrets,
 )
 from batchscribe.results import ReadCounts
@@ -502,6 +503,8 @@ def _dry_run(
 ) -> int:
     params = _params(ns)
     problem = check_combination(params, url_input=False)
+    if problem is None and not ns.emulate:
+        problem = endpoint_problem(ns.endpoint)  # (a run refuses it too, with its other checks)
     if problem:
         raise ConfigError(problem)
     plan = dry_run(
