@@ -34,9 +34,12 @@ from batchscribe.progress import Console, EventLog, Progress, Redactor, Terminal
 from batchscribe.pulse import (
     BOOL_PARAMS,
     DEFAULT_ENDPOINT,
+    LEGACY_ENDPOINT,
     PulseParams,
+    check_combination,
     clean_api_key,
     coerce_param,
+    endpoint_problem,
     url_secrets,
 )
 from batchscribe.results import ReadCounts
@@ -217,8 +220,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     conn = run.add_argument_group("connection")
     conn.add_argument(
         "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
-        help=f"Pulse URL (default: {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV}); a query of its "
-        "own (?token=...) is sent too, and never printed",
+        help=f"Pulse URL (default: the unified {DEFAULT_ENDPOINT}; env {ENDPOINT_ENV}); the "
+        f"legacy {LEGACY_ENDPOINT} works too; a query of its own (?token=...) is sent too, "
+        "and never printed",
     )  # fmt: skip
     conn.add_argument(
         "--api-key-file", metavar="PATH",
@@ -424,13 +428,12 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
         console.redact.add(key)
         for secret in url_secrets(ns.endpoint):  # a token in the endpoint's query
             console.redact.add(secret)
-        flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
         options = RunOptions(
             sources=ns.sources,
             out=ns.out,
             api_key=key,
             endpoint=ns.endpoint,
-            params=PulseParams(model=ns.model, language=ns.language, **flags),
+            params=_params(ns),
             concurrency=_concurrency_ceiling(ns),
             adaptive=ns.concurrency == "auto",
             rate=ns.rate,
@@ -467,6 +470,12 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
     return summary.exit_code
 
 
+def _params(ns: argparse.Namespace) -> PulseParams:
+    """The run's Pulse parameters, from its flags."""
+    flags = {name: getattr(ns, name) for name in BOOL_PARAMS}
+    return PulseParams(model=ns.model, language=ns.language, **flags)
+
+
 def _concurrency_ceiling(ns: argparse.Namespace) -> int:
     """``--concurrency N``, or with ``auto`` the ceiling ``--max-concurrency`` (ConfigError)."""
     if ns.concurrency == "auto":
@@ -492,9 +501,15 @@ def _open_log(ns: argparse.Namespace, console: Console) -> EventLog | None:
 def _dry_run(
     ns: argparse.Namespace, console: Console, stdin: BinaryIO | None, shard: Shard | None
 ) -> int:
+    params = _params(ns)
+    problem = check_combination(params, url_input=False)
+    if problem is None and not ns.emulate:
+        problem = endpoint_problem(ns.endpoint)  # (a run refuses it too, with its other checks)
+    if problem:
+        raise ConfigError(problem)
     plan = dry_run(
         ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
-        stdin=stdin, shard=shard,
+        stdin=stdin, shard=shard, params=params,
     )  # fmt: skip
     for problem in plan.problems:
         console.line(problem)
@@ -574,7 +589,7 @@ def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     failed.add_argument(
         "--cause", action="append", metavar="CAUSE",
         help="only these causes (repeatable or a comma list): 4xx, 429, 5xx, network, timeout, "
-        "missing, invalid, too_large, file_changed",
+        "missing, invalid, too_large, file_changed, language",
     )  # fmt: skip
     failed.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
     failed.set_defaults(handler=_pipe_safe(_cmd_failed))

@@ -76,6 +76,7 @@ from batchscribe.pulse import (
     clean_api_key,
     content_type_for,
     endpoint_clashes,
+    endpoint_problem,
     public_url,
     url_secrets,
 )
@@ -211,6 +212,9 @@ def _check_endpoint(endpoint: str) -> None:
         )
     if not parts.host:
         raise ConfigError(f"--endpoint {shown!r} has no host name")
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_key(key: str) -> None:
@@ -470,6 +474,7 @@ class Engine:
             stdin=self.stdin,
             checked=True,
             seen=seen,
+            defaults=options.params,
             settled=reader_settles(
                 resume,
                 shard,
@@ -678,8 +683,9 @@ class Engine:
         except GiveUp as give_up:
             last = give_up.error.outcome
             outcome = Outcome(
-                Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})"
-            )
+                Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})",
+                request_id=last.request_id,
+            )  # fmt: skip
         except _Stopped:
             self._work_left = True
             return
@@ -687,6 +693,11 @@ class Engine:
             self._between.discard(worker)
         if outcome.verdict is Verdict.ABORT:
             return  # not this item's fault; the next run sends it again
+        if outcome.cause == "language" and "language" not in item.params:
+            # The run's own language is not offered in the account's region: every item left
+            # would fail the same way (slowly, at a rate limit). An item's own language
+            # (manifest field) fails that item alone.
+            return self._abort_run(RunAborted(f"{item.id}: {outcome.error}"))
         header_duration = None
         if (
             outcome.verdict is Verdict.OK
@@ -871,6 +882,8 @@ class Engine:
             record["cause"] = outcome.cause
         record["finished_at"] = utc_now()
         record["run"] = summary.run_id
+        if outcome.request_id is not None and outcome.verdict is Verdict.FAIL:
+            record["request_id"] = outcome.request_id  # what support asks for
         payload = outcome.payload
         if outcome.verdict is Verdict.SUBMITTED:
             # No transcript: the service sends it to the webhook, under this request id.
@@ -1065,10 +1078,16 @@ class Engine:
 
 
 def _payload_duration(payload: dict[str, Any] | None) -> float | None:
-    """Audio seconds from a response's metadata, if it says."""
-    meta = payload.get("metadata") if payload else None
+    """Audio seconds from a response: its top-level ``duration``, else ``metadata.duration``
+    (Pulse's ``{duration, fileSize}``), if it says."""
+    if not payload:
+        return None
     # (An absurd or negative one is no duration: the file's header says instead.)
-    return plausible_seconds(meta.get("duration")) if isinstance(meta, dict) else None
+    duration = plausible_seconds(payload.get("duration"))
+    if duration is None:
+        meta = payload.get("metadata")
+        duration = plausible_seconds(meta.get("duration")) if isinstance(meta, dict) else None
+    return duration
 
 
 class _Skips(NamedTuple):

@@ -162,6 +162,7 @@ def iter_sources(
     seen: DigestSet | None = None,
     checked: bool = False,
     settled: Settled | None = None,
+    defaults: PulseParams | None = None,
 ) -> Iterator[Item | Problem | str]:
     """Stream the items and problems of every source, in order.
 
@@ -181,7 +182,34 @@ def iter_sources(
             other fields) once its duplicate check passed; when it returns a string (the
             resume action, ``done`` or ``failed``), that string is yielded instead of the item,
             which is never built (an empty string: nothing is yielded, the hook counted it).
+        defaults: the run's Pulse parameters: an item whose own fields (or URL input) do not
+            fit with them (:func:`~batchscribe.pulse.check_combination`) is a problem of its
+            line. Without them, only an item that sets its own ``model`` is checked.
     """
+    if defaults is None:
+        yield from _iter_sources(sources, stdin, seen, checked, settled)
+        return
+    for entry in _iter_sources(sources, stdin, seen, checked, settled):
+        if type(entry) is Item and (entry.params or entry.is_url):
+            params = defaults.with_overrides(entry.params)
+            problem = check_combination(params, url_input=entry.is_url)
+            if problem is not None:
+                file, _, line = entry.origin.rpartition(":")
+                if not line.isdigit():  # (an origin without a line: a directory's file)
+                    file, line = entry.origin, "0"
+                yield _problem(file, int(line), problem)
+                continue
+        yield entry
+
+
+def _iter_sources(
+    sources: Sequence[str],
+    stdin: BinaryIO | None,
+    seen: DigestSet | None,
+    checked: bool,
+    settled: Settled | None,
+) -> Iterator[Item | Problem | str]:
+    """:func:`iter_sources` without the check against the run's parameters."""
     if not checked:
         check_sources(sources)
     if seen is None:

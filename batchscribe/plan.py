@@ -20,7 +20,7 @@ from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
-from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
+from batchscribe.pulse import MAX_PAYLOAD, Outcome, PulseParams, Verdict
 from batchscribe.results import ResumeState, SeenIds, damaged_lines, fingerprint, scan
 from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
 
@@ -255,10 +255,13 @@ def dry_run(
     stdin: BinaryIO | None = None,
     workers: int = 8,
     shard: Shard | None = None,
+    params: PulseParams | None = None,
 ) -> Plan:
     """Scan the sources against the results file and count what a run would do.
 
-    With ``shard``, only that shard's items count (and bad lines only in shard 0), as in a run.
+    With ``shard``, only that shard's items count (and bad lines only in shard 0), as in a run;
+    with ``params`` (the run's Pulse parameters), an item whose own fields do not fit with them
+    is a bad line, as in a run.
     """
     try:
         manifest.check_sources(sources)
@@ -276,7 +279,7 @@ def dry_run(
             resume, shard, retry_failed=retry_failed, rescan_changed=rescan_changed
         )
         entries: Iterable[Item | Problem | str] = manifest.iter_sources(
-            sources, stdin=stdin, checked=True, settled=settled
+            sources, stdin=stdin, checked=True, settled=settled, defaults=params
         )
         if shard is not None:
             entries = ShardFilter(entries, shard)

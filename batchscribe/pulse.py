@@ -20,9 +20,13 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 
-LEGACY_ENDPOINT = "https://waves-api.smallest.ai/api/v1/pulse/get_text"
-CURRENT_ENDPOINT = "https://api.smallest.ai/waves/v1/stt/"
-DEFAULT_ENDPOINT = LEGACY_ENDPOINT
+#: The unified endpoint (what the official SDK uses; ``model`` required): the default.
+UNIFIED_ENDPOINT = "https://api.smallest.ai/waves/v1/stt/"
+#: The legacy path on the current host, "continues to work alongside" the unified one.
+LEGACY_ENDPOINT = "https://api.smallest.ai/waves/v1/pulse/get_text"
+#: The URL of the original guide (moved to the host above; still answered).
+ORIGINAL_ENDPOINT = "https://waves-api.smallest.ai/api/v1/pulse/get_text"
+DEFAULT_ENDPOINT = UNIFIED_ENDPOINT
 LEGACY_PATH = "/api/v1/pulse/get_text"
 CURRENT_PATH = "/waves/v1/stt/"
 ENDPOINT_PATHS = (LEGACY_PATH, CURRENT_PATH)
@@ -42,6 +46,11 @@ BOOL_PARAMS = (
 WEBHOOK_METHODS = ("POST", "PUT")
 #: Every query parameter the service knows; manifest fields with these names override the CLI.
 PARAM_NAMES = ("model", "language", *BOOL_PARAMS, "webhook_url", "webhook_method", "webhook_extra")
+#: Query parameters only the legacy ``.../get_text`` endpoints take (batchscribe never sends
+#: them itself; an endpoint's own query may carry them, for a legacy endpoint only).
+LEGACY_ONLY_PARAMS = ("encoding", "format", "punctuate", "capitalize")
+#: The languages redaction (``redact_pii``, ``redact_pci``) works in.
+REDACTION_LANGUAGES = ("en", "hi")
 
 AUDIO_MIME = {
     ".wav": "audio/wav",
@@ -133,14 +142,57 @@ def _one_token(text: str) -> bool:
 
 
 def check_combination(params: PulseParams, *, url_input: bool) -> str | None:
-    """Return a problem with a combination of parameters, or None when they fit together."""
+    """Return a problem with a combination of parameters, or None when they fit together.
+
+    The service's documented limits (shared/pulse-api.md): URL input and diarization are
+    Pulse only, webhooks Pulse Pro only, redaction English or Hindi only. Checked before
+    anything is sent: the service would refuse the request or answer unpredictably.
+    """
     if url_input and params.model != "pulse":
         return f"URL input works with model=pulse only, not {params.model}"
+    if params.diarize and params.model != "pulse":
+        return f"diarize works with model=pulse only, not {params.model}"
     if params.model != "pulse-pro" and (
         params.webhook_url or params.webhook_method or params.webhook_extra
     ):
-        return "webhook parameters need model=pulse-pro"
+        return f"webhook parameters need model=pulse-pro, not {params.model}"
+    if (params.redact_pii or params.redact_pci) and params.language not in REDACTION_LANGUAGES:
+        which = "redact_pii" if params.redact_pii else "redact_pci"
+        return f"{which} works with language en or hi only, not {params.language}"
     return None
+
+
+def endpoint_kind(endpoint: str) -> str | None:
+    """``unified`` for a ``.../stt`` path, ``legacy`` for a ``.../get_text`` one, else None
+    (a proxy's own path: nothing is assumed about it)."""
+    try:
+        path = urlsplit(endpoint).path.rstrip("/")
+    except ValueError:
+        return None
+    if path.endswith("/stt"):
+        return "unified"
+    if path.endswith("/get_text"):
+        return "legacy"
+    return None
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be used as given, or None: a unified endpoint whose own query
+    sets a parameter only the legacy endpoints take (the service would refuse every request)."""
+    if endpoint_kind(endpoint) != "unified":
+        return None
+    try:
+        names = {name for name, _ in parse_qsl(urlsplit(endpoint).query, keep_blank_values=True)}
+    except ValueError:
+        return None
+    legacy = sorted(names & set(LEGACY_ONLY_PARAMS))
+    if not legacy:
+        return None
+    return (
+        f"--endpoint {public_url(endpoint)} is the unified endpoint, which does not take "
+        f"{', '.join(legacy)} (legacy .../pulse/get_text only): remove them from its query "
+        f"or use {LEGACY_ENDPOINT}"
+    )
 
 
 def build_query(params: PulseParams) -> dict[str, str]:
@@ -298,9 +350,45 @@ def classify(
             Verdict.RETRY, status, cause, error, delay=server_delay(headers, now=now),
             request_id=rid,
         )  # fmt: skip
-    if status == 413:
+    named = _body_cause(doc)
+    if status == 413 or named == "too_large":
         return Outcome(Verdict.FAIL, status, "too_large", error, request_id=rid)
+    if named == "language":
+        return Outcome(Verdict.FAIL, status, named, _language_error(error, doc), request_id=rid)
     return Outcome(Verdict.FAIL, status, "4xx", error, request_id=rid)
+
+
+#: The legacy endpoint's oversize answer is a 400 (or a 200 error body) saying so.
+_TOO_LARGE = re.compile(r"(audio data|payload|file|request entity) (is )?too large", re.I)
+#: The error code of a language the account's region does not offer (``multi-indic`` outside
+#: India): every item in that language fails the same way.
+LANGUAGE_NOT_ENABLED = "LANGUAGE_NOT_ENABLED_IN_REGION"
+
+
+def _body_cause(doc: object) -> str | None:
+    """The cause an error body names whatever its status: ``too_large`` (oversize audio) or
+    ``language`` (the language is not offered in the region), else None."""
+    if not isinstance(doc, dict):
+        return None
+    text = _body_error(doc)
+    if doc.get("error_code") == LANGUAGE_NOT_ENABLED or LANGUAGE_NOT_ENABLED in text:
+        return "language"
+    if _TOO_LARGE.search(text):
+        return "too_large"
+    return None
+
+
+def _language_error(error: str, doc: object) -> str:
+    """``error`` with what to change: the language the body names (if it does) is not
+    offered in the account's region."""
+    fields = doc if isinstance(doc, dict) else {}
+    language, region = fields.get("language"), fields.get("region")
+    which = f"language {language}" if isinstance(language, str) and language else "the language"
+    where = f" ({region})" if isinstance(region, str) and region else ""
+    return (
+        f"{error} ({which} is not enabled in this account's region{where}: choose another "
+        "--language or manifest language field; multi-indic is offered in the India region only)"
+    )[:400]
 
 
 def _answer(
@@ -337,6 +425,11 @@ def _answer(
     if not detail:
         detail = f"status {str(state)[:60]!r} without a transcription"
     error = f"HTTP 200: {' '.join(detail.split())}"
+    named = _body_cause(doc)
+    if named == "language":
+        error = _language_error(error, doc)
+    if named is not None:
+        return Outcome(Verdict.FAIL, 200, named, error, request_id=request_id)
     if _RATE_LIMITED.search(detail):
         cause = "429"
     elif _BUSY.search(detail):
@@ -382,12 +475,13 @@ def url_secrets(url: str) -> list[str]:
         return []
     found = [parts.password] if parts.password else []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in _PARAMS and len(value) >= 8:
+        if name not in _KNOWN and len(value) >= 8:
             found.append(value)
     return found
 
 
 _PARAMS = frozenset(PARAM_NAMES)
+_KNOWN = _PARAMS | frozenset(LEGACY_ONLY_PARAMS)  # names whose values are no secret
 
 
 def server_delay(headers: Mapping[str, str], *, now: float) -> float | None:

@@ -55,6 +55,7 @@ CAUSES = (
     "invalid",
     "too_large",
     "file_changed",
+    "language",
 )
 #: Times a record may hold beyond audio (a run's wall time, a server's processing time):
 #: past these they are corrupt, shown as "-" rather than as a 300-digit number of hours.
@@ -743,7 +744,7 @@ _SUBMITTED = "#4e79a7"
 _CAUSE_COLOURS = {
     "5xx": "#e15759", "429": "#f28e2b", "network": "#b07aa1", "timeout": "#9c755f",
     "4xx": "#d37295", "missing": "#79706e", "invalid": "#bab0ac", "too_large": "#edc948",
-    "file_changed": "#76b7b2", "redirect": "#ff9da7",
+    "file_changed": "#76b7b2", "redirect": "#ff9da7", "language": "#86bcb6",
 }  # fmt: skip
 _MAX_RUN_LINES = 8
 _CSS = """

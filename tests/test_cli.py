@@ -963,3 +963,83 @@ def test_main_called_from_python_leaves_the_callers_collector_alone(tmp_path) ->
     before = gc.get_freeze_count()
     assert main(["run", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert gc.get_freeze_count() == before
+
+
+# --------------------------------------------------------------------------- the contract's limits
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [(("--model", "pulse-pro", "--diarize"), "diarize works with model=pulse only, not pulse-pro"),
+     (("--redact-pii", "--language", "fr"), "redact_pii works with language en or hi only, not fr"),
+     (("--redact-pci", "--language", "multi-eu"), "redact_pci works with language en or hi"),
+     (("--endpoint", "{emu}/waves/v1/stt/?punctuate=false"), "does not take punctuate")],
+)  # fmt: skip
+@pytest.mark.parametrize("dry", [False, True])
+def test_parameters_the_service_refuses_exit_2_before_anything(
+    tmp_path, emulator, make_archive, run_cli, flags, fragment, dry
+) -> None:
+    """Diarization with pulse-pro, redaction outside en/hi and a legacy-only parameter in a
+    unified endpoint's query exit 2 with one line naming the fix: no request, no results."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 2)
+    out = tmp_path / "r.jsonl"
+    base = emu.endpoint().split("/api/")[0].split("/waves/")[0]
+    flags = tuple(f.replace("{emu}", base) for f in flags)
+    if "--endpoint" not in flags:
+        flags = (*flags, "--endpoint", emu.endpoint())
+    proc = run_cli("run", archive.manifest, "--out", out, *flags, *(["--dry-run"] if dry else []))
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert emu.stats()["requests"] == 0
+
+
+def test_legacy_only_parameters_go_to_a_legacy_endpoint(
+    tmp_path, emulator, make_archive, run_cli
+) -> None:
+    """A legacy (.../get_text) endpoint's own punctuate/encoding query is accepted and sent."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 1)
+    out = tmp_path / "r.jsonl"
+    base = emu.endpoint().split("/api/")[0].split("/waves/")[0]
+    endpoint = f"{base}/api/v1/pulse/get_text?punctuate=false&encoding=linear16"
+    proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", endpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert "linear16" not in proc.stderr  # (no warning: these are no secret and no clash)
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_items_whose_parameters_the_service_refuses_are_bad_lines(
+    tmp_path, emulator, make_archive, run_cli, dry
+) -> None:
+    """Manifest lines whose own fields break a documented limit, alone or with the run's flags
+    (a URL with pulse-pro, diarize with pulse-pro, a webhook with pulse, redaction in fr), are
+    FILE:LINE bad lines, never sent; the other items run (exit 1)."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 6)
+    lines = [orjson.loads(x) for x in archive.manifest.read_bytes().splitlines()]
+    lines[1].update(model="pulse-pro", diarize=True)
+    lines[2] = {"id": "remote", "url": "https://media.example.org/a.mp3", "model": "pulse-pro"}
+    lines[3].update(webhook_url="https://hooks.example.org/x")
+    lines[4].update(redact_pii=True)  # with the run's --language fr below
+    lines[5].update(language="en", redact_pii=True)  # fine: its own language is en
+    archive.manifest.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    out = tmp_path / "r.jsonl"
+    proc = run_cli(
+        "run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(), "--language", "fr",
+        *(["--dry-run"] if dry else []),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    reported = re.findall(rf"^{re.escape(str(archive.manifest))}:(\d+): (.*)$", proc.stderr, re.M)
+    assert [n for n, _ in reported] == ["2", "3", "4", "5"], proc.stderr
+    assert "diarize works with model=pulse only" in reported[0][1]
+    assert "URL input works with model=pulse only" in reported[1][1]
+    assert "webhook parameters need model=pulse-pro" in reported[2][1]
+    assert "redact_pii works with language en or hi only, not fr" in reported[3][1]
+    if dry:
+        assert "invalid lines: 4" in proc.stdout
+        return
+    states = {r["id"]: r["status"] for r in read_results(out)[0]}
+    assert states == {"clip-000": "ok", "clip-005": "ok"}
+    assert emu.stats()["requests"] == 2

@@ -139,6 +139,28 @@ def test_without_utterances_words_are_grouped_at_pauses_and_speakers() -> None:
     ]  # fmt: skip
 
 
+def test_pulse_pro_words_alone_make_sentence_cues_that_players_read_back(tmp_path: Path) -> None:
+    """A Pulse Pro answer (words with confidence, no utterances, no speakers) and a diarized
+    Pulse one (integer speakers, speaker_confidence) export cues cut at sentence ends and
+    speaker changes, that srt and webvtt-py read back with the same text and times."""
+    first = "This sentence is long enough to end a cue."
+    words = words_of(f"{first} And so is this one, said twice.", 0.0)
+    for n, word in enumerate(words):
+        word.update(confidence=0.9, speaker_confidence=0.8, speaker=0 if n < 9 else 1)
+    for name, recorded in [("pro", [{**w, "speaker": None} for w in words]), ("pulse", words)]:
+        rec = record(name, words=recorded, utterances=None)
+        path = str(write(tmp_path / f"{name}.jsonl", rec))
+        assert export([path], "srt", out_dir=str(tmp_path / "s")).written == 1
+        assert export([path], "vtt", out_dir=str(tmp_path / "v")).written == 1
+    pro = list(srt.parse((tmp_path / "s" / "pro.srt").read_text()))
+    assert [c.content.replace("\n", " ") for c in pro] == [first, "And so is this one, said twice."]
+    assert pro[1].start == timedelta(seconds=3.6)
+    labelled = [c.content for c in srt.parse((tmp_path / "s" / "pulse.srt").read_text())]
+    assert labelled[0].startswith("[Speaker 0] This") and labelled[1].startswith("[Speaker 1]")
+    voices = [(c.voice, c.start) for c in webvtt.read(str(tmp_path / "v" / "pulse.vtt"))]
+    assert voices == [("Speaker 0", "00:00:00.000"), ("Speaker 1", "00:00:03.600")]
+
+
 def test_a_bare_transcript_is_spread_over_the_duration() -> None:
     """No timings at all: cues share the audio's duration by text length, within the limits."""
     cues = build_cues(record("a", transcription=LONG, duration=12.0))

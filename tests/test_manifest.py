@@ -29,6 +29,7 @@ from batchscribe.manifest import (
     iter_sources,
 )
 from batchscribe.plan import reader_settles
+from batchscribe.pulse import PulseParams
 from batchscribe.results import ResumeState
 from batchscribe.shard import Shard, ShardFilter
 
@@ -322,7 +323,31 @@ def test_webhook_without_pulse_pro_on_the_item_is_a_problem(tmp_path: Path) -> N
         {"path": "a.wav", "model": "pulse", "webhook_url": "https://hook/x"},
         {"path": "b.wav", "webhook_url": "https://hook/x"},  # model left to the run: engine checks
     )
-    assert problems(read(manifest)) == [f"{manifest}:1: webhook parameters need model=pulse-pro"]
+    assert problems(read(manifest)) == [
+        f"{manifest}:1: webhook parameters need model=pulse-pro, not pulse"
+    ]
+
+
+def test_items_are_checked_with_the_runs_parameters_when_given(tmp_path: Path) -> None:
+    """With the run's parameters, an item whose own fields do not fit with them (a webhook
+    under the run's pulse, redaction under the run's fr, a URL under the run's pulse-pro) is a
+    FILE:LINE problem; an item whose own fields make it fit is an item."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"path": "a.wav", "webhook_url": "https://hook/x"},
+        {"path": "b.wav", "redact_pci": True},
+        {"path": "c.wav", "redact_pci": True, "language": "hi"},
+        {"url": "https://h/d.wav"},
+        {"path": "e.wav"},
+    )
+    fr = list(iter_sources([str(manifest)], defaults=PulseParams(language="fr")))
+    assert problems(fr) == [
+        f"{manifest}:1: webhook parameters need model=pulse-pro, not pulse",
+        f"{manifest}:2: redact_pci works with language en or hi only, not fr",
+    ]
+    assert [i.id for i in items(fr)] == ["c.wav", "https://h/d.wav", "e.wav"]
+    pro = list(iter_sources([str(manifest)], defaults=PulseParams(model="pulse-pro")))
+    assert problems(pro) == [f"{manifest}:4: URL input works with model=pulse only, not pulse-pro"]
 
 
 # --------------------------------------------------------------------------- JSONL problems

@@ -11,6 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchscribe.pulse import (
+    DEFAULT_ENDPOINT,
+    LANGUAGES,
+    LEGACY_ENDPOINT,
+    MODELS,
+    ORIGINAL_ENDPOINT,
+    UNIFIED_ENDPOINT,
     PulseParams,
     Verdict,
     build_query,
@@ -20,6 +26,8 @@ from batchscribe.pulse import (
     coerce_param,
     content_type_for,
     endpoint_clashes,
+    endpoint_kind,
+    endpoint_problem,
     public_url,
     server_delay,
     url_secrets,
@@ -380,3 +388,122 @@ def test_a_200_is_ok_only_for_a_success_with_a_transcription(
         assert outcome.verdict in (Verdict.FAIL, Verdict.RETRY)
         assert outcome.error is not None and outcome.error.startswith("HTTP 200")
         assert "\n" not in outcome.error and len(outcome.error) < 260
+
+
+# --------------------------------------------------------------------------------------------
+# The current contract (issue 14): endpoints, both error shapes, oversize, local validation.
+
+
+def test_the_default_endpoint_is_the_unified_one_and_kinds_follow_the_path() -> None:
+    """The default is the unified .../stt/ endpoint; the kind of an endpoint is read from its
+    path (.../stt unified, .../get_text legacy, anything else unknown)."""
+    assert DEFAULT_ENDPOINT == UNIFIED_ENDPOINT == "https://api.smallest.ai/waves/v1/stt/"
+    assert endpoint_kind(UNIFIED_ENDPOINT) == "unified"
+    assert endpoint_kind("http://127.0.0.1:9/waves/v1/stt?token=x") == "unified"
+    assert endpoint_kind(LEGACY_ENDPOINT) == endpoint_kind(ORIGINAL_ENDPOINT) == "legacy"
+    assert endpoint_kind("https://proxy.example/transcribe") is None
+
+
+def test_legacy_only_parameters_in_a_unified_endpoint_are_refused_by_name() -> None:
+    """encoding/format/punctuate/capitalize in a unified endpoint's query is a problem naming
+    them and the fix; in a legacy endpoint's query they are fine (and no secret)."""
+    problem = endpoint_problem(f"{UNIFIED_ENDPOINT}?punctuate=false&encoding=linear16&t=1")
+    assert problem is not None and "encoding, punctuate" in problem and "get_text" in problem
+    assert "linear16" not in problem  # (the query is not shown: it may hold a token)
+    assert endpoint_problem(f"{LEGACY_ENDPOINT}?punctuate=false&encoding=linear16") is None
+    assert endpoint_problem(f"{UNIFIED_ENDPOINT}?token=abc") is None
+    assert url_secrets(f"{LEGACY_ENDPOINT}?encoding=ogg_opus&capitalize=false") == []
+
+
+@pytest.mark.parametrize(
+    ("params", "url_input", "fragment"),
+    [(PulseParams(model="pulse-pro", diarize=True), False, "diarize works with model=pulse"),
+     (PulseParams(model="pulse-pro"), True, "URL input works with model=pulse"),
+     (PulseParams(webhook_url="https://h.example/x"), False, "need model=pulse-pro, not pulse"),
+     (PulseParams(redact_pii=True, language="fr"), False, "redact_pii works with language en"),
+     (PulseParams(redact_pci=True, language="multi-eu"), False, "not multi-eu")],
+)  # fmt: skip
+def test_documented_limits_are_refused_locally_with_the_fix(
+    params: PulseParams, url_input: bool, fragment: str
+) -> None:
+    """Diarization or URL input with pulse-pro, a webhook with pulse, redaction outside en/hi:
+    one line naming the parameter and what it needs."""
+    problem = check_combination(params, url_input=url_input)
+    assert problem is not None and fragment in problem and "\n" not in problem
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.sampled_from(MODELS), language=st.sampled_from(LANGUAGES), diarize=st.booleans(),
+    pii=st.booleans(), pci=st.booleans(), hook=st.booleans(), url_input=st.booleans(),
+)  # fmt: skip
+def test_a_combination_is_refused_exactly_when_a_documented_limit_is_broken(
+    model: str, language: str, diarize: bool, pii: bool, pci: bool, hook: bool, url_input: bool
+) -> None:
+    """Property: check_combination says nothing exactly when URL input and diarization come
+    with pulse, a webhook with pulse-pro and redaction with en or hi."""
+    params = PulseParams(
+        model=model, language=language, diarize=diarize, redact_pii=pii, redact_pci=pci,
+        webhook_url="https://h.example/x" if hook else None,
+    )  # fmt: skip
+    fits = (
+        (not url_input or model == "pulse")
+        and (not diarize or model == "pulse")
+        and (not hook or model == "pulse-pro")
+        and (not (pii or pci) or language in ("en", "hi"))
+    )
+    assert (check_combination(params, url_input=url_input) is None) == fits
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(413, b'{"error":"Payload too large","request_id":"r-1"}'),
+     (413, b""),
+     (400, b'{"errors":"Audio data too large","status":"error","message":"Bad request"}'),
+     (400, b'{"status":"error","message":"Audio data too large"}'),
+     (200, b'{"errors":"Audio data too large","status":"error","message":"Bad request"}')],
+)  # fmt: skip
+def test_oversize_is_its_own_cause_on_both_endpoints(status: int, body: bytes) -> None:
+    """413 (unified) and 400 "Audio data too large" (legacy) are cause too_large: failed, not
+    retried, and told apart from other 4xx (the audio stage acts on it)."""
+    outcome = classify(status, {"x-request-id": "h-1"}, body, now=NOW)
+    assert (outcome.verdict, outcome.cause) == (Verdict.FAIL, "too_large")
+    assert outcome.request_id in ("r-1", "h-1")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "named"),
+    [(400, b'{"status":"error","error_code":"LANGUAGE_NOT_ENABLED_IN_REGION",'
+           b'"message":"Language not enabled","language":"multi-indic","region":"eu"}',
+      "language multi-indic is not enabled in this account's region (eu)"),
+     (400, b'{"error":"LANGUAGE_NOT_ENABLED_IN_REGION","request_id":"r","details":{}}',
+      "the language is not enabled"),
+     (200, b'{"status":"error","error_code":"LANGUAGE_NOT_ENABLED_IN_REGION","message":"no"}',
+      "the language is not enabled")],
+)  # fmt: skip
+def test_a_language_not_enabled_in_the_region_says_what_to_change(
+    status: int, body: bytes, named: str
+) -> None:
+    """LANGUAGE_NOT_ENABLED_IN_REGION (any shape) is cause ``language`` with a message naming
+    the language and the fix (another --language), one line."""
+    outcome = classify(status, {}, body, now=NOW)
+    assert (outcome.verdict, outcome.cause) == (Verdict.FAIL, "language")
+    assert outcome.error is not None and named in outcome.error
+    assert "--language" in outcome.error and "\n" not in outcome.error
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "fragment"),
+    [(400, b'{"error":"model is required","request_id":"r-2","details":{"param":"model"}}',
+      'model is required: {"param":"model"}'),
+     (400, b'{"errors":"bad header","status":"error","message":"Invalid audio"}',
+      "bad header: Invalid audio"),
+     (403, b'{"message":"Forbidden"}', "Forbidden"),
+     (401, b'{"error":"Invalid API key"}', "Invalid API key")],
+)  # fmt: skip
+def test_every_error_shape_gives_one_short_message(status: int, body: bytes, fragment: str) -> None:
+    """Unified {error, request_id, details} and legacy {errors, status, message} / {message}
+    bodies give one line with their text, status first."""
+    outcome = classify(status, {}, body, now=NOW)
+    assert outcome.error is not None and outcome.error.startswith(f"HTTP {status}: ")
+    assert fragment in outcome.error
