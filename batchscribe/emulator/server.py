@@ -341,9 +341,12 @@ class _Emulator:
     ) -> web.Response:
         """An error answer in the shape of its endpoint: unified ``{error, request_id,
         details}``; legacy ``{errors, status: "error", message}`` for a 400, ``{message}`` for
-        a 401, ``{error, request_id}`` otherwise (the rate limit's documented body)."""
+        a 401, ``{error, request_id}`` otherwise; a 429 is ``{error, request_id}`` everywhere
+        (the rate limit's documented body)."""
         doc: dict[str, Any]
-        if not legacy:
+        if status == 429:  # the documented rate-limit body, on every path
+            doc = {"error": message, "request_id": request_id}
+        elif not legacy:
             doc = {"error": message, "request_id": request_id, "details": dict(details or {})}
         elif status == 400:
             doc = {"errors": message, "status": "error", "message": message}
@@ -430,13 +433,9 @@ class _Emulator:
         """A rate-limit 429: with ``retry-after-ms`` (and, for the plan, ``Retry-After`` in
         whole seconds) when ``rate_headers`` is on; with no delay header at all when off."""
         if not self.config.rate_headers:
-            response = self._error(429, message, request_id)
-            if plan:  # the documented body: {error, request_id}, on every path
-                response.body = orjson.dumps({"error": message, "request_id": request_id})
-            return response
+            return self._error(429, message, request_id)
         response = self._ask_delay(429, message, request_id, short, "retry-after-ms", delay)
         if plan:
-            response.body = orjson.dumps({"error": message, "request_id": request_id})
             response.headers["Retry-After"] = str(max(1, math.ceil(delay)))
         return response
 

@@ -10,7 +10,7 @@ The transcript is derived from the signal, as the service derives its own:
 3. Words sit inside those regions. A clip of the sample archive (known by the sha256 of its bytes,
    ``batchscribe/data/samples.json``) gets its real sentence, spread over the speech regions.
    Any other audio gets one word per ~0.5 s of each region, chosen from a word list by the
-   region's pitch (its zero-crossing rate, in 10-Hz bins) and the word's place in the region:
+   region's pitch (its zero-crossing rate, in semitones) and the word's place in the region:
    the same tone gives the same words after cutting at silences, downmixing or transcoding, so
    a test can tell which region of which signal a word came from, and when.
 
@@ -310,7 +310,10 @@ def speech_regions(
         seconds = (end - start) * hop_s
         if seconds < MIN_SPEECH_S:
             continue
-        pitch = float(cross[start:end].sum()) / (2 * seconds)
+        # The pitch from the inner hops only: onsets and codec pre-echo blur the edges.
+        inner = slice(start + 2, end - 2) if end - start > 6 else slice(start, end)
+        inner_s = (inner.stop - inner.start) * hop_s
+        pitch = float(cross[inner].sum()) / (2 * inner_s)
         regions.append(Region(round(start * hop_s, 3), round(min(end * hop_s, duration), 3), pitch))
     return tuple(regions)
 
@@ -354,7 +357,11 @@ def analyse(source: IO[bytes], kind: str, *, max_seconds: float | None = None) -
                 if max_seconds is not None and meter.seconds > max_seconds:
                     return Signal(demuxer, codec, 1, meter.rate, meter.seconds, (), max_seconds)
         except (av.FFmpegError, ValueError) as exc:
-            raise AudioError(f"unreadable audio: {kind} that cannot be decoded ({exc})") from None
+            # Like FFmpeg itself, keep what decoded before a damaged or junk tail.
+            if not meter.samples:
+                raise AudioError(
+                    f"unreadable audio: {kind} that cannot be decoded ({exc})"
+                ) from None
         if not meter.samples:
             raise AudioError(f"unreadable audio: {kind} with no audio frames")
         return Signal(demuxer, codec, 1, meter.rate, meter.seconds, meter.regions())
@@ -490,7 +497,9 @@ def _from_signal(regions: tuple[Region, ...]) -> Transcript:
         length = region.end - region.start
         count = max(1, round(length / WORD_S))
         slot = length / count
-        pitch_bin = round(region.pitch / 10)
+        # Semitone bins (A4 = 440 Hz at a bin's centre): a tone of the scale is far from an
+        # edge, so a codec's small pitch error does not change its words.
+        pitch_bin = round(12 * math.log2(max(region.pitch, 1.0) / 440))
         for k in range(count):
             pick = hashlib.blake2b(f"{pitch_bin}:{k}".encode(), digest_size=2).digest()
             text = _WORDS[int.from_bytes(pick, "big") % len(_WORDS)]
