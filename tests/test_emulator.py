@@ -24,8 +24,8 @@ from batchscribe.emulator import (
     DELAY_HEADER_KINDS,
     PATHS,
     PLANS,
-    RATE_LIMIT_MESSAGE,
     PROFILES,
+    RATE_LIMIT_MESSAGE,
     EmulatorConfig,
     EmulatorThread,
     FaultRates,
@@ -38,6 +38,7 @@ from batchscribe.emulator import (
     transcript_for,
     transcript_for_url,
 )
+from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
 from batchscribe.pulse import (
     BOOL_PARAMS,
     CURRENT_PATH,
@@ -1177,6 +1178,166 @@ async def test_stop_and_start_listening_keeps_the_port(
 
 
 # --------------------------------------------------------------------------------------------
+# Plans: the Standard plan's 25 requests per minute per model
+
+
+def test_sliding_window_admits_n_per_window_per_key() -> None:
+    """The window admits 25 starts in any 60 s per key, tells the wait until the oldest
+    leaves, counts keys apart, ignores refused requests, and follows a limit lowered mid-run."""
+    window = SlidingWindow()
+    assert all(window.admit("pulse", i * 0.1, 25, 60) == 0 for i in range(25))
+    assert window.admit("pulse", 2.5, 25, 60) == pytest.approx(57.5)
+    assert window.admit("pulse-pro", 2.5, 25, 60) == 0  # per model
+    assert window.admit("pulse", 59.99, 25, 60) == pytest.approx(0.01)  # refusals do not count
+    assert window.admit("pulse", 60.0, 25, 60) == 0  # the first start left the window
+    # The limit drops to 12: a slot frees when all but 11 of the 25 in the window have left
+    # (the 14th oldest, started at 1.4 s, leaves at 61.4 s).
+    assert window.admit("pulse", 60.05, 12, 60) == pytest.approx(61.4 - 60.05)
+
+
+def test_token_bucket_admits_a_burst_then_the_refill_rate() -> None:
+    """The bucket admits its burst, then one request per 60/25 = 2.4 s, per key."""
+    buckets = TokenBuckets()
+    rate = 25 / 60
+    assert [buckets.admit("pulse", 0.0, rate, 5) for _ in range(5)] == [0.0] * 5
+    assert buckets.admit("pulse", 0.0, rate, 5) == pytest.approx(2.4)
+    assert buckets.admit("pulse-pro", 0.0, rate, 5) == 0.0
+    assert buckets.admit("pulse", 2.4, rate, 5) == 0.0
+    assert buckets.admit("pulse", 2.5, rate, 5) == pytest.approx(2.3)
+
+
+def test_plans_and_their_defaults() -> None:
+    """standard: 25/min per model and no delay header unless asked; unlimited (the default):
+    no limit; the CLI's --emulate-plan offers exactly these plans."""
+    from batchscribe.cli import EMULATOR_PLANS
+
+    assert set(EMULATOR_PLANS) == set(PLANS)
+    assert EmulatorConfig().requests_per_minute() is None
+    standard = EmulatorConfig.for_plan("standard")
+    assert (standard.requests_per_minute(), standard.rate_headers) == (25.0, False)
+    assert EmulatorConfig.for_plan("standard", rate_headers=True).rate_headers
+    assert EmulatorConfig.for_plan("standard", plan_rpm=12).requests_per_minute() == 12
+    with pytest.raises(ValueError, match="unknown plan"):
+        EmulatorConfig(plan="gold")
+
+
+async def gather_posts(
+    session: aiohttp.ClientSession, url: str, bodies: list[bytes], params: dict[str, str]
+) -> list[Answer]:
+    return list(await asyncio.gather(*(post(session, url, b, params=params) for b in bodies)))
+
+
+async def test_standard_plan_refuses_the_26th_request_of_a_minute_per_model(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Standard plan: 25 requests of a model are admitted, the 26th gets 429 with the documented
+    body and no delay header; the other model has its own 25."""
+    server.config = EmulatorConfig.for_plan("standard", plan_window_s=30)
+    bodies = distinct_wavs(27)
+    answers = await gather_posts(session, server.endpoint(), bodies[:25], PULSE)
+    assert [a.status for a in answers] == [200] * 25
+    refused = await post(session, server.endpoint("legacy"), bodies[25])
+    assert refused.status == 429
+    assert refused.json() == {
+        "error": RATE_LIMIT_MESSAGE, "request_id": refused.headers["X-Request-Id"]
+    }  # fmt: skip
+    delay_headers = {"retry-after", "retry-after-ms", "x-ratelimit-reset"}
+    assert not delay_headers & {k.lower() for k in refused.headers}
+    pro = await post(session, server.endpoint(), bodies[26], params={"model": "pulse-pro"})
+    assert pro.status == 200
+    assert server.stats()["rate_limited_by"]["plan"] == 1
+
+
+async def test_standard_plan_sends_delay_headers_when_asked_and_readmits_after_the_window(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """With rate_headers, the plan's 429 says when a slot frees (Retry-After and
+    retry-after-ms); a retry after that delay is admitted and is not early."""
+    server.config = EmulatorConfig.for_plan("standard", plan_window_s=1.0, rate_headers=True)
+    bodies = distinct_wavs(26)
+    await gather_posts(session, server.endpoint(), bodies[:25], PULSE)
+    refused = await post(session, server.endpoint(), bodies[25])
+    assert refused.status == 429
+    wait_ms = int(refused.headers["retry-after-ms"])
+    assert 0 < wait_ms <= 1000
+    assert refused.headers["Retry-After"] == "1"
+    await asyncio.sleep(wait_ms / 1000 + 0.02)
+    assert (await post(session, server.endpoint(), bodies[25])).status == 200
+    assert server.stats()["early_retries"] == 0
+
+
+async def test_plan_as_a_token_bucket(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """plan_algorithm="bucket": a burst of 25/5 = 5 is admitted, then 429 (per model)."""
+    server.config = EmulatorConfig.for_plan("standard", plan_algorithm="bucket")
+    answers = [await post(session, server.endpoint(), b) for b in distinct_wavs(6)]
+    assert [a.status for a in answers] == [200] * 5 + [429]
+
+
+async def test_rate_limit_without_rate_headers_sends_no_delay(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """rate_headers=False: the rate_limit bucket's 429s carry no delay header either."""
+    server.config.rate_limit = 1
+    server.config.rate_headers = False
+    answers = [await post(session, server.endpoint(), b) for b in distinct_wavs(2)]
+    assert [a.status for a in answers] == [200, 429]
+    names = {k.lower() for k in answers[1].headers}
+    assert not names & {"retry-after", "retry-after-ms", "x-ratelimit-reset"}
+
+
+# --------------------------------------------------------------------------------------------
+# Request ids and the unified path's requirements
+
+
+async def test_every_answer_carries_an_x_request_id(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """200, 400, 401, 404, 429 and 503 answers all carry an x-request-id header."""
+    seen = [await post(session, server.endpoint(), wav_bytes())]
+    seen.append(await post(session, server.endpoint(), wav_bytes(), params={}))  # no model
+    seen.append(await post(session, server.url + "/nothing", wav_bytes()))
+    server.config.faults = FaultRates(p5xx=1.0)
+    seen += [await post(session, server.endpoint(), body) for body in distinct_wavs(6)]
+    server.config.faults = FaultRates()
+    server.config.rate_limit = 0.001
+    seen += [await post(session, server.endpoint(), body) for body in distinct_wavs(2, 0.3)]
+    server.config.key = "k"
+    seen.append(await post(session, server.endpoint("legacy"), wav_bytes()))
+    statuses = {a.status for a in seen}
+    assert {200, 400, 401, 404, 429, 503} <= statuses
+    ids = [a.headers["X-Request-Id"] for a in seen]
+    assert len(set(ids)) == len(ids)
+
+
+async def test_model_is_required_on_the_unified_path_only(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Without model the unified path answers 400 {error, request_id, details}; the legacy
+    path takes pulse."""
+    unified = await post(session, server.endpoint(), wav_bytes(), params={})
+    assert unified.status == 400
+    assert set(unified.json()) == {"error", "request_id", "details"}
+    assert "model is required" in unified.json()["error"]
+    legacy = await post(session, server.endpoint("legacy"), wav_bytes(), params={})
+    assert legacy.status == 200
+    assert "request_id" not in legacy.json()  # a Pulse answer
+
+
+async def test_legacy_400_has_the_legacy_shape(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A bad parameter on a legacy path is 400 {errors, status: "error", message}."""
+    params = {"model": "pulse", "language": "xx"}
+    answer = await post(session, server.endpoint("legacy-current"), wav_bytes(), params=params)
+    assert answer.status == 400
+    doc = answer.json()
+    assert doc["status"] == "error"
+    assert "unknown language" in doc["errors"] == doc["message"]
+
+
+# --------------------------------------------------------------------------------------------
 # Thread, CLI flags, serve_forever
 
 
@@ -1227,11 +1388,32 @@ def test_cli_flags_build_the_config() -> None:
     defaults = parse([])
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8787)
     assert config_from_args(defaults) == EmulatorConfig()
+    standard = config_from_args(parse(["--plan", "standard"]))
+    assert (standard.plan, standard.rate_headers, standard.max_audio_minutes) == (
+        "standard", False, 10.0
+    )  # fmt: skip
+    asked = config_from_args(
+        parse(["--plan", "standard", "--rate-headers", "--plan-rpm", "12",
+               "--plan-algorithm", "bucket", "--max-audio-minutes", "30"])
+    )  # fmt: skip
+    assert (asked.rate_headers, asked.requests_per_minute(), asked.plan_algorithm) == (
+        True, 12, "bucket"
+    )  # fmt: skip
+    assert asked.max_audio_minutes == 30
+    assert not config_from_args(parse(["--no-rate-headers"])).rate_headers
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--p429", "1.5"], ["--latency", "fast"], ["--faults", "nope"], ["--max-concurrent", "0"]],
+    [
+        ["--p429", "1.5"],
+        ["--latency", "fast"],
+        ["--faults", "nope"],
+        ["--max-concurrent", "0"],
+        ["--plan", "gold"],
+        ["--plan-rpm", "0"],
+        ["--max-audio-minutes", "-1"],
+    ],
 )
 def test_cli_flags_refuse_bad_values(argv: list[str]) -> None:
     """Out-of-range rates, bad latency, unknown profiles and zero limits are usage errors."""
