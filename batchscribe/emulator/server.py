@@ -233,6 +233,8 @@ class _Stats:
         self.early_examples: list[dict[str, Any]] = []
         self.by_path = {"legacy": 0, "current": 0}  # both legacy paths count as legacy
         self.by_endpoint: dict[str, int] = {}  # path -> requests
+        self.by_model: dict[str, int] = {}  # requests with valid parameters, by model asked
+        self.by_language: dict[str, int] = {}  # ... and by language asked
         self.per_second: list[int] = []
 
     def arrive(self, now: float) -> None:
@@ -267,6 +269,8 @@ class _Stats:
             "by_content": dict(by_content),
             "by_path": dict(self.by_path),
             "by_endpoint": dict(self.by_endpoint),
+            "by_model": dict(self.by_model),
+            "by_language": dict(self.by_language),
             "requests_per_second": list(self.per_second),
             "uptime_s": round(now - self.started, 3),
         }
@@ -518,6 +522,10 @@ class _Emulator:
         params = _parse_params(request.query.items(), url_input=url_input, legacy=legacy)
         if isinstance(params, str):
             return self._error(400, params, request_id, legacy=legacy)
+        # What reached the service: Pulse answers do not echo the language, so tests read it here.
+        stats = self.stats
+        stats.by_model[params.model] = stats.by_model.get(params.model, 0) + 1
+        stats.by_language[params.language] = stats.by_language.get(params.language, 0) + 1
         if not url_input and not _is_audio_type(request.content_type):
             message = (
                 f"unsupported Content-Type {request.content_type!r}: send audio/* or "
