@@ -106,6 +106,9 @@ def _per_second(text: str) -> float:
 
 
 DEFAULT_MAX_CONCURRENCY = 256
+#: ``--emulate-plan`` choices: batchscribe.emulator.PLANS (not imported here: the emulator loads
+#: aiohttp.web; tests/test_emulator.py checks the two agree).
+EMULATOR_PLANS = ("unlimited", "standard")
 
 
 def _seconds(text: str) -> float:
@@ -233,6 +236,11 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run against the bundled Pulse emulator on loopback (offline, no key needed)",
     )  # fmt: skip
     conn.add_argument(
+        "--emulate-plan", choices=EMULATOR_PLANS, default="unlimited", metavar="PLAN",
+        help="with --emulate: the emulator's plan, unlimited (default) or standard "
+        "(25 requests/min per model, 429s with no delay header)",
+    )  # fmt: skip
+    conn.add_argument(
         "--via-client", action="store_true",
         help="stream s3:// and gs:// objects through this machine instead of sending the API "
         "presigned URLs (always so for pulse-pro)",
@@ -337,10 +345,12 @@ def _add_emulate(
 ) -> None:
     parser = sub.add_parser(
         "emulate",
-        help="serve the bundled Pulse emulator (both endpoint paths) until stopped",
+        help="serve the bundled Pulse emulator (the unified and legacy paths) until stopped",
         description=(
-            "Serve a faithful Pulse emulator on loopback: auth, parameter validation, "
-            "transcripts, faults, rate limits and GET /_emulator/stats. Point "
+            "Serve a faithful Pulse emulator on loopback: auth, parameter validation, the "
+            "documented limits (mono only, the 10-minute session, 250 MB, a plan's requests "
+            "per minute), transcripts derived from the decoded audio, faults, and "
+            "GET /_emulator/stats. Point "
             "`batchscribe run --endpoint URL` (or your own client) at the URL it prints."
         ),
     )
@@ -442,6 +452,7 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
             max_retry_wait=ns.max_retry_wait,
             retry_failed=ns.retry_failed,
             emulate=ns.emulate,
+            emulate_plan=ns.emulate_plan,
             rescan_changed=ns.rescan_changed,
             max_items=ns.max_items,
             max_runtime=ns.max_runtime,
@@ -530,8 +541,8 @@ def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:
     def ready(url: str) -> None:
         out = Console(sys.stdout, console.redact)
         out.line(f"Pulse emulator listening on {url}")
-        out.line(f"  legacy endpoint:  {url}/api/v1/pulse/get_text")
         out.line(f"  current endpoint: {url}/waves/v1/stt/")
+        out.line(f"  legacy endpoints: {url}/waves/v1/pulse/get_text, {url}/api/v1/pulse/get_text")
         out.line(f"  stats:            {url}/_emulator/stats")
         out.line("Press Ctrl-C to stop.")
 

@@ -117,6 +117,8 @@ class RunOptions:
         max_retry_wait: a server-requested delay longer than this fails the item.
         retry_failed: also re-attempt items whose last record is ``failed``.
         emulate: run against the bundled emulator, in-process on a free loopback port.
+        emulate_plan: the emulator's plan (``unlimited`` or ``standard``: 25 requests/min per
+            model, no delay header), with ``emulate``.
         grace: seconds requests in flight may take to finish after a stop request.
         sync_interval: seconds between fsyncs of the results file.
         rescan_changed: re-send ok items whose file's size or mtime changed since.
@@ -143,6 +145,7 @@ class RunOptions:
     max_retry_wait: float = 300.0
     retry_failed: bool = False
     emulate: bool = False
+    emulate_plan: str = "unlimited"
     grace: float = 10.0
     sync_interval: float = 1.0
     rescan_changed: bool = False
@@ -388,7 +391,7 @@ class Engine:
             if options.emulate:
                 from batchscribe.emulator import EmulatorConfig, start_emulator
 
-                emulator = await start_emulator(EmulatorConfig())
+                emulator = await start_emulator(EmulatorConfig.for_plan(options.emulate_plan))
                 self._endpoint = emulator.endpoint()
             self._emit(
                 RunStarted(self.summary.run_id, options.out, len(self._resume), options.concurrency)

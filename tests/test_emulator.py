@@ -7,7 +7,9 @@ import asyncio
 import hashlib
 import io
 import json
+import math
 import socket
+import struct
 import time
 import wave
 from collections.abc import AsyncIterator, Mapping
@@ -20,7 +22,10 @@ from audio_fixtures import make_wav, wav_bytes
 
 from batchscribe.emulator import (
     DELAY_HEADER_KINDS,
+    PATHS,
+    PLANS,
     PROFILES,
+    RATE_LIMIT_MESSAGE,
     EmulatorConfig,
     EmulatorThread,
     FaultRates,
@@ -33,6 +38,7 @@ from batchscribe.emulator import (
     transcript_for,
     transcript_for_url,
 )
+from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
 from batchscribe.pulse import (
     BOOL_PARAMS,
     CURRENT_PATH,
@@ -50,18 +56,6 @@ SAMPLES: dict[str, dict[str, Any]] = json.loads(
     (ROOT / "batchscribe" / "data" / "samples.json").read_text("utf-8")
 )
 PULSE = {"model": "pulse"}
-
-# Minimal heads of each container the service accepts; only the sniffing looks at them.
-AUDIO_HEADS = {
-    "mp3-id3": b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(200),
-    "mp3-frame": b"\xff\xfb\x90\x64" + bytes(400),
-    "aac-adts": b"\xff\xf1\x50\x80" + bytes(400),
-    "flac": b"fLaC" + bytes(200),
-    "ogg": b"OggS\x00\x02" + bytes(200),
-    "mp4": b"\x00\x00\x00\x20ftypM4A " + bytes(200),
-    "webm": b"\x1a\x45\xdf\xa3" + bytes(200),
-    "amr": b"#!AMR\n" + bytes(320),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,83 +149,207 @@ async def outcomes(session: aiohttp.ClientSession, url: str, bodies: list[bytes]
 
 
 # --------------------------------------------------------------------------------------------
+# Synthetic signals: tones separated by silence
+
+
+def tones_wav(
+    segments: list[tuple[float, float, float]],
+    seconds: float,
+    rate: int = 8000,
+    *,
+    channels: int = 1,
+) -> bytes:
+    """A 16-bit WAV of ``seconds`` of silence with a sine tone over each (start, end, freq)."""
+    samples = [0.0] * round(seconds * rate)
+    for start, end, freq in segments:
+        for i in range(round(start * rate), round(end * rate)):
+            samples[i] = 12000 * math.sin(2 * math.pi * freq * i / rate)
+    frames = struct.pack(f"<{len(samples)}h", *(round(v) for v in samples))
+    if channels == 2:  # the tone on the left, silence on the right
+        frames = b"".join(frames[i : i + 2] + b"\0\0" for i in range(0, len(frames), 2))
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames)
+    return buffer.getvalue()
+
+
+def encode(wav: bytes, container: str, codec: str, rate: int = 16000) -> bytes:
+    """``wav`` re-encoded with PyAV (the same library the emulator decodes with)."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(io.BytesIO(wav)) as source, av.open(out, "w", format=container) as sink:
+        stream = sink.add_stream(codec, rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        for frame in source.decode(audio=0):
+            frame.pts = None
+            for packet in stream.encode(frame):  # type: ignore[union-attr]
+                sink.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            sink.mux(packet)
+    return out.getvalue()
+
+
+TIMED = {"model": "pulse", "word_timestamps": "true"}
+#: Two tones in silence: 440 Hz over 0.5-1.5 s, 880 Hz over 2.2-3.0 s, in 3.5 s. (Tones of the
+#: equal-tempered scale: the emulator's pitch bins are semitones centred on them.)
+TONES = [(0.5, 1.5, 440.0), (2.2, 3.0, 880.0)]
+
+
+# --------------------------------------------------------------------------------------------
 # The success contract
 
 
-async def test_legacy_path_answers_the_contract_shape(
+async def test_pulse_answer_has_the_documented_shape(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """A WAV on the legacy path gets the documented 200 body, metadata included."""
+    """Pulse: status, transcription, words, utterances, metadata {duration, fileSize}; no
+    request_id or language in the body; the x-request-id header carries the id."""
     body = wav_bytes(0.5)
-    answer = await post(session, server.endpoint("legacy"), body)
+    answer = await post(session, server.endpoint(), body, params=TIMED)
     assert answer.status == 200
     doc = answer.json()
+    assert set(doc) == {"status", "transcription", "words", "utterances", "metadata"}
     assert doc["status"] == "success"
     assert doc["transcription"] == transcript_for(body)
-    assert hashlib.sha256(body).hexdigest()[:8] in doc["transcription"]
-    assert doc["language"] == "en"
-    assert doc["request_id"] == answer.headers["X-Request-Id"]
-    assert set(doc["metadata"]) == {
-        "duration", "fileSize", "filename", "processing_time_ms", "rtfx", "num_chunks"
-    }  # fmt: skip
-    assert doc["metadata"]["duration"] == 0.5
-    assert doc["metadata"]["fileSize"] == len(body)
-    assert doc["utterances"]
+    assert doc["metadata"] == {"duration": 0.5, "fileSize": len(body)}
+    assert answer.headers["X-Request-Id"].startswith("emu-")
     assert " ".join(u["text"] for u in doc["utterances"]) == doc["transcription"]
+    assert all(set(w) == {"start", "end", "word", "confidence"} for w in doc["words"])
 
 
-async def test_current_path_serves_the_same_contract(
+async def test_pulse_pro_answer_has_the_documented_shape(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """The SDK's current path answers exactly like the legacy one."""
+    """Pulse Pro: adds language, request_id (= x-request-id), totalBytes and timing metadata;
+    no utterances, and no speaker in words even when diarize is asked."""
+    body = wav_bytes(0.5)
+    params = {"model": "pulse-pro", "word_timestamps": "true", "diarize": "true"}
+    answer = await post(session, server.endpoint(), body, params=params)
+    assert answer.status == 200
+    doc = answer.json()
+    assert set(doc) == {
+        "status", "transcription", "words", "language", "request_id", "totalBytes", "metadata"
+    }  # fmt: skip
+    assert doc["request_id"] == answer.headers["X-Request-Id"]
+    assert doc["language"] == "en"
+    assert doc["totalBytes"] == len(body)
+    assert set(doc["metadata"]) == {
+        "duration", "fileSize", "processing_time_ms", "rtfx", "num_chunks"
+    }  # fmt: skip
+    assert doc["words"]
+    assert all("speaker" not in w for w in doc["words"])
+
+
+@pytest.mark.parametrize("kind", ["legacy", "legacy-current"])
+async def test_legacy_paths_answer_like_the_unified_one(
+    server: RunningEmulator, session: aiohttp.ClientSession, kind: str
+) -> None:
+    """Both legacy paths answer as the unified one, and default model to pulse (not required)."""
     body = wav_bytes(0.3, 500)
-    legacy = await post(session, server.endpoint("legacy"), body)
-    current = await post(session, server.endpoint("current"), body)
-    assert current.status == legacy.status == 200
-    assert current.json()["transcription"] == legacy.json()["transcription"]
+    unified = await post(session, server.endpoint("current"), body, params=TIMED)
+    legacy = await post(session, server.endpoint(kind), body, params={"word_timestamps": "true"})
+    assert unified.status == legacy.status == 200
+    assert legacy.json() == unified.json()
     assert server.endpoint("current").endswith(CURRENT_PATH)
-    assert server.stats()["by_path"] == {"legacy": 1, "current": 1}
+    stats = server.stats()
+    assert stats["by_path"] == {"legacy": 1, "current": 1}
+    assert stats["by_endpoint"] == {CURRENT_PATH: 1, PATHS[kind]: 1}
 
 
-async def test_words_are_default_and_inside_the_duration(
+async def test_words_and_utterances_are_empty_without_word_timestamps(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """Words come without word_timestamps (service default) with ordered timings in the clip."""
+    """word_timestamps defaults to false: words and utterances come back empty, the text not."""
+    for params in (PULSE, {"model": "pulse", "word_timestamps": "false"}):
+        doc = (await post(session, server.endpoint(), wav_bytes(), params=params)).json()
+        assert doc["words"] == []
+        assert doc["utterances"] == []
+        assert doc["transcription"]
+
+
+async def test_words_are_ordered_inside_the_duration(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """With word_timestamps, the words spell the transcription with ordered times in the clip."""
     body = wav_bytes(1.5, 610)
-    doc = (await post(session, server.endpoint(), body)).json()
+    doc = (await post(session, server.endpoint(), body, params=TIMED)).json()
     words = doc["words"]
     assert [w["word"] for w in words] == doc["transcription"].split()
     previous_end = 0.0
     for word in words:
         assert previous_end <= word["start"] < word["end"] <= 1.5
         assert 0 < word["confidence"] <= 1
-        assert "speaker" not in word
         previous_end = word["end"]
 
 
-async def test_word_timestamps_false_omits_words(
+async def test_words_sit_on_the_tones_of_a_synthetic_file(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """word_timestamps=false drops the words list but keeps utterances."""
-    params = {"model": "pulse", "word_timestamps": "false"}
-    doc = (await post(session, server.endpoint(), wav_bytes(), params=params)).json()
-    assert "words" not in doc
-    assert doc["utterances"]
+    """Tones separated by silence: every word lies on a tone, each tone has words, and the two
+    tones (different pitches) have different words."""
+    body = tones_wav(TONES, 3.5)
+    doc = (await post(session, server.endpoint(), body, params=TIMED)).json()
+    on: dict[int, list[str]] = {0: [], 1: []}
+    for word in doc["words"]:
+        index = next(
+            i for i, (a, b, _) in enumerate(TONES)
+            if a - 0.03 <= word["start"] < word["end"] <= b + 0.03
+        )  # fmt: skip
+        on[index].append(word["word"])
+    assert on[0] and on[1]
+    assert on[0] != on[1]
+    assert len(doc["utterances"]) == 2  # one per region
+    assert doc["metadata"]["duration"] == 3.5
 
 
-async def test_diarize_alternates_two_speakers_by_utterance(
+async def test_words_follow_the_signal_through_cutting_and_transcoding(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """diarize=true adds speaker fields: utterances alternate 0/1, words follow their utterance."""
-    bodies = distinct_wavs(12, 1.0)
-    params = {"model": "pulse", "diarize": "true"}
-    docs = [(await post(session, server.endpoint(), b, params=params)).json() for b in bodies]
-    multi = [d for d in docs if len(d["utterances"]) > 1]
-    assert multi, "some pseudo-transcripts have several sentences"
-    for doc in docs:
-        speakers = [u["speaker"] for u in doc["utterances"]]
-        assert speakers == [i % 2 for i in range(len(speakers))]
-        assert {w["speaker"] for w in doc["words"]} == set(speakers)
+    """A cut at a silence keeps the words of the tone it holds, shifted by the cut; an MP3 or
+    FLAC of the same signal has the same words at the same times (within a hop or two)."""
+    whole = (await post(session, server.endpoint(), tones_wav(TONES, 3.5), params=TIMED)).json()
+    second = [w for w in whole["words"] if w["start"] >= 2.0]
+    cut = tones_wav([(0.2, 1.0, 880.0)], 1.5)  # the second tone, cut from 2.0 s
+    part = (await post(session, server.endpoint(), cut, params=TIMED)).json()
+    assert [w["word"] for w in part["words"]] == [w["word"] for w in second]
+    for a, b in zip(part["words"], second, strict=True):
+        assert a["start"] + 2.0 == pytest.approx(b["start"], abs=0.021)
+    wav16 = tones_wav(TONES, 3.5, rate=16000)
+    for container, codec in (("mp3", "libmp3lame"), ("flac", "flac")):
+        coded = encode(wav16, container, codec)
+        doc = (await post(session, server.endpoint(), coded, params=TIMED)).json()
+        assert [w["word"] for w in doc["words"]] == [w["word"] for w in whole["words"]], container
+        for a, b in zip(doc["words"], whole["words"], strict=True):
+            assert a["start"] == pytest.approx(b["start"], abs=0.07), container
+
+
+async def test_silence_has_an_empty_transcription(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A file of digital silence is transcribed to nothing: no text, no words."""
+    doc = (await post(session, server.endpoint(), tones_wav([], 2.0), params=TIMED)).json()
+    assert (doc["transcription"], doc["words"], doc["utterances"]) == ("", [], [])
+    assert doc["metadata"]["duration"] == 2.0
+
+
+async def test_diarize_gives_integer_speakers_by_utterance(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """diarize=true (Pulse) adds integer speakers: utterances alternate 0/1, words follow
+    their utterance and carry speaker_confidence."""
+    params = {**TIMED, "diarize": "true"}
+    body = tones_wav([(0.2, 0.9, 220.0), (1.4, 2.0, 440.0), (2.6, 3.1, 660.0)], 3.4)
+    doc = (await post(session, server.endpoint(), body, params=params)).json()
+    speakers = [u["speaker"] for u in doc["utterances"]]
+    assert speakers == [0, 1, 0]
+    for word in doc["words"]:
+        utterance = next(u for u in doc["utterances"] if u["start"] <= word["start"] <= u["end"])
+        assert word["speaker"] == utterance["speaker"]
+        assert 0 < word["speaker_confidence"] <= 1
 
 
 async def test_gender_and_emotions_blocks_follow_their_flags(
@@ -252,53 +370,150 @@ async def test_gender_and_emotions_blocks_follow_their_flags(
 async def test_sample_clips_are_transcribed_to_their_sentences(
     server: RunningEmulator, session: aiohttp.ClientSession, sha: str
 ) -> None:
-    """Each archive clip is answered with its real sentence, language and true duration."""
+    """Each archive clip is answered with its real sentence, language (Pulse Pro) and true
+    duration, its words inside the speech of the clip (after the 0.2 s of padding)."""
     sample = SAMPLES[sha]
     path = sample_path(sha)
-    params = {"model": "pulse", "language": "multi-eu"}
+    params = {"model": "pulse-pro", "language": "multi-eu", "word_timestamps": "true"}
     headers = {"Content-Type": content_type_for(path.name)}
     doc = (await post(session, server.endpoint(), path.read_bytes(), params=params,
                       headers=headers)).json()  # fmt: skip
     assert doc["transcription"] == sample["sentence"]
     assert doc["language"] == sample["language"]
     assert doc["metadata"]["duration"] == sample["duration"]
-    assert doc["metadata"]["filename"] == path.name
-    assert doc["words"][-1]["end"] <= sample["duration"]
+    assert doc["words"][0]["start"] >= 0.15
+    assert doc["words"][-1]["end"] <= sample["duration"] - 0.1
     assert transcript_for(path.read_bytes()) == sample["sentence"]
 
 
-async def test_unknown_compressed_audio_takes_its_duration_from_the_header(
+async def test_unknown_compressed_audio_is_decoded_for_its_duration(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """An unknown MP3/FLAC (not in the table) gets its duration from its header via mutagen."""
+    """An unknown MP3/FLAC (not in the table) gets the duration of its decoded samples."""
     for sha, sample in SAMPLES.items():
         if not sample["file"].endswith((".mp3", ".flac")):
             continue
-        body = sample_path(sha).read_bytes() + b"\x00"  # different bytes, same header
+        body = sample_path(sha).read_bytes() + b"\x00"  # different bytes, same audio
         doc = (await post(session, server.endpoint(), body)).json()
         assert doc["transcription"] != sample["sentence"]
-        assert doc["metadata"]["duration"] == pytest.approx(sample["duration"], abs=0.1)
+        # (MP3: the container's figure counts the encoder's padding; the decoder drops it.)
+        assert doc["metadata"]["duration"] == pytest.approx(sample["duration"], abs=0.12)
 
 
-@pytest.mark.parametrize("kind", sorted(AUDIO_HEADS))
-async def test_every_audio_container_is_accepted(
-    server: RunningEmulator, session: aiohttp.ClientSession, kind: str
+@pytest.mark.parametrize(
+    ("container", "codec"),
+    [("mp3", "libmp3lame"), ("flac", "flac"), ("ogg", "libopus"), ("ipod", "aac"),
+     ("ipod", "alac"), ("webm", "libopus"), ("wav", "pcm_s24le")],
+)  # fmt: skip
+async def test_every_documented_format_is_decoded(
+    server: RunningEmulator, session: aiohttp.ClientSession, container: str, codec: str
 ) -> None:
-    """Bodies that sniff as wav/mp3/aac/flac/ogg/mp4/webm/amr are transcribed (octet-stream)."""
-    body = AUDIO_HEADS[kind]
+    """WAV, MP3, FLAC, OGG Opus, M4A (AAC/ALAC), WebM: decoded and transcribed, the words on
+    the tone (octet-stream). OGG Vorbis is the sample archive's .ogg clips."""
+    rate = 48000 if codec == "libopus" else 16000
+    body = encode(tones_wav([(0.5, 1.5, 440.0)], 2.0, rate=rate), container, codec, rate)
     headers = {"Content-Type": "application/octet-stream"}
-    answer = await post(session, server.endpoint(), body, headers=headers)
+    answer = await post(session, server.endpoint(), body, params=TIMED, headers=headers)
     assert answer.status == 200, answer.body
-    assert answer.json()["metadata"]["duration"] > 0
+    doc = answer.json()
+    assert doc["metadata"]["duration"] == pytest.approx(2.0, abs=0.15)  # AAC priming samples
+    assert doc["words"]
+    assert all(0.4 <= w["start"] < w["end"] <= 1.6 for w in doc["words"])
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [(b"#!AMR\n" + bytes(320), "unsupported audio format: amr"),
+     (b"\xff\xf1\x50\x80" + bytes(400), "unsupported audio format: aac"),
+     (b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(200), "unreadable audio"),
+     (b"fLaC" + bytes(200), "unreadable audio")],
+    ids=["amr", "adts", "mp3-empty", "flac-empty"],
+)  # fmt: skip
+async def test_other_formats_and_undecodable_audio_are_400(
+    server: RunningEmulator, session: aiohttp.ClientSession, body: bytes, fragment: str
+) -> None:
+    """AMR and raw ADTS (not documented) and bodies PyAV cannot decode get 400."""
+    answer = await post(session, server.endpoint(), body)
+    assert answer.status == 400
+    assert fragment in answer.json()["error"]
+    assert answer.headers["X-Request-Id"] == answer.json()["request_id"]
 
 
 async def test_wav_duration_is_exact_at_any_rate(
     server: RunningEmulator, session: aiohttp.ClientSession
 ) -> None:
-    """WAV durations come from the RIFF chunks exactly (16 kHz and 44.1 kHz)."""
+    """WAV durations come from the decoded samples exactly (16 kHz and 44.1 kHz)."""
     for seconds, rate in ((2.0, 16000), (0.25, 44100)):
         doc = (await post(session, server.endpoint(), wav_bytes(seconds, 440, rate))).json()
         assert doc["metadata"]["duration"] == seconds
+
+
+# --------------------------------------------------------------------------------------------
+# The documented limits: mono, the 10-minute session
+
+
+@pytest.mark.parametrize("kind", ["current", "legacy"])
+async def test_stereo_is_refused(
+    server: RunningEmulator, session: aiohttp.ClientSession, kind: str
+) -> None:
+    """A two-channel body gets 400 "Only single channel (mono) audio is supported", in the
+    error shape of its endpoint."""
+    body = tones_wav([(0.1, 0.5, 440.0)], 0.6, channels=2)
+    answer = await post(session, server.endpoint(kind), body)
+    assert answer.status == 400
+    doc = answer.json()
+    if kind == "current":
+        assert doc["error"] == "Only single channel (mono) audio is supported"
+        assert doc["details"] == {"channels": 2}
+        assert doc["request_id"] == answer.headers["X-Request-Id"]
+    else:
+        assert doc == {
+            "errors": "Only single channel (mono) audio is supported",
+            "status": "error",
+            "message": "Only single channel (mono) audio is supported",
+        }
+
+
+def silent_wav(seconds: float, rate: int = 1000) -> bytes:
+    """A long file made cheaply: silence at a low sample rate (11 minutes = 1.3 MB)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(2 * round(seconds * rate)))
+    return buffer.getvalue()
+
+
+async def test_audio_longer_than_the_session_is_refused(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """An 11-minute file is refused (400, the 10-minute session); a 9-minute one is taken; with
+    max_audio_minutes=None there is no limit."""
+    long = silent_wav(11 * 60)
+    answer = await post(session, server.endpoint(), io.BytesIO(long))
+    assert answer.status == 400
+    assert "10-minute session" in answer.json()["error"]
+    legacy = await post(session, server.endpoint("legacy"), io.BytesIO(long))
+    assert legacy.status == 400
+    assert "10-minute session" in legacy.json()["errors"]
+    assert (await post(session, server.endpoint(), io.BytesIO(silent_wav(9 * 60)))).status == 200
+    server.config.max_audio_minutes = None
+    doc = (await post(session, server.endpoint(), io.BytesIO(long))).json()
+    assert doc["metadata"]["duration"] == 660.0
+
+
+async def test_session_limit_reads_the_decoded_audio_not_the_header(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A WAV whose header claims a short data chunk but streams on (length 0: never patched)
+    is measured by decoding."""
+    server.config.max_audio_minutes = 0.05  # 3 s
+    body = bytearray(wav_bytes(4.0))
+    body[40:44] = (0).to_bytes(4, "little")  # data chunk size 0: a streamed WAV
+    answer = await post(session, server.endpoint(), bytes(body))
+    assert answer.status == 400
+    assert "session limit" in answer.json()["error"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,12 +552,17 @@ async def test_get_on_an_endpoint_is_405(
 async def test_key_is_checked_when_set(
     server: RunningEmulator, session: aiohttp.ClientSession, headers: dict[str, str], status: int
 ) -> None:
-    """With a key configured, only "Authorization: Bearer <key>" passes; others get 401."""
+    """With a key configured, only "Authorization: Bearer <key>" passes; others get 401, as
+    ``{error, request_id, details}`` on the unified path and ``{message}`` on the legacy one."""
     server.config.key = "secret"
     answer = await post(session, server.endpoint(), wav_bytes(), headers=headers)
     assert answer.status == status
+    legacy = await post(session, server.endpoint("legacy"), wav_bytes(), headers=headers)
+    assert legacy.status == status
     if status == 401:
-        assert set(answer.json()) == {"error", "request_id"}
+        assert set(answer.json()) == {"error", "request_id", "details"}
+        assert set(legacy.json()) == {"message"}
+        assert legacy.headers["X-Request-Id"]
 
 
 @pytest.mark.parametrize(
@@ -532,29 +752,29 @@ def raw_exchange(port: int, request: bytes, *, read_timeout: float = 5.0) -> byt
     return b"".join(chunks)
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "text"),
+    [(CURRENT_PATH, 413, b"Audio data too large: payload over"),
+     (LEGACY_PATH, 400, b'"errors":"Audio data too large"'),
+     ("/waves/v1/pulse/get_text", 400, b'"errors":"Audio data too large"')],
+    ids=["unified", "legacy", "legacy-current"],
+)  # fmt: skip
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100"])
 async def test_content_length_over_250mb_is_refused_before_the_body(
-    server: RunningEmulator,
+    server: RunningEmulator, path: str, status: int, text: bytes, expect: bool
 ) -> None:
-    """A declared Content-Length over 250 MB gets 413 at once, without any body byte sent."""
+    """A declared Content-Length over 250 MB is refused at once, without any body byte sent
+    (and instead of 100 Continue): 413 on the unified path, 400 "Audio data too large" on
+    the legacy ones."""
     head = (
-        f"POST {LEGACY_PATH}?model=pulse HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
-        f"Content-Length: {MAX_PAYLOAD + 1}\r\n\r\n"
+        f"POST {path}?model=pulse HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
+        + ("Expect: 100-continue\r\n" if expect else "")
+        + f"Content-Length: {MAX_PAYLOAD + 1}\r\n\r\n"
     ).encode()
     reply = await asyncio.to_thread(raw_exchange, server.port, head)
-    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
-    assert b"payload over" in reply
-
-
-async def test_expect_100_continue_is_refused_when_too_large(
-    server: RunningEmulator,
-) -> None:
-    """With Expect: 100-continue an oversized upload is answered 413 instead of 100 Continue."""
-    head = (
-        f"POST {LEGACY_PATH}?model=pulse HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
-        f"Expect: 100-continue\r\nContent-Length: {MAX_PAYLOAD + 1}\r\n\r\n"
-    ).encode()
-    reply = await asyncio.to_thread(raw_exchange, server.port, head)
-    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    assert reply.startswith(f"HTTP/1.1 {status}".encode()), reply[:100]
+    assert text in reply
+    assert b"X-Request-Id: emu-" in reply
     assert b"100 Continue" not in reply
 
 
@@ -582,7 +802,7 @@ async def test_chunked_body_over_the_limit_is_refused_while_streaming(
         stop.set()
     assert answer.status in (413, "reset")
     if answer.status == 413:
-        assert "payload over" in answer.json()["error"]
+        assert "Audio data too large" in answer.json()["error"]
     assert server.stats()["statuses"].get("413") == 1
     # the emulator is healthy afterwards
     assert (await post(session, server.endpoint(), wav_bytes())).status == 200
@@ -604,7 +824,6 @@ async def test_large_chunked_wav_is_streamed_and_measured(
     assert doc["metadata"]["duration"] == 40.0
     assert doc["metadata"]["fileSize"] == len(body)
     assert doc["transcription"] == transcript_for(body)
-    assert doc["metadata"]["num_chunks"] == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -959,6 +1178,166 @@ async def test_stop_and_start_listening_keeps_the_port(
 
 
 # --------------------------------------------------------------------------------------------
+# Plans: the Standard plan's 25 requests per minute per model
+
+
+def test_sliding_window_admits_n_per_window_per_key() -> None:
+    """The window admits 25 starts in any 60 s per key, tells the wait until the oldest
+    leaves, counts keys apart, ignores refused requests, and follows a limit lowered mid-run."""
+    window = SlidingWindow()
+    assert all(window.admit("pulse", i * 0.1, 25, 60) == 0 for i in range(25))
+    assert window.admit("pulse", 2.5, 25, 60) == pytest.approx(57.5)
+    assert window.admit("pulse-pro", 2.5, 25, 60) == 0  # per model
+    assert window.admit("pulse", 59.99, 25, 60) == pytest.approx(0.01)  # refusals do not count
+    assert window.admit("pulse", 60.0, 25, 60) == 0  # the first start left the window
+    # The limit drops to 12: a slot frees when all but 11 of the 25 in the window have left
+    # (the 14th oldest, started at 1.4 s, leaves at 61.4 s).
+    assert window.admit("pulse", 60.05, 12, 60) == pytest.approx(61.4 - 60.05)
+
+
+def test_token_bucket_admits_a_burst_then_the_refill_rate() -> None:
+    """The bucket admits its burst, then one request per 60/25 = 2.4 s, per key."""
+    buckets = TokenBuckets()
+    rate = 25 / 60
+    assert [buckets.admit("pulse", 0.0, rate, 5) for _ in range(5)] == [0.0] * 5
+    assert buckets.admit("pulse", 0.0, rate, 5) == pytest.approx(2.4)
+    assert buckets.admit("pulse-pro", 0.0, rate, 5) == 0.0
+    assert buckets.admit("pulse", 2.4, rate, 5) == 0.0
+    assert buckets.admit("pulse", 2.5, rate, 5) == pytest.approx(2.3)
+
+
+def test_plans_and_their_defaults() -> None:
+    """standard: 25/min per model and no delay header unless asked; unlimited (the default):
+    no limit; the CLI's --emulate-plan offers exactly these plans."""
+    from batchscribe.cli import EMULATOR_PLANS
+
+    assert set(EMULATOR_PLANS) == set(PLANS)
+    assert EmulatorConfig().requests_per_minute() is None
+    standard = EmulatorConfig.for_plan("standard")
+    assert (standard.requests_per_minute(), standard.rate_headers) == (25.0, False)
+    assert EmulatorConfig.for_plan("standard", rate_headers=True).rate_headers
+    assert EmulatorConfig.for_plan("standard", plan_rpm=12).requests_per_minute() == 12
+    with pytest.raises(ValueError, match="unknown plan"):
+        EmulatorConfig(plan="gold")
+
+
+async def gather_posts(
+    session: aiohttp.ClientSession, url: str, bodies: list[bytes], params: dict[str, str]
+) -> list[Answer]:
+    return list(await asyncio.gather(*(post(session, url, b, params=params) for b in bodies)))
+
+
+async def test_standard_plan_refuses_the_26th_request_of_a_minute_per_model(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Standard plan: 25 requests of a model are admitted, the 26th gets 429 with the documented
+    body and no delay header; the other model has its own 25."""
+    server.config = EmulatorConfig.for_plan("standard", plan_window_s=30)
+    bodies = distinct_wavs(27)
+    answers = await gather_posts(session, server.endpoint(), bodies[:25], PULSE)
+    assert [a.status for a in answers] == [200] * 25
+    refused = await post(session, server.endpoint("legacy"), bodies[25])
+    assert refused.status == 429
+    assert refused.json() == {
+        "error": RATE_LIMIT_MESSAGE, "request_id": refused.headers["X-Request-Id"]
+    }  # fmt: skip
+    delay_headers = {"retry-after", "retry-after-ms", "x-ratelimit-reset"}
+    assert not delay_headers & {k.lower() for k in refused.headers}
+    pro = await post(session, server.endpoint(), bodies[26], params={"model": "pulse-pro"})
+    assert pro.status == 200
+    assert server.stats()["rate_limited_by"]["plan"] == 1
+
+
+async def test_standard_plan_sends_delay_headers_when_asked_and_readmits_after_the_window(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """With rate_headers, the plan's 429 says when a slot frees (Retry-After and
+    retry-after-ms); a retry after that delay is admitted and is not early."""
+    server.config = EmulatorConfig.for_plan("standard", plan_window_s=1.0, rate_headers=True)
+    bodies = distinct_wavs(26)
+    await gather_posts(session, server.endpoint(), bodies[:25], PULSE)
+    refused = await post(session, server.endpoint(), bodies[25])
+    assert refused.status == 429
+    wait_ms = int(refused.headers["retry-after-ms"])
+    assert 0 < wait_ms <= 1000
+    assert refused.headers["Retry-After"] == "1"
+    await asyncio.sleep(wait_ms / 1000 + 0.02)
+    assert (await post(session, server.endpoint(), bodies[25])).status == 200
+    assert server.stats()["early_retries"] == 0
+
+
+async def test_plan_as_a_token_bucket(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """plan_algorithm="bucket": a burst of 25/5 = 5 is admitted, then 429 (per model)."""
+    server.config = EmulatorConfig.for_plan("standard", plan_algorithm="bucket")
+    answers = [await post(session, server.endpoint(), b) for b in distinct_wavs(6)]
+    assert [a.status for a in answers] == [200] * 5 + [429]
+
+
+async def test_rate_limit_without_rate_headers_sends_no_delay(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """rate_headers=False: the rate_limit bucket's 429s carry no delay header either."""
+    server.config.rate_limit = 1
+    server.config.rate_headers = False
+    answers = [await post(session, server.endpoint(), b) for b in distinct_wavs(2)]
+    assert [a.status for a in answers] == [200, 429]
+    names = {k.lower() for k in answers[1].headers}
+    assert not names & {"retry-after", "retry-after-ms", "x-ratelimit-reset"}
+
+
+# --------------------------------------------------------------------------------------------
+# Request ids and the unified path's requirements
+
+
+async def test_every_answer_carries_an_x_request_id(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """200, 400, 401, 404, 429 and 503 answers all carry an x-request-id header."""
+    seen = [await post(session, server.endpoint(), wav_bytes())]
+    seen.append(await post(session, server.endpoint(), wav_bytes(), params={}))  # no model
+    seen.append(await post(session, server.url + "/nothing", wav_bytes()))
+    server.config.faults = FaultRates(p5xx=1.0)
+    seen += [await post(session, server.endpoint(), body) for body in distinct_wavs(6)]
+    server.config.faults = FaultRates()
+    server.config.rate_limit = 0.001
+    seen += [await post(session, server.endpoint(), body) for body in distinct_wavs(2, 0.3)]
+    server.config.key = "k"
+    seen.append(await post(session, server.endpoint("legacy"), wav_bytes()))
+    statuses = {a.status for a in seen}
+    assert {200, 400, 401, 404, 429, 503} <= statuses
+    ids = [a.headers["X-Request-Id"] for a in seen]
+    assert len(set(ids)) == len(ids)
+
+
+async def test_model_is_required_on_the_unified_path_only(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """Without model the unified path answers 400 {error, request_id, details}; the legacy
+    path takes pulse."""
+    unified = await post(session, server.endpoint(), wav_bytes(), params={})
+    assert unified.status == 400
+    assert set(unified.json()) == {"error", "request_id", "details"}
+    assert "model is required" in unified.json()["error"]
+    legacy = await post(session, server.endpoint("legacy"), wav_bytes(), params={})
+    assert legacy.status == 200
+    assert "request_id" not in legacy.json()  # a Pulse answer
+
+
+async def test_legacy_400_has_the_legacy_shape(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """A bad parameter on a legacy path is 400 {errors, status: "error", message}."""
+    params = {"model": "pulse", "language": "xx"}
+    answer = await post(session, server.endpoint("legacy-current"), wav_bytes(), params=params)
+    assert answer.status == 400
+    doc = answer.json()
+    assert doc["status"] == "error"
+    assert "unknown language" in doc["errors"] == doc["message"]
+
+
+# --------------------------------------------------------------------------------------------
 # Thread, CLI flags, serve_forever
 
 
@@ -1009,11 +1388,32 @@ def test_cli_flags_build_the_config() -> None:
     defaults = parse([])
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8787)
     assert config_from_args(defaults) == EmulatorConfig()
+    standard = config_from_args(parse(["--plan", "standard"]))
+    assert (standard.plan, standard.rate_headers, standard.max_audio_minutes) == (
+        "standard", False, 10.0
+    )  # fmt: skip
+    asked = config_from_args(
+        parse(["--plan", "standard", "--rate-headers", "--plan-rpm", "12",
+               "--plan-algorithm", "bucket", "--max-audio-minutes", "30"])
+    )  # fmt: skip
+    assert (asked.rate_headers, asked.requests_per_minute(), asked.plan_algorithm) == (
+        True, 12, "bucket"
+    )  # fmt: skip
+    assert asked.max_audio_minutes == 30
+    assert not config_from_args(parse(["--no-rate-headers"])).rate_headers
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--p429", "1.5"], ["--latency", "fast"], ["--faults", "nope"], ["--max-concurrent", "0"]],
+    [
+        ["--p429", "1.5"],
+        ["--latency", "fast"],
+        ["--faults", "nope"],
+        ["--max-concurrent", "0"],
+        ["--plan", "gold"],
+        ["--plan-rpm", "0"],
+        ["--max-audio-minutes", "-1"],
+    ],
 )
 def test_cli_flags_refuse_bad_values(argv: list[str]) -> None:
     """Out-of-range rates, bad latency, unknown profiles and zero limits are usage errors."""

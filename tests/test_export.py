@@ -483,9 +483,10 @@ def test_export_cli_on_the_sample_archive(tmp_path: Path) -> None:
     assert done.stdout.strip() == "export: 10 written, 0 up to date, 0 skipped"
     parsed = list(srt.parse((tmp_path / "subs" / "2020-meeting.srt").read_text()))
     assert parsed[0].content.startswith("[Speaker 0] The quarterly meeting")
-    assert parsed[0].start == timedelta(milliseconds=250)
     lines = (tmp_path / "r.jsonl").read_bytes().splitlines()
     meeting = next(r for r in map(orjson.loads, lines) if r.get("id") == "2020-meeting")
+    start = meeting["utterances"][0]["start"]  # where the emulator found the speech
+    assert parsed[0].start == timedelta(milliseconds=round(start * 1000))
     end = meeting["utterances"][-1]["end"]
     assert parsed[-1].end == timedelta(milliseconds=round(end * 1000))
     (tmp_path / "vtt").mkdir()

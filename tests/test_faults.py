@@ -479,7 +479,7 @@ def _upload_position(pid: int, path: Path) -> int | None:
 @pytest.mark.parametrize("change", ["truncated", "deleted"])
 def test_audio_changed_while_uploading(tmp_path, emulator, spawn_cli, change):
     """Truncated mid-upload fails file_changed; deleted mid-upload is sent whole from the fd."""
-    emu = emulator()
+    emu = emulator(max_audio_minutes=None)  # 40 MB at 8 kHz: 41 minutes, past the session
     audio = tmp_path / "long.wav"
     body = _big_wav(audio, 40)
     manifest = tmp_path / "m.jsonl"

@@ -140,3 +140,24 @@ def test_make_samples_regenerates_identical_clips(tmp_path: Path) -> None:
     for path in clips():
         fresh = tmp_path / "archive" / path.relative_to(ARCHIVE)
         assert fresh.read_bytes() == path.read_bytes(), path
+
+
+def test_every_clip_is_taken_by_the_emulator_with_its_words_on_its_speech() -> None:
+    """Each clip decodes (PyAV) as mono, within the 10-minute session, with speech found in it;
+    its sentence's words all lie inside that speech (what the emulator answers)."""
+    import io
+
+    from batchscribe.emulator.transcripts import signal_of, transcribe
+
+    table = samples()
+    for path in clips():
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).digest()
+        signal = signal_of(io.BytesIO(data), digest, data[:16], max_seconds=600)
+        assert (signal.channels, signal.longer_than) == (1, None), path
+        assert signal.duration == pytest.approx(table[digest.hex()]["duration"], abs=0.12)
+        assert signal.regions, f"{path}: no speech found"
+        transcript = transcribe(signal.regions, table[digest.hex()]["sentence"])
+        assert transcript.text == table[digest.hex()]["sentence"]
+        for word in transcript.words:
+            assert any(r.start <= word.start < word.end <= r.end for r in signal.regions), path

@@ -244,7 +244,7 @@ def test_disk_full_error_path_does_not_leak(tmp_path, emulator, make_archive):
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     try:
         emu = emulator()
-        archive = make_archive(tmp_path, 80)
+        archive = make_archive(tmp_path, 80, seconds=5.0)  # 5 s: ten words a record
         out = Outputs()
         proc = run(
             ["run", archive.manifest, "--out", small / "r.jsonl", "--endpoint", emu.endpoint(),

@@ -1,57 +1,67 @@
-"""The Pulse emulator: a local aiohttp server that speaks the Pulse contract, with faults on demand.
+"""The Pulse emulator's server: a local aiohttp application that speaks the Pulse contract.
 
-It serves both endpoint paths, checks the key and every parameter the way the service does, and
-answers with a deterministic transcript: the real sentence for the clips of the sample archive
-(known by the sha256 of their bytes, ``batchscribe/data/samples.json``), a pseudo-transcript
-derived from the content hash for any other audio or URL. It never fetches a URL and never calls
-a webhook.
+It serves the unified path (``/waves/v1/stt/``: ``model`` required, errors ``{error,
+request_id, details}``) and both legacy paths (``/api/v1/pulse/get_text`` and
+``/waves/v1/pulse/get_text``: errors ``{errors, status, message}``, oversize as 400 "Audio data
+too large"), checks the key and every parameter the way the service does, decodes the audio
+(:mod:`~batchscribe.emulator.transcripts`) and answers in the shape of the model asked: Pulse
+(``words``, ``utterances``, ``metadata {duration, fileSize}``, no ``request_id`` in the body) or
+Pulse Pro (``language``, ``request_id``, ``totalBytes``, timing metadata, no utterances). Every
+answer carries an ``x-request-id`` header. It never fetches a URL and never calls a webhook.
 
 Faults are deterministic: the fate of the n-th request carrying the same content is decided from
 ``(seed, content hash, n)``, so a run gives the same outcome per item whatever the arrival order.
-Gateway limits (``rate_limit``, ``max_concurrent``) come before faults and depend on timing.
-Everything the server saw is counted in :meth:`RunningEmulator.stats` (also ``GET
-/_emulator/stats``), so tests spy on the emulator instead of mocking the client.
+Gateway limits (the plan's requests per minute per model, ``rate_limit``, ``max_concurrent``)
+come before faults and depend on timing. Everything the server saw is counted in
+:meth:`RunningEmulator.stats` (also ``GET /_emulator/stats``), so tests spy on the emulator
+instead of mocking the client.
 
 Order of checks for a POST to an endpoint: key (401), parameters (400), Content-Type (400),
-Content-Length over the limit (413, before any body byte is read), the body is streamed (413 past
-the limit; only the first MiB is kept, for sniffing), body validity (400), the rate limit (429),
-the concurrency cap (429), the fault roll, latency, then the answer.
+Content-Length over the limit (413/400, before any body byte is read), the body is streamed
+(413/400 past the limit; spooled to a temporary file past 1 MiB), the audio is decoded: not audio,
+more than one channel, longer than the session (400), then the plan's limit (429), the rate limit
+(429), the concurrency cap (429), the fault roll, latency, then the answer.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import email.utils
-import functools
 import hashlib
 import hmac
 import io
 import itertools
 import math
-import re
 import secrets
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
-from importlib import resources
-from typing import Any, NamedTuple, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import IO, Any, NamedTuple, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import web
 
-from batchscribe.audio import wav_duration
+from batchscribe.emulator.config import LEGACY_PATHS, PATHS, UNIFIED_PATH, EmulatorConfig
+from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
+from batchscribe.emulator.transcripts import (
+    AudioError,
+    Signal,
+    Transcript,
+    canonical_url,
+    num_chunks,
+    sample_for,
+    sample_for_url,
+    signal_of,
+    transcribe,
+    url_audio,
+    url_regions,
+)
 from batchscribe.pulse import (
     BOOL_PARAMS,
-    CURRENT_PATH,
-    ENDPOINT_PATHS,
-    LEGACY_PATH,
-    MAX_PAYLOAD,
     PARAM_NAMES,
     PulseParams,
     check_combination,
@@ -59,24 +69,17 @@ from batchscribe.pulse import (
 )
 
 __all__ = [
-    "PROFILES",
-    "EmulatorConfig",
+    "DELAY_HEADER_KINDS",
     "EmulatorThread",
-    "FaultRates",
     "RunningEmulator",
-    "add_arguments",
-    "config_from_args",
-    "content_key",
     "create_app",
     "serve_forever",
     "start_emulator",
-    "transcript_for",
-    "transcript_for_url",
 ]
 
 _T = TypeVar("_T")
 
-#: Bytes of each body kept in memory for sniffing and header parsing; the rest is only hashed.
+#: Bytes of each body kept in memory for sniffing and header parsing; the rest is spooled.
 PREFIX_LIMIT = 1 << 20
 #: A URL-mode JSON body larger than this is refused (it only carries a URL).
 JSON_BODY_LIMIT = 64 * 1024
@@ -88,266 +91,9 @@ DELAY_HEADER_KINDS = (
     "x-ratelimit-reset",  # X-RateLimit-Reset: <whole seconds from now>
     "x-ratelimit-reset-epoch",  # X-RateLimit-Reset: <epoch seconds>
 )
+#: The documented body of a rate-limit 429.
+RATE_LIMIT_MESSAGE = "Rate limit exceeded. Please retry after a short backoff."
 _EXAMPLES_KEPT = 20
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass
-class FaultRates:
-    """Per-request fault probabilities (0..1), rolled in this order; their sum must be <= 1.
-
-    Args:
-        p429: answer 429 with a delay header (``EmulatorConfig.retry_delay_s``).
-        p5xx: answer 500, 502 (an HTML proxy page) or 503 (sometimes with Retry-After).
-        preset: reset the connection without any response.
-        ptruncate: answer 200 with a body cut short.
-        pstall: hang ``EmulatorConfig.stall_seconds`` before answering normally.
-    """
-
-    p429: float = 0.0
-    p5xx: float = 0.0
-    preset: float = 0.0
-    ptruncate: float = 0.0
-    pstall: float = 0.0
-
-    def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"fault rate {spec.name} must be between 0 and 1, not {value!r}")
-        if self.total() > 1.0 + 1e-9:
-            raise ValueError(f"fault rates add up to {self.total():g}; they must add up to <= 1")
-
-    def total(self) -> float:
-        """The probability that a request meets any fault."""
-        return self.p429 + self.p5xx + self.preset + self.ptruncate + self.pstall
-
-
-PROFILES: dict[str, FaultRates] = {
-    "none": FaultRates(),
-    # A service having a bad day: every kind of transient trouble, rarely. No stalls, so a run
-    # is not slowed down by client timeouts.
-    "flaky": FaultRates(p429=0.05, p5xx=0.05, preset=0.02, ptruncate=0.02),
-    # Heavy throttling: one request in three is told to come back later.
-    "rate-limited": FaultRates(p429=0.35),
-    # Mostly down: most requests fail with 5xx or a dropped connection.
-    "outage": FaultRates(p5xx=0.6, preset=0.2),
-    # Everything, often, stalls included.
-    "hostile": FaultRates(p429=0.15, p5xx=0.15, preset=0.08, ptruncate=0.08, pstall=0.04),
-}
-
-
-@dataclass
-class EmulatorConfig:
-    """How the emulator behaves; mutable while it runs (read afresh for every request).
-
-    Args:
-        key: when set, requests need ``Authorization: Bearer <key>`` (else 401).
-        latency_ms: added before every answer (not before 4xx and gateway 429s).
-        jitter_ms: latency varies uniformly by +/- this much (seeded, per content).
-        faults: fault probabilities; see :data:`PROFILES`.
-        seed: makes fault rolls and jitter differ between runs while staying reproducible.
-        rate_limit: token bucket refilled at this many requests/s; an empty bucket answers 429
-            with ``retry-after-ms`` set to the time until the next token.
-        rate_burst: bucket capacity; default ``max(1, rate_limit / 10)`` (100 ms of tokens), so a
-            client has to pace itself rather than fire a second's worth at once.
-        max_concurrent: with more than this many requests in flight, answer 429 with
-            ``retry-after-ms: busy_retry_ms``.
-        stall_seconds: how long a stall fault hangs before answering normally.
-        retry_delay_s: the delay fault 429s (and 503s with Retry-After) ask for.
-        busy_retry_ms: the delay concurrency-cap 429s ask for.
-        max_payload: bodies over this many bytes get 413 (the service's 250 MB by default).
-        early_grace_s: a retry this much before the asked delay is not counted as early
-            (clock granularity between client and server).
-    """
-
-    key: str | None = None
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    faults: FaultRates = field(default_factory=FaultRates)
-    seed: int = 0
-    rate_limit: float | None = None
-    max_concurrent: int | None = None
-    stall_seconds: float = 3600.0
-    retry_delay_s: float = 1.0
-    rate_burst: float | None = None
-    busy_retry_ms: int = 50
-    max_payload: int = MAX_PAYLOAD
-    early_grace_s: float = 0.05
-
-
-# --------------------------------------------------------------------------------------------
-# Content: sniffing, durations, transcripts (pure)
-
-
-class _Sample(NamedTuple):
-    sentence: str
-    duration: float
-    file: str
-    language: str
-
-
-@functools.cache
-def _samples() -> dict[str, _Sample]:
-    """The sample archive table: sha256 hex -> clip (see sample_manifests/make_samples.sh)."""
-    text = resources.files("batchscribe").joinpath("data/samples.json").read_text("utf-8")
-    table: dict[str, Any] = orjson.loads(text)
-    return {
-        sha: _Sample(row["sentence"], float(row["duration"]), row["file"], row["language"])
-        for sha, row in table.items()
-    }
-
-
-def _sniff(head: bytes) -> str | None:
-    """The audio container of a body from its first bytes, or None when it is not audio."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
-    if head[:3] == b"ID3":
-        return "mp3"
-    if head[:4] == b"fLaC":
-        return "flac"
-    if head[:4] == b"OggS":
-        return "ogg"
-    if head[4:8] == b"ftyp":
-        return "mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if head[:5] == b"#!AMR":
-        return "amr"
-    if len(head) >= 2 and head[0] == 0xFF:
-        if head[1] & 0xF6 == 0xF0:  # 12-bit sync, layer 00: ADTS AAC
-            return "aac"
-        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # 11-bit sync, layer I/II/III
-            return "mp3"
-    return None
-
-
-def _mutagen_info(data: bytes) -> Any:
-    import mutagen  # deferred: only non-WAV bodies of unknown content need it
-
-    try:
-        parsed = mutagen.File(io.BytesIO(data))
-    except Exception:  # mutagen raises many kinds of error on odd or partial files
-        return None
-    return None if parsed is None else parsed.info
-
-
-def _audio_duration(fmt: str, head: bytes, size: int) -> float:
-    """Duration in seconds from the audio header; ``head`` is the body's first bytes, ``size``
-    its total length. Falls back to size/16000 (a 128 kbit/s guess) when the header says nothing.
-    """
-    if fmt == "amr":
-        return size / 1600  # AMR-NB 12.2 kbit/s: 32-byte frames every 20 ms
-    truncated = size > len(head)
-    info = _mutagen_info(head)
-    length = float(getattr(info, "length", 0.0) or 0.0)
-    bitrate = float(getattr(info, "bitrate", 0) or 0)
-    if not truncated or fmt == "flac":  # FLAC's STREAMINFO holds the total sample count
-        if length > 0:
-            return length
-    elif fmt == "mp3" and bitrate > 0:
-        # mutagen knows the full length from a Xing/VBRI header; else it measured the prefix.
-        return max(length, size * 8 / bitrate)
-    elif bitrate > 0:
-        return size * 8 / bitrate
-    return size / 16000
-
-
-_WORDS = (
-    "amber", "anchor", "apple", "arrow", "autumn", "basket", "beacon", "birch", "bridge",
-    "candle", "canyon", "cedar", "copper", "coral", "crystal", "dawn", "desert", "ember",
-    "falcon", "feather", "forest", "garden", "glacier", "harbor", "hazel", "horizon", "island",
-    "ivory", "jasmine", "lantern", "meadow", "meteor", "mirror", "maple", "marble", "nectar",
-    "ocean", "orchard", "pebble", "pepper", "pilot", "planet", "prairie", "quartz", "rain",
-    "raven", "ribbon", "river", "saddle", "shadow", "silver", "spruce", "summit", "thunder",
-    "timber", "tulip", "valley", "velvet", "violet", "walnut", "willow", "winter", "yonder",
-    "zephyr",
-)  # fmt: skip
-
-
-def _pseudo_sentence(digest: bytes) -> str:
-    """One to three short sentences picked from a word list by the digest's bytes; the last ends
-    with the first 8 hex digits of the digest, so a test can tell which content it belongs to."""
-    count = 1 + digest[0] % 3
-    pos = 1
-    sentences = []
-    for index in range(count):
-        length = 3 + digest[pos] % 5
-        words = [_WORDS[b % len(_WORDS)] for b in digest[pos + 1 : pos + 1 + length]]
-        pos += 1 + length
-        if index == count - 1:
-            words.append(digest.hex()[:8])
-        sentences.append(" ".join(words).capitalize() + ".")
-    return " ".join(sentences)
-
-
-def transcript_for(body: bytes) -> str:
-    """The transcription the emulator returns for a raw-audio body.
-
-    Args:
-        body: the complete request body; a sample-archive clip gives its real sentence.
-    """
-    digest = hashlib.sha256(body).digest()
-    sample = _samples().get(digest.hex())
-    return sample.sentence if sample else _pseudo_sentence(digest)
-
-
-def _sample_for_url(url: str) -> _Sample | None:
-    path = unquote(urlsplit(url).path)
-    for sample in _samples().values():
-        if path.endswith("/" + sample.file):
-            return sample
-    return None
-
-
-_SIGNING_PREFIXES = ("x-amz-", "x-goog-")
-_SIGNING_NAMES = frozenset({"signature", "expires", "awsaccesskeyid", "googleaccessid"})
-
-
-def canonical_url(url: str) -> str:
-    """``url`` without the query parameters that sign it (``X-Amz-*``, ``X-Goog-*``,
-    ``Signature``, ``Expires``, ...): what names the audio. The service fetches the same object
-    whatever the signature, so a URL signed anew for a retry is the same content."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    kept = [
-        pair
-        for pair in parts.query.split("&")
-        if not (
-            (name := unquote(pair.partition("=")[0]).lower()).startswith(_SIGNING_PREFIXES)
-            or name in _SIGNING_NAMES
-        )
-    ]
-    return urlunsplit(parts._replace(query="&".join(kept)))
-
-
-def transcript_for_url(url: str) -> str:
-    """The transcription the emulator returns for a URL-mode request (it fetches nothing).
-
-    Args:
-        url: the ``url`` of the JSON body; one whose path ends with a sample clip's path under
-            ``archive/`` (``https://example.org/a/2019/01-weather.wav``) gives its sentence.
-            Its signing query parameters do not count (see :func:`canonical_url`).
-    """
-    sample = _sample_for_url(url)
-    if sample:
-        return sample.sentence
-    return _pseudo_sentence(hashlib.sha256(canonical_url(url).encode()).digest())
-
-
-def content_key(content: bytes | str) -> str:
-    """The short content hash the emulator files requests under in ``stats()["by_content"]``:
-    the first 12 hex digits of the sha256 of a raw body, or of a URL string in URL mode
-    (without its signing query parameters: see :func:`canonical_url`)."""
-    data = canonical_url(content).encode() if isinstance(content, str) else content
-    return hashlib.sha256(data).hexdigest()[:12]
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _GROUP_LANGUAGES = {
     "multi-eu": ("en", "de", "fr", "es", "it"),
     "multi-asian": ("zh", "ja", "ko"),
@@ -356,65 +102,18 @@ _GROUP_LANGUAGES = {
 _EMOTIONS = ("happiness", "sadness", "disgust", "fear", "anger")
 
 
-def _transcript_body(
-    text: str, duration: float, digest: bytes, params: PulseParams
-) -> dict[str, Any]:
-    """words / utterances (and gender / emotions) for a transcript spread over ``duration``:
-    one utterance per sentence, word times in proportion to word length, a short lead-in."""
-    sentences = [sentence.split() for sentence in _SENTENCE_END.split(text)]
-    lead = min(0.25, duration * 0.06)
-    total = sum(len(word) + 2 for sentence in sentences for word in sentence) or 1
-    scale = max(duration - 2 * lead, 0.0) / total
-    diarize = params.diarize
-    words: list[dict[str, Any]] = []
-    utterances: list[dict[str, Any]] = []
-    clock = lead
-    position = 0
-    for index, sentence in enumerate(sentences):
-        if not sentence:
-            continue
-        first = len(words)
-        for word in sentence:
-            share = scale * (len(word) + 2)
-            entry: dict[str, Any] = {
-                "start": round(clock, 3),
-                "end": round(min(clock + share * 0.88, duration), 3),
-                "word": word,
-                "confidence": (80 + digest[position & 31] % 20) / 100,
-            }
-            if diarize:
-                entry["speaker"] = index % 2
-            words.append(entry)
-            clock += share
-            position += 1
-        utterance: dict[str, Any] = {
-            "start": words[first]["start"],
-            "end": words[-1]["end"],
-            "text": " ".join(sentence),
-        }
-        if diarize:
-            utterance["speaker"] = index % 2
-        utterances.append(utterance)
-    answer: dict[str, Any] = {}
-    if params.word_timestamps:
-        answer["words"] = words
-    answer["utterances"] = utterances
-    if params.gender_detection:
-        answer["gender"] = "female" if digest[20] % 2 else "male"
-    if params.emotion_detection:
-        raw = [1 + b for b in digest[21:26]]
-        answer["emotions"] = {
-            name: round(value / sum(raw), 2) for name, value in zip(_EMOTIONS, raw, strict=True)
-        }
-    return answer
-
-
 # --------------------------------------------------------------------------------------------
 # Requests: parameters and body
 
 
-def _parse_params(items: Iterable[tuple[str, str]], *, url_input: bool) -> PulseParams | str:
-    """Validate the query string as the service does; a problem comes back as a message."""
+def _parse_params(
+    items: Iterable[tuple[str, str]], *, url_input: bool, legacy: bool
+) -> PulseParams | str:
+    """Validate the query string as the service does; a problem comes back as a message.
+
+    ``model`` is required on the unified path; the legacy paths default it to ``pulse`` and the
+    language to ``multi-eu``. ``word_timestamps`` defaults to false (the service's default).
+    """
     values: dict[str, Any] = {}
     for name, value in items:
         if name not in PARAM_NAMES:
@@ -430,10 +129,14 @@ def _parse_params(items: Iterable[tuple[str, str]], *, url_input: bool) -> Pulse
             values[name] = coerce_param(name, value)
         except ValueError as exc:
             return str(exc)
+    if legacy:
+        values.setdefault("model", "pulse")
+        values.setdefault("language", "multi-eu")
     if "model" not in values:
         return "model is required (pulse or pulse-pro)"
     if ("webhook_method" in values or "webhook_extra" in values) and "webhook_url" not in values:
         return "webhook_method and webhook_extra need webhook_url"
+    values.setdefault("word_timestamps", False)
     params = PulseParams(**values)
     return check_combination(params, url_input=url_input) or params
 
@@ -464,27 +167,47 @@ class _Body(NamedTuple):
     head: bytes  # the first PREFIX_LIMIT bytes
     size: int
     digest: bytes  # sha256 of the whole body
+    spool: IO[bytes] | None  # the whole body when larger than the head (closed by the caller)
+
+    def source(self) -> IO[bytes]:
+        """The whole body as a seekable file, at its start."""
+        if self.spool is None:
+            return io.BytesIO(self.head)
+        self.spool.seek(0)
+        return self.spool
 
 
 async def _read_body(request: web.Request, limit: int) -> _Body | None:
-    """Stream the body, hashing as it goes and keeping only its head; None past ``limit``."""
+    """Stream the body, hashing as it goes; past PREFIX_LIMIT it is spooled to a temporary
+    file (in memory up to 8 MiB), so a 250 MB upload is never held in memory. None past
+    ``limit``."""
     length = request.content_length
     if length is not None and length <= PREFIX_LIMIT:
         data = await request.read()
         if len(data) > limit:
             return None
-        return _Body(data, len(data), hashlib.sha256(data).digest())
+        return _Body(data, len(data), hashlib.sha256(data).digest(), None)
     hasher = hashlib.sha256()
     head = bytearray()
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        hasher.update(chunk)
-        if len(head) < PREFIX_LIMIT:
-            head += chunk[: PREFIX_LIMIT - len(head)]
-    return _Body(bytes(head), size, hasher.digest())
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                spool.close()
+                return None
+            hasher.update(chunk)
+            spool.write(chunk)
+            if len(head) < PREFIX_LIMIT:
+                head += chunk[: PREFIX_LIMIT - len(head)]
+    except BaseException:
+        spool.close()
+        raise
+    if size <= PREFIX_LIMIT:
+        spool.close()
+        return _Body(bytes(head), size, hasher.digest(), None)
+    return _Body(bytes(head), size, hasher.digest(), spool)
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +223,7 @@ class _Stats:
         self.statuses: dict[int, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
-        self.rate_limited = {"fault": 0, "rate_limit": 0, "concurrency": 0}
+        self.rate_limited = {"fault": 0, "rate_limit": 0, "concurrency": 0, "plan": 0}
         self.server_errors = 0
         self.resets = 0
         self.truncations = 0
@@ -508,7 +231,10 @@ class _Stats:
         self.cancelled = 0
         self.early_retries = 0
         self.early_examples: list[dict[str, Any]] = []
-        self.by_path = {"legacy": 0, "current": 0}
+        self.by_path = {"legacy": 0, "current": 0}  # both legacy paths count as legacy
+        self.by_endpoint: dict[str, int] = {}  # path -> requests
+        self.by_model: dict[str, int] = {}  # requests with valid parameters, by model asked
+        self.by_language: dict[str, int] = {}  # ... and by language asked
         self.per_second: list[int] = []
 
     def arrive(self, now: float) -> None:
@@ -542,6 +268,9 @@ class _Stats:
             "early_retry_examples": list(self.early_examples),
             "by_content": dict(by_content),
             "by_path": dict(self.by_path),
+            "by_endpoint": dict(self.by_endpoint),
+            "by_model": dict(self.by_model),
+            "by_language": dict(self.by_language),
             "requests_per_second": list(self.per_second),
             "uptime_s": round(now - self.started, 3),
         }
@@ -549,6 +278,20 @@ class _Stats:
 
 # --------------------------------------------------------------------------------------------
 # The server
+
+
+class _Request(NamedTuple):
+    """What one endpoint request is about, once its body is read and decoded."""
+
+    params: PulseParams
+    digest: bytes
+    short: str
+    n: int  # requests with this content before this one
+    duration: float
+    size: int
+    transcript: Transcript
+    language: str | None  # a sample clip's language
+    filename: str | None  # URL input only
 
 
 class _Emulator:
@@ -563,6 +306,8 @@ class _Emulator:
         self._tokens = 0.0
         self._token_time = 0.0
         self._bucket: tuple[float, float] | None = None  # (rate, burst) the bucket was made for
+        self._window = SlidingWindow()  # the plan's limit, per model
+        self._buckets = TokenBuckets()
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
 
@@ -589,14 +334,43 @@ class _Emulator:
         return f"emu-{self._id_prefix}-{next(self._ids):08d}"
 
     def _error(
-        self, status: int, message: str, request_id: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        request_id: str,
+        *,
+        headers: dict[str, str] | None = None,
+        legacy: bool = False,
+        details: Mapping[str, Any] | None = None,
     ) -> web.Response:
-        body = orjson.dumps({"error": message, "request_id": request_id})
+        """An error answer in the shape of its endpoint: unified ``{error, request_id,
+        details}``; legacy ``{errors, status: "error", message}`` for a 400, ``{message}`` for
+        a 401, ``{error, request_id}`` otherwise; a 429 is ``{error, request_id}`` everywhere
+        (the rate limit's documented body)."""
+        doc: dict[str, Any]
+        if status == 429:  # the documented rate-limit body, on every path
+            doc = {"error": message, "request_id": request_id}
+        elif not legacy:
+            doc = {"error": message, "request_id": request_id, "details": dict(details or {})}
+        elif status == 400:
+            doc = {"errors": message, "status": "error", "message": message}
+        elif status == 401:
+            doc = {"message": message}
+        else:
+            doc = {"error": message, "request_id": request_id}
         response = web.Response(
-            status=status, body=body, content_type="application/json", headers=headers
+            status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
         )
         response.headers["X-Request-Id"] = request_id
         return response
+
+    def _too_large(self, request_id: str, *, legacy: bool) -> web.Response:
+        """The oversize answer: 413 on the unified path, 400 "Audio data too large" on legacy."""
+        limit = self.config.max_payload
+        if legacy:
+            return self._error(400, "Audio data too large", request_id, legacy=True)
+        message = f"Audio data too large: payload over {limit} bytes"
+        return self._error(413, message, request_id, details={"max_bytes": limit})
 
     def _authorized(self, request: web.Request) -> bool:
         key = self.config.key
@@ -623,6 +397,17 @@ class _Emulator:
         self._tokens = tokens
         return (1.0 - tokens) / rate
 
+    def _plan_wait(self, model: str, now: float) -> float:
+        """0 when the plan admits a request for ``model`` now, else the seconds until it would."""
+        config = self.config
+        per_minute = config.requests_per_minute()
+        if per_minute is None:
+            return 0.0
+        if config.plan_algorithm == "bucket":
+            burst = config.plan_burst or max(1.0, per_minute / 5)
+            return self._buckets.admit(model, now, per_minute / config.plan_window_s, burst)
+        return self._window.admit(model, now, per_minute, config.plan_window_s)
+
     def _delay_headers(self, kind: str, delay: float) -> tuple[dict[str, str], float]:
         """The header asking for ``delay`` seconds in one form, and the delay it truly asks
         (whole-second forms round up, so a client honouring them is never early)."""
@@ -645,6 +430,18 @@ class _Emulator:
         headers, asked = self._delay_headers(kind, delay)
         self._due[short] = (self._clock() + asked, asked)
         return self._error(status, message, request_id, headers=headers)
+
+    def _rate_limited(
+        self, message: str, request_id: str, short: str, delay: float, *, plan: bool
+    ) -> web.Response:
+        """A rate-limit 429: with ``retry-after-ms`` (and, for the plan, ``Retry-After`` in
+        whole seconds) when ``rate_headers`` is on; with no delay header at all when off."""
+        if not self.config.rate_headers:
+            return self._error(429, message, request_id)
+        response = self._ask_delay(429, message, request_id, short, "retry-after-ms", delay)
+        if plan:
+            response.headers["Retry-After"] = str(max(1, math.ceil(delay)))
+        return response
 
     def _note_arrival(self, short: str, arrived: float) -> None:
         """Count a request that came back before the delay asked of its content."""
@@ -669,15 +466,17 @@ class _Emulator:
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse a bad key or an oversized body before it is sent."""
-        status, message = 0, ""
+        legacy = request.path in LEGACY_PATHS
+        response = None
         if not self._authorized(request):
-            status, message = 401, "missing or invalid API key"
+            response = self._error(401, "missing or invalid API key", self._request_id(),
+                                   legacy=legacy)  # fmt: skip
         elif (request.content_length or 0) > self.config.max_payload:
-            status, message = 413, f"payload over {self.config.max_payload} bytes"
-        if status:
+            response = self._too_large(self._request_id(), legacy=legacy)
+        if response is not None:
             self.stats.requests += 1
-            self.stats.answered(status)
-            return await _refuse(request, self._error(status, message, self._request_id()))
+            self.stats.answered(response.status)
+            return await _refuse(request, response)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
@@ -688,10 +487,13 @@ class _Emulator:
         if request.method != "POST":
             self.stats.requests += 1
             self.stats.answered(405)
-            return self._error(405, "use POST", self._request_id(), headers={"Allow": "POST"})
+            return self._error(405, "use POST", self._request_id(), headers={"Allow": "POST"},
+                               legacy=request.path in LEGACY_PATHS)  # fmt: skip
         arrived = self._clock()
         self.stats.arrive(arrived)
-        self.stats.by_path["legacy" if request.path == LEGACY_PATH else "current"] += 1
+        self.stats.by_path["current" if request.path == UNIFIED_PATH else "legacy"] += 1
+        by_endpoint = self.stats.by_endpoint
+        by_endpoint[request.path] = by_endpoint.get(request.path, 0) + 1
         try:
             response, how = await self._transcribe(request, arrived)
         except asyncio.CancelledError:
@@ -707,89 +509,144 @@ class _Emulator:
             self.stats.answered(response.status)
         return response
 
-    async def _transcribe(
-        self, request: web.Request, arrived: float
-    ) -> tuple[web.StreamResponse, str]:
-        config = self.config
-        request_id = self._request_id()
+    async def _accept(
+        self, request: web.Request, request_id: str, arrived: float
+    ) -> _Request | web.Response:
+        """Validate a request up to its decoded audio: what it asks, or the refusal."""
+        legacy = request.path in LEGACY_PATHS
         if not self._authorized(request):
             detail = "missing" if "Authorization" not in request.headers else "invalid"
-            return self._error(
-                401, f"{detail} API key (Authorization: Bearer <key>)", request_id
-            ), ""
+            message = f"{detail} API key (Authorization: Bearer <key>)"
+            return self._error(401, message, request_id, legacy=legacy)
         url_input = request.content_type == "application/json"
-        params = _parse_params(request.query.items(), url_input=url_input)
+        params = _parse_params(request.query.items(), url_input=url_input, legacy=legacy)
         if isinstance(params, str):
-            return self._error(400, params, request_id), ""
+            return self._error(400, params, request_id, legacy=legacy)
+        # What reached the service: Pulse answers do not echo the language, so tests read it here.
+        stats = self.stats
+        stats.by_model[params.model] = stats.by_model.get(params.model, 0) + 1
+        stats.by_language[params.language] = stats.by_language.get(params.language, 0) + 1
         if not url_input and not _is_audio_type(request.content_type):
             message = (
                 f"unsupported Content-Type {request.content_type!r}: send audio/* or "
                 "application/octet-stream, or application/json with a url"
             )
-            return self._error(400, message, request_id), ""
-        limit = JSON_BODY_LIMIT if url_input else config.max_payload
+            return self._error(400, message, request_id, legacy=legacy)
+        limit = JSON_BODY_LIMIT if url_input else self.config.max_payload
         body = None
         if (request.content_length or 0) <= limit:
             body = await _read_body(request, limit)
         if body is None:
-            too_large = self._error(413, f"payload over {limit} bytes", request_id)
-            return await _refuse(request, too_large), ""
-        if body.size == 0:
-            return self._error(400, "empty body: no audio", request_id), ""
+            if url_input:
+                refusal = self._error(413, f"JSON body over {limit} bytes", request_id)
+            else:
+                refusal = self._too_large(request_id, legacy=legacy)
+            return await _refuse(request, refusal)
+        try:
+            return await self._decode(request, body, params, url_input, arrived, request_id)
+        finally:
+            if body.spool is not None:
+                body.spool.close()
 
+    async def _decode(
+        self,
+        request: web.Request,
+        body: _Body,
+        params: PulseParams,
+        url_input: bool,
+        arrived: float,
+        request_id: str,
+    ) -> _Request | web.Response:
+        legacy = request.path in LEGACY_PATHS
+        if body.size == 0:
+            return self._error(400, "empty body: no audio", request_id, legacy=legacy)
+        url = None
         if url_input:
             try:
                 url = _url_from_json(body.head)
             except ValueError as exc:
-                return self._error(400, str(exc), request_id), ""
+                return self._error(400, str(exc), request_id, legacy=legacy)
             digest = hashlib.sha256(canonical_url(url).encode()).digest()
         else:
             digest = body.digest
-            url = None
-        key = digest.hex()
-        short = key[:12]
+        short = digest.hex()[:12]
         n = self._seen.get(short, 0)
         self._seen[short] = n + 1
         self._note_arrival(short, arrived)
-
-        fmt = None if url_input else _sniff(body.head[:16])
-        if not url_input and fmt is None:
-            return self._error(400, "unreadable audio: not a known audio format", request_id), ""
-        duration: float | None
         if url is not None:
-            sample = _sample_for_url(url)
-            duration = sample.duration if sample else 2.0 + digest[31] / 16
-            size = round(duration * 16000)
+            text, duration = url_audio(url)
+            sample = sample_for_url(url)
             filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "audio"
-        else:
-            sample = _samples().get(key)
-            if sample:
-                duration = sample.duration
-            elif fmt == "wav":
-                duration = wav_duration(body.head, body.size)
-            else:
-                duration = _audio_duration(fmt or "", body.head, body.size)
-            if duration is None:
-                return self._error(400, "unreadable audio: broken WAV header", request_id), ""
-            size = body.size
-            filename = sample.file.rsplit("/", 1)[-1] if sample else f"{short}.{fmt}"
+            transcript = transcribe(url_regions(duration), text)
+            return _Request(params, digest, short, n, duration, round(duration * 16000),
+                            transcript, sample.language if sample else None, filename)  # fmt: skip
+        max_seconds = self.config.max_audio_seconds()
+        try:
+            signal = await _analyse(body, max_seconds)
+        except AudioError as exc:
+            return self._error(400, str(exc), request_id, legacy=legacy)
+        refusal = self._check_signal(signal, request_id, legacy=legacy)
+        if refusal is not None:
+            return refusal
+        sample = sample_for(digest)
+        transcript = transcribe(signal.regions, sample.sentence if sample else None)
+        duration = sample.duration if sample else signal.duration
+        return _Request(params, digest, short, n, duration, body.size, transcript,
+                        sample.language if sample else None, None)  # fmt: skip
 
-        # Gateway limits: they do not depend on content, only on timing.
-        wait = self._take_token(self._clock())
+    def _check_signal(
+        self, signal: Signal, request_id: str, *, legacy: bool
+    ) -> web.Response | None:
+        """Refuse audio the service does not take: more than one channel, past the session."""
+        if signal.channels != 1:
+            message = "Only single channel (mono) audio is supported"
+            details: dict[str, Any] = {"channels": signal.channels}
+            return self._error(400, message, request_id, legacy=legacy, details=details)
+        if signal.longer_than is not None:
+            minutes = signal.longer_than / 60
+            message = (
+                f"Audio longer than the {minutes:g}-minute session limit: split it into chunks"
+            )
+            details = {"max_seconds": signal.longer_than}
+            return self._error(400, message, request_id, legacy=legacy, details=details)
+        return None
+
+    def _gateway(self, job: _Request, request_id: str) -> web.Response | None:
+        """The limits that depend on timing only: the plan, the rate limit, the cap."""
+        config = self.config
+        now = self._clock()
+        wait = self._plan_wait(job.params.model, now)
+        if wait > 0:
+            self.stats.rate_limited["plan"] += 1
+            return self._rate_limited(RATE_LIMIT_MESSAGE, request_id, job.short, wait, plan=True)
+        wait = self._take_token(now)
         if wait > 0:
             self.stats.rate_limited["rate_limit"] += 1
             message = f"rate limit of {config.rate_limit:g} requests/s exceeded"
-            response = self._ask_delay(429, message, request_id, short, "retry-after-ms", wait)
-            return response, ""
+            return self._rate_limited(message, request_id, job.short, wait, plan=False)
         if config.max_concurrent is not None and self.stats.in_flight > config.max_concurrent:
             self.stats.rate_limited["concurrency"] += 1
             message = f"more than {config.max_concurrent} requests in flight"
             delay = config.busy_retry_ms / 1000
-            return self._ask_delay(429, message, request_id, short, "retry-after-ms", delay), ""
+            return self._ask_delay(429, message, request_id, job.short, "retry-after-ms", delay)
+        return None
+
+    async def _transcribe(
+        self, request: web.Request, arrived: float
+    ) -> tuple[web.StreamResponse, str]:
+        config = self.config
+        request_id = self._request_id()
+        job = await self._accept(request, request_id, arrived)
+        if isinstance(job, web.StreamResponse):
+            return job, ""
+        refusal = self._gateway(job, request_id)
+        if refusal is not None:
+            return refusal, ""
 
         # The fault roll and the jitter: a function of (seed, content, n) only.
         faults = config.faults
-        roll = hashlib.blake2b(f"{config.seed}:{key}:{n}".encode(), digest_size=16).digest()
+        key = job.digest.hex()
+        roll = hashlib.blake2b(f"{config.seed}:{key}:{job.n}".encode(), digest_size=16).digest()
         latency = config.latency_ms
         if config.jitter_ms:
             latency += config.jitter_ms * (2 * int.from_bytes(roll[8:12], "big") / 2**32 - 1)
@@ -808,6 +665,7 @@ class _Emulator:
                     fault = name
                     break
                 draw -= rate
+        params = job.params
         if fault == "stall":
             self.stats.stalls += 1
             await asyncio.sleep(config.stall_seconds)
@@ -816,12 +674,13 @@ class _Emulator:
         if fault == "429":
             self.stats.rate_limited["fault"] += 1
             # Successive 429s for one content rotate through every header form.
-            kind = DELAY_HEADER_KINDS[(n + digest[29]) % len(DELAY_HEADER_KINDS)]
+            kind = DELAY_HEADER_KINDS[(job.n + job.digest[29]) % len(DELAY_HEADER_KINDS)]
             message = "too many requests, slow down"
-            return self._ask_delay(429, message, request_id, short, kind, config.retry_delay_s), ""
+            delay = config.retry_delay_s
+            return self._ask_delay(429, message, request_id, job.short, kind, delay), ""
         if fault == "5xx":
             self.stats.server_errors += 1
-            return self._server_error(roll, request_id, short), ""
+            return self._server_error(roll, request_id, job.short), ""
         if fault == "reset":
             _reset(request)
             return web.Response(status=200), "reset"
@@ -829,45 +688,14 @@ class _Emulator:
         if params.webhook_url:
             answer: dict[str, Any] = {"status": "processing", "request_id": request_id}
         else:
-            answer = self._answer(params, sample, digest, duration, size, filename, request_id)
             elapsed = max(self._clock() - arrived, 0.001)
-            answer["metadata"]["processing_time_ms"] = round(elapsed * 1000)
-            answer["metadata"]["rtfx"] = round(duration / elapsed, 1)
+            answer = _answer(job, request_id, elapsed)
         payload = orjson.dumps(answer)
         if fault == "truncate":
             return await _truncated(request, payload, roll, request_id), "truncated"
         response = web.Response(body=payload, content_type="application/json")
         response.headers["X-Request-Id"] = request_id
         return response, ""
-
-    def _answer(
-        self,
-        params: PulseParams,
-        sample: _Sample | None,
-        digest: bytes,
-        duration: float,
-        size: int,
-        filename: str,
-        request_id: str,
-    ) -> dict[str, Any]:
-        text = sample.sentence if sample else _pseudo_sentence(digest)
-        language = params.language
-        if language in _GROUP_LANGUAGES:
-            group = _GROUP_LANGUAGES[language]
-            language = sample.language if sample else group[digest[30] % len(group)]
-        answer: dict[str, Any] = {"status": "success", "transcription": text}
-        answer.update(_transcript_body(text, duration, digest, params))
-        answer["language"] = language
-        answer["request_id"] = request_id
-        answer["metadata"] = {
-            "duration": round(duration, 3),
-            "fileSize": size,
-            "filename": filename,
-            "processing_time_ms": 0,
-            "rtfx": 0.0,
-            "num_chunks": max(1, math.ceil(duration / 30)),
-        }
-        return answer
 
     def _server_error(self, roll: bytes, request_id: str, short: str) -> web.Response:
         status = (500, 502, 503)[roll[13] % 3]
@@ -883,7 +711,8 @@ class _Emulator:
             delay = self.config.retry_delay_s
             return self._ask_delay(503, message, request_id, short, "retry-after", delay)
         if status == 503:
-            return web.Response(status=503)  # an empty body, as load balancers send
+            # An empty body, as load balancers send.
+            return web.Response(status=503, headers={"X-Request-Id": request_id})
         return self._error(500, "internal server error", request_id)
 
     async def stats_handler(self, request: web.Request) -> web.Response:
@@ -899,8 +728,86 @@ class _Emulator:
         """Any other path: 404 with the error body, naming the paths that exist."""
         self.stats.requests += 1
         self.stats.answered(404)
-        message = f"no endpoint at {request.path}; Pulse paths are {', '.join(ENDPOINT_PATHS)}"
+        message = f"no endpoint at {request.path}; Pulse paths are {', '.join(PATHS.values())}"
         return self._error(404, message, self._request_id())
+
+
+async def _analyse(body: _Body, max_seconds: float | None) -> Signal:
+    """Decode a body off the event loop (a small one inline: a thread costs more than it)."""
+    if body.spool is None and body.size < 64 * 1024:
+        return signal_of(body.source(), body.digest, body.head, max_seconds=max_seconds)
+    return await asyncio.to_thread(
+        signal_of, body.source(), body.digest, body.head, max_seconds=max_seconds
+    )
+
+
+def _words(transcript: Transcript, *, diarize: bool) -> list[dict[str, Any]]:
+    words: list[dict[str, Any]] = []
+    for word in transcript.words:
+        entry: dict[str, Any] = {
+            "start": word.start,
+            "end": word.end,
+            "word": word.text,
+            "confidence": word.confidence,
+        }
+        if diarize:
+            entry["speaker"] = word.utterance % 2
+            entry["speaker_confidence"] = round(min(1.0, word.confidence + 0.05), 2)
+        words.append(entry)
+    return words
+
+
+def _extras(job: _Request) -> dict[str, Any]:
+    """The gender / emotions blocks their flags ask for (derived from the content hash)."""
+    digest = job.digest
+    extras: dict[str, Any] = {}
+    if job.params.gender_detection:
+        extras["gender"] = "female" if digest[20] % 2 else "male"
+    if job.params.emotion_detection:
+        raw = [1 + b for b in digest[21:26]]
+        extras["emotions"] = {
+            name: round(value / sum(raw), 2) for name, value in zip(_EMOTIONS, raw, strict=True)
+        }
+    return extras
+
+
+def _answer(job: _Request, request_id: str, elapsed: float) -> dict[str, Any]:
+    """The 200 body in the shape of the model asked (see shared/pulse-api.md, Response)."""
+    params = job.params
+    timed = params.word_timestamps
+    transcript = job.transcript
+    duration = round(job.duration, 3)
+    answer: dict[str, Any] = {"status": "success", "transcription": transcript.text}
+    if params.model == "pulse-pro":  # no utterances, no diarization; ids and timing in the body
+        answer["words"] = _words(transcript, diarize=False) if timed else []
+        language = params.language
+        if language in _GROUP_LANGUAGES:
+            group = _GROUP_LANGUAGES[language]
+            language = job.language or group[job.digest[30] % len(group)]
+        answer["language"] = language
+        answer["request_id"] = request_id
+        answer["totalBytes"] = job.size
+        answer["metadata"] = {
+            "duration": duration,
+            "fileSize": job.size,
+            "processing_time_ms": round(elapsed * 1000),
+            "rtfx": round(job.duration / elapsed, 1),
+            "num_chunks": num_chunks(job.duration),
+        }
+    else:
+        answer["words"] = _words(transcript, diarize=params.diarize) if timed else []
+        utterances = []
+        for start, end, text, index in transcript.utterances() if timed else ():
+            utterance: dict[str, Any] = {"start": start, "end": end, "text": text}
+            if params.diarize:
+                utterance["speaker"] = index % 2
+            utterances.append(utterance)
+        answer["utterances"] = utterances
+        answer["metadata"] = {"duration": duration, "fileSize": job.size}
+        if job.filename is not None:
+            answer["metadata"]["filename"] = job.filename
+    answer.update(_extras(job))
+    return answer
 
 
 async def _refuse(request: web.Request, response: web.Response) -> web.Response:
@@ -960,7 +867,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.on_startup.append(state.on_startup)
     app.router.add_get("/_emulator/stats", state.stats_handler)
     app.router.add_post("/_emulator/reset", state.reset_handler)
-    for path in ENDPOINT_PATHS:
+    for path in PATHS.values():
         app.router.add_route("*", path, state.endpoint, expect_handler=state.expect)
     app.router.add_route("*", "/{tail:.*}", state.not_found)
     return app
@@ -1002,12 +909,13 @@ class RunningEmulator:
     def config(self, value: EmulatorConfig) -> None:
         self._state.config = value
 
-    def endpoint(self, kind: str = "legacy") -> str:
-        """The full URL of an endpoint: ``"legacy"`` or ``"current"``."""
-        paths = {"legacy": LEGACY_PATH, "current": CURRENT_PATH}
-        if kind not in paths:
-            raise ValueError(f"endpoint kind must be 'legacy' or 'current', not {kind!r}")
-        return self.url + paths[kind]
+    def endpoint(self, kind: str = "current") -> str:
+        """The full URL of an endpoint: ``"current"`` (the unified ``/waves/v1/stt/``, the
+        default), ``"legacy"`` (the original guide's path) or ``"legacy-current"`` (the legacy
+        path on the current host, ``/waves/v1/pulse/get_text``)."""
+        if kind not in PATHS:
+            raise ValueError(f"endpoint kind must be one of {', '.join(PATHS)}, not {kind!r}")
+        return self.url + PATHS[kind]
 
     def stats(self) -> dict[str, Any]:
         """What it saw; the same JSON as ``GET /_emulator/stats``."""
@@ -1188,8 +1096,8 @@ class EmulatorThread:
         if self._emulator is not None:
             self._emulator.config = value
 
-    def endpoint(self, kind: str = "legacy") -> str:
-        """The full URL of an endpoint: ``"legacy"`` or ``"current"``."""
+    def endpoint(self, kind: str = "current") -> str:
+        """The full URL of an endpoint: see :meth:`RunningEmulator.endpoint`."""
         return self._running().endpoint(kind)
 
     def stats(self) -> dict[str, Any]:
@@ -1217,125 +1125,3 @@ class EmulatorThread:
     def start_listening(self) -> None:
         """Listen again on the same port."""
         self._call(self._running().start_listening())
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: `batchscribe emulate`
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability must be between 0 and 1, not {text}")
-    return value
-
-
-def _latency(text: str) -> tuple[float, float]:
-    base, _, jitter = text.partition(":")
-    try:
-        values = float(base), float(jitter or 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"latency must look like MS or MS:JITTER (e.g. 200:50), not {text!r}"
-        ) from None
-    if not all(0 <= value < math.inf for value in values):  # (NaN too)
-        raise argparse.ArgumentTypeError(f"latency and jitter must be >= 0, not {text!r}")
-    return values
-
-
-def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not 0 < value < math.inf:  # (NaN too)
-            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-        return value
-
-    return parse
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``batchscribe emulate`` flags to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
-    parser.add_argument("--port", type=_port, default=8787, help="TCP port (default: 8787; 0: any)")
-    parser.add_argument("--key", help="require Authorization: Bearer KEY (default: no key check)")
-    parser.add_argument(
-        "--latency",
-        type=_latency,
-        default=(0.0, 0.0),
-        metavar="MS[:JITTER]",
-        help="added latency per answer in ms, optionally +/- JITTER ms (default: 0)",
-    )
-    parser.add_argument(
-        "--faults",
-        choices=sorted(PROFILES),
-        default="none",
-        help="fault profile (default: none); --p* flags override single rates",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault rolls (default: 0)")
-    parser.add_argument(
-        "--rate-limit",
-        type=_positive(float),
-        metavar="R",
-        help="token bucket of R requests/s (burst max(1, R/10)); beyond it 429 + retry-after-ms",
-    )
-    parser.add_argument(
-        "--max-concurrent",
-        type=_positive(int),
-        metavar="C",
-        help="429 when more than C requests are in flight",
-    )
-    for flag, what in (
-        ("--p429", "429 with a delay header"),
-        ("--p5xx", "500/502/503"),
-        ("--preset", "connection reset without a response"),
-        ("--ptruncate", "200 with a body cut short"),
-        ("--pstall", "hang --stall-seconds before answering"),
-    ):
-        parser.add_argument(flag, type=_rate, metavar="P", help=f"probability of {what}")
-    parser.add_argument(
-        "--stall-seconds",
-        type=_positive(float),
-        default=3600.0,
-        metavar="S",
-        help="how long a stall hangs (default: 3600)",
-    )
-
-
-def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
-    """The configuration the ``batchscribe emulate`` flags describe (profile, then overrides).
-
-    Raises:
-        ValueError: when the fault rates add up to more than 1.
-    """
-    rates = dataclasses.asdict(PROFILES[ns.faults])
-    for name in rates:
-        value = getattr(ns, name, None)
-        if value is not None:
-            rates[name] = value
-    latency, jitter = ns.latency
-    return EmulatorConfig(
-        key=ns.key,
-        latency_ms=latency,
-        jitter_ms=jitter,
-        faults=FaultRates(**rates),
-        seed=ns.seed,
-        rate_limit=ns.rate_limit,
-        max_concurrent=ns.max_concurrent,
-        stall_seconds=ns.stall_seconds,
-    )
