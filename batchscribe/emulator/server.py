@@ -26,6 +26,7 @@ more than one channel, longer than the session (400), then the plan's limit (429
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import hashlib
 import hmac
@@ -138,7 +139,10 @@ def _parse_params(
         return "webhook_method and webhook_extra need webhook_url"
     values.setdefault("word_timestamps", False)
     params = PulseParams(**values)
-    return check_combination(params, url_input=url_input) or params
+    # Pulse Pro has no diarization: the service answers without speakers rather than refusing
+    # (the client refuses the combination before sending, which is its own choice).
+    checked = dataclasses.replace(params, diarize=False) if params.model == "pulse-pro" else params
+    return check_combination(checked, url_input=url_input) or params
 
 
 def _is_audio_type(content_type: str) -> bool:
