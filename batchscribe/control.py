@@ -443,6 +443,7 @@ class AdaptiveRate:
         probe: float = 0.03,
     ) -> None:
         self._clock = clock
+        self.hint = hint
         self.beta = beta
         self.margin = margin
         self.climb = climb

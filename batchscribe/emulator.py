@@ -154,6 +154,8 @@ class EmulatorConfig:
             with ``retry-after-ms`` set to the time until the next token.
         rate_burst: bucket capacity; default ``max(1, rate_limit / 10)`` (100 ms of tokens), so a
             client has to pace itself rather than fire a second's worth at once.
+        rate_headers: when False, the rate limit's 429s carry no delay header (no
+            ``Retry-After``, ``retry-after-ms`` or ``X-RateLimit-Reset``), as Pulse's docs promise none.
         max_concurrent: with more than this many requests in flight, answer 429 with
             ``retry-after-ms: busy_retry_ms``.
         stall_seconds: how long a stall fault hangs before answering normally.
@@ -170,6 +172,7 @@ class EmulatorConfig:
     faults: FaultRates = field(default_factory=FaultRates)
     seed: int = 0
     rate_limit: float | None = None
+    rate_headers: bool = True
     max_concurrent: int | None = None
     stall_seconds: float = 3600.0
     retry_delay_s: float = 1.0
@@ -779,6 +782,8 @@ class _Emulator:
         if wait > 0:
             self.stats.rate_limited["rate_limit"] += 1
             message = f"rate limit of {config.rate_limit:g} requests/s exceeded"
+            if not config.rate_headers:
+                return self._error(429, message, request_id), ""
             response = self._ask_delay(429, message, request_id, short, "retry-after-ms", wait)
             return response, ""
         if config.max_concurrent is not None and self.stats.in_flight > config.max_concurrent:
