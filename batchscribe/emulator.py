@@ -155,7 +155,7 @@ class EmulatorConfig:
         rate_burst: bucket capacity; default ``max(1, rate_limit / 10)`` (100 ms of tokens), so a
             client has to pace itself rather than fire a second's worth at once.
         rate_headers: when False, the rate limit's 429s carry no delay header (no
-            ``Retry-After``, ``retry-after-ms`` or ``X-RateLimit-Reset``), as Pulse's docs promise none.
+            ``Retry-After``, ``retry-after-ms`` or ``X-RateLimit-Reset``): Pulse promises none.
         max_concurrent: with more than this many requests in flight, answer 429 with
             ``retry-after-ms: busy_retry_ms``.
         stall_seconds: how long a stall fault hangs before answering normally.
