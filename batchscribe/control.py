@@ -2,6 +2,9 @@
 
 Limits are small strategy objects in the spirit of aiometer: "wait until a start is allowed",
 "note a finish". All timing reads the one injectable :class:`~batchscribe.clock.Clock`.
+:class:`AdaptiveRate` (always on) learns a requests-per-minute limit from 429s and sets the
+:class:`Pacer`'s rate; :class:`AdaptiveConcurrency` (``--concurrency auto``) learns an in-flight
+limit on top.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ as the per-process limiter, and the engine calls it at the same place.
 If Redis cannot be reached (at start or mid-run) the process warns once and goes on with its
 ``fallback`` limiter at R/N (N the shard count), so the fleet still keeps within R; it tries
 Redis again every ``retry_interval`` seconds and shares the budget again once it answers.
+
+The rate a run *learnt* (without ``--rate``) is kept beside its results file
+(:func:`save_hint`, ``OUT.rate.json``) for the next run on it to start from (:func:`load_hint`).
 """
 
 from __future__ import annotations
