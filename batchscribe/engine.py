@@ -320,6 +320,10 @@ class Engine:
         self._shared_rate: SharedRate | None = None
         self._fixed_rate = options.rate if not options.rate_store else None
         self.pacer.rate = self._fixed_rate
+        if self._fixed_rate is not None:
+            # The user knows the limit: a 429 cuts from it, not from a search down from the
+            # send rate (which a refusal at exactly the limit would start).
+            self.rater = AdaptiveRate(self.clock, hint=self._fixed_rate)
         if options.rate and options.rate_store:
             from aiolimiter import AsyncLimiter
 
@@ -798,6 +802,8 @@ class Engine:
         from batchscribe.ratestore import load_hint
 
         hint = load_hint(self.options.out, self._hint_scope(), time.time())
+        if hint is not None and self._fixed_rate is not None:
+            hint = min(hint, self._fixed_rate)
         if hint is not None:
             self.rater = AdaptiveRate(self.clock, hint=hint)
             rate = self.rater.rate
