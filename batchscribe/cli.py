@@ -98,11 +98,30 @@ def _concurrency(text: str) -> int | str:
     return _positive_int(text)
 
 
-def _per_second(text: str) -> float:
-    value = _finite(text, "requests per second")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """Requests per second from ``25/min``, ``0.5/s``, ``1000/h`` or a bare number (per
+    second, as ``--rate`` always read it); ValueError otherwise."""
+    number, _, unit = text.strip().lower().partition("/")
+    seconds = _RATE_UNITS.get(unit.strip() or "s")
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if seconds is None or not math.isfinite(value):
+        raise ValueError(f"expected a rate like 25/min, 0.5/s or 1000/h, not {text!r}")
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+        raise ValueError(f"must be a positive rate, not {text}")
+    return value / seconds
+
+
+def _per_second(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 DEFAULT_MAX_CONCURRENCY = 256
@@ -272,7 +291,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     pace.add_argument(
         "--rate", type=_per_second, metavar="R",
-        help="at most R request starts per second, spaced 1/R apart (default: no limit)",
+        help="at most R request starts, spaced evenly: 25/min, 0.5/s, 1000/h (a bare number "
+        "is per second; default: no fixed rate, the rate limit is learnt from 429s)",
     )  # fmt: skip
     pace.add_argument(
         "--max-attempts", type=_positive_int, default=6, metavar="N",

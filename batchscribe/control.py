@@ -2,11 +2,15 @@
 
 Limits are small strategy objects in the spirit of aiometer: "wait until a start is allowed",
 "note a finish". All timing reads the one injectable :class:`~batchscribe.clock.Clock`.
+:class:`AdaptiveRate` (always on) learns a requests-per-minute limit from 429s and sets the
+:class:`Pacer`'s rate; :class:`AdaptiveConcurrency` (``--concurrency auto``) learns an in-flight
+limit on top.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 
 from batchscribe.clock import Clock
@@ -145,6 +149,9 @@ class Pacer:
     adaptive controller moves its rate on every decision and it must read the injectable clock.
     """
 
+    #: Seconds of a timer's lateness a start may make up (an event loop's is ~1 ms).
+    LATE = 0.01
+
     def __init__(self, clock: Clock, rate: float | None = None) -> None:
         self._clock = clock
         self.rate = rate
@@ -190,9 +197,12 @@ class Pacer:
     def _turn(self, now: float) -> None:
         """Note a waiter's start. Waiters follow each other one gap apart on the ideal
         schedule, not from the moment a late timer fired (else every timer's lateness is lost
-        throughput); a pacer that fell behind catches up by one turn at most."""
+        throughput), but the credit is a timer's lateness (``LATE``), never a whole gap: a
+        server's token bucket with a burst of one (25/min: one start per 2.4 s) refuses a
+        start that comes early by more than its own slack, and after a rate raise the old
+        schedule would otherwise pass for lateness."""
         gap = 1.0 / self.rate if self.rate else 0.0
-        self._last = max(self._last + gap, now - gap)
+        self._last = max(self._last + gap, now - min(gap, self.LATE))
 
     @property
     def waiting(self) -> int:
@@ -369,3 +379,238 @@ class AdaptiveConcurrency:
             f"<AdaptiveConcurrency limit={self.limit} window={self.window:.2f} {phase} "
             f"rate={rate} cuts={self.cuts} ceiling={self.ceiling}>"
         )
+
+
+#: The lowest start rate the learned pacing ever goes to: one start a minute.
+MIN_RATE = 1.0 / 60
+
+
+class AdaptiveRate:
+    """The default start-rate control: learn and hold an unknown requests-per-minute limit.
+
+    Pulse's limit is a *rate* (Standard plan: 25 requests/min per model), not a concurrency: at
+    1.5 s answers it needs one start every 2.4 s, a fraction of one request in flight. Limiting
+    concurrency cannot express that, so this controls when requests *start* (a pacing rate in
+    starts per second; the engine's :class:`Pacer` applies it) while ``--concurrency`` stays a
+    hard ceiling on top. Pure decision logic on the injectable clock. The anchors it follows:
+
+    - **botocore's adaptive retry mode** (``retries/adaptive.py``, ``throttling.py``): a token
+      bucket that is *off until the first throttle* (so an unlimited service pays nothing, and a
+      short job no learning), whose fill rate is then fitted with CUBIC: cut on a throttle, climb
+      back towards the rate that drew it, probe beyond. Kept: the off-until-throttled switch and
+      CUBIC's shape (fast return, a plateau under the last overload, a convex probe). Changed:
+      botocore counts CUBIC's time in *seconds* and anchors on a *measured* send rate; at 25/min
+      a second is less than half a start and a measured rate is mostly noise, so time here is
+      counted in *answered starts* and the anchor is the pacing rate that was refused (exact).
+    - **TCP pacing and AIMD on a rate** (fractional windows): the window is the gap between
+      starts, which may be far wider than one round trip; one cut per congestion event (a 429
+      counts only if its request started after the last cut: NewReno's recovery point, else the
+      requests sent under the old rate would each cut again). The cut is multiplicative
+      (``beta``); the plateau sits ``margin`` under the refused rate, since for a token bucket
+      the refused rate is an upper bound of the limit; consecutive cuts that never held their
+      plateau double the margin (an exponential search down, for a limit lowered mid-run or a
+      stale hint), as TCP's repeated timeouts do.
+    - **Search from unpaced** (the first throttle without a hint): a rate is not yet known, so
+      it halves from the send rate of the last second per refused start until a start goes
+      through at the paced rate: TCP's exponential backoff, one refusal per halving.
+    - **Google SRE client-side throttling** (accepts / requests): not used to drop requests
+      (each item must be sent), but its lesson bounds the cost: the controller is judged on
+      429s / requests, and the limit of each cycle (``settle`` starts held on the plateau per
+      probe) bounds it at a few percent.
+
+    A 429's own delay header (when sent) is honoured by the engine's :class:`PoolPause`; it is
+    not used as a rate estimate (for a fixed-window limiter it says when the window ends, not
+    how fast to go).
+
+    Args:
+        clock: the run's clock.
+        hint: a rate learnt earlier (the last run on the same results file, or the rate store):
+            pacing starts just under it and probes up at once, so a stale hint costs a few
+            refusals (too high) or a few round trips (too low), never a probe from scratch.
+        beta: the multiplicative cut.
+        margin: the plateau's distance under the refused rate, as a share of it.
+        climb: answered starts from a cut back to the plateau (CUBIC's K).
+        settle: answered starts held on the plateau before probing beyond it.
+        probe: the probe's growth over ``climb`` starts past the plateau (convex: cubic).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        hint: float | None = None,
+        beta: float = 0.85,
+        margin: float = 0.03,
+        climb: float = 6.0,
+        settle: float = 40.0,
+        probe: float = 0.03,
+    ) -> None:
+        self._clock = clock
+        self.hint = hint
+        self.beta = beta
+        self.margin = margin
+        self.climb = climb
+        self.settle = settle
+        self.probe = probe
+        self.rate: float | None = None
+        self.anchor: float | None = None  # the learned limit: the last refused pacing rate
+        self.searching = False
+        self.cut_at = float("-inf")
+        self.throttles = 0  # 429 answers seen
+        self.cuts = 0
+        self._low = 0.0  # the rate just after the last cut
+        self._plateau = 0.0
+        self._n = 0.0  # answered starts since the last cut (CUBIC's time)
+        self._strikes = 0  # cuts in a row that never reached the end of their plateau
+        # Start times (the last 5 minutes, at most 4096) and those refused: what the server
+        # let through since a cut. (Bounded: at 1000 starts/s a window of 4 s is plenty.)
+        self._sent: deque[float] = deque(maxlen=4096)
+        self._refused: deque[float] = deque(maxlen=4096)
+        # The floor: a quarter of the best rate the server ever let through in 10 s (halved
+        # every 5 minutes). 429s that do not come from a rate limit (a gateway's random
+        # refusals, the emulator's fault profiles) keep coming however slow the pace: without
+        # a floor each would cut again, down to one start a minute.
+        self._best = 0.0
+        self._bucket = (float("-inf"), 0)  # (start of the 10 s bucket, admitted in it)
+        self._previous_cut = float("-inf")
+        if hint is not None and math.isfinite(hint) and hint > 0:
+            self._restart(max(MIN_RATE, hint), cut=hint * (1 - self.margin))
+            self._n = self.climb + self.settle  # probe at once: the hint may be stale-low
+
+    @property
+    def learned(self) -> float | None:
+        """The limit learnt so far (starts per second), or None before any throttle."""
+        return self.anchor
+
+    def on_start(self, now: float) -> None:
+        """Note a request start (the send rate, and what the server let through)."""
+        _keep(self._sent, now, 300.0)
+
+    def on_response(self, started: float, status: int | None) -> bool:
+        """Learn from one answered request; return True when :attr:`rate` changed much (5%).
+
+        Args:
+            started: the clock time at which the request started.
+            status: its HTTP status; None (a transport failure) teaches nothing.
+        """
+        if status is None:
+            return False
+        before = self.rate
+        if status == 429:
+            self.throttles += 1
+            _keep(self._refused, started, 300.0)
+            if started >= self.cut_at:
+                self._throttled()
+        else:
+            self._admitted(started)
+            if self.rate is not None and started >= self.cut_at:
+                self._answered()
+        after = self.rate
+        if before is None or after is None:
+            return before is not after
+        return abs(after - before) > 0.05 * before
+
+    def target(self, n: float) -> float:
+        """The pacing rate ``n`` answered starts after the last cut: climb, plateau, probe."""
+        if n < self.climb:
+            return (
+                self._plateau - (self._plateau - self._low) * ((self.climb - n) / self.climb) ** 3
+            )
+        if n < self.climb + self.settle:
+            return self._plateau
+        return self._plateau * (1 + self.probe * ((n - self.climb - self.settle) / self.climb) ** 3)
+
+    @property
+    def floor(self) -> float:
+        """The lowest pacing rate allowed now (see ``_best``)."""
+        return max(MIN_RATE, self._best / 4)
+
+    # ------------------------------------------------------------------------- decisions
+    def _admitted(self, started: float) -> None:
+        """Count an admitted start in its 10 s bucket; a finished bucket may raise ``_best``."""
+        at, count = self._bucket
+        if started < at + 10.0:
+            self._bucket = (at, count + 1)
+            return
+        if count and at > float("-inf"):
+            decay = 0.5 ** ((started - at) / 300.0)
+            self._best = max(self._best * decay, count / 10.0)
+        self._bucket = (started, 1)
+
+    def _answered(self) -> None:
+        if self.searching:
+            # A start went through at the paced rate: the limit lies between this rate and
+            # the refused one (twice it): anchor on their geometric middle (a bisection step).
+            self.searching = False
+            went = self.rate or MIN_RATE
+            refused = self.anchor if self.anchor is not None else 2 * went
+            self._restart(math.sqrt(went * refused), cut=went)
+            # The bracket is wide: go to the plateau at once and probe soon.
+            self._n = self.climb + self.settle / 2
+            self.rate = self._plateau
+            return
+        self._n += 1
+        if self._n >= self.climb + self.settle:
+            self._strikes = 0  # the plateau held
+        self.rate = max(self.floor, self.target(self._n))
+
+    def _throttled(self) -> None:
+        now = self._clock.now()
+        self.cuts += 1
+        self._previous_cut, self.cut_at = self.cut_at, now
+        if self.rate is None:
+            # The first throttle, unpaced: search down from the send rate of the last second.
+            self.searching = True
+            sent = max(1.0, float(sum(1 for t in self._sent if t >= now - 1.0)))
+            self.anchor = sent
+            self.rate = max(self.floor, sent / 2)
+            return
+        refused = self.rate
+        if self.searching:
+            self.anchor = refused
+            self.rate = max(self.floor, refused / 2)
+            return
+        # A second refusal before the plateau held: the limit is under the plateau (lowered
+        # mid-run, or a stale hint). What the server let through since the last cut, while
+        # refusing the rest, is its rate: anchor on it rather than step down 3% at a time.
+        if self._strikes and now - self._previous_cut > 0:
+            # (Starts not refused: those still in flight count as admitted, since a refusal
+            # comes at once while an admitted answer takes the whole transcription.)
+            since = self._previous_cut
+            admitted = sum(1 for t in self._sent if t >= since) - sum(
+                1 for t in self._refused if t >= since
+            )
+            if admitted >= 8:  # (fewer is noise)
+                refused = min(refused, admitted / (now - self._previous_cut))
+        self._strikes += 1
+        self._restart(refused, cut=refused * self.beta)
+
+    def _restart(self, refused: float, *, cut: float) -> None:
+        """A new cycle: anchor on ``refused``, pace at ``cut``, climb back to the plateau."""
+        self.anchor = refused
+        margin = min(0.25, self.margin * 2 ** max(0, self._strikes - 1))
+        plateau = refused * (1 - margin)
+        if self._strikes == 1 and self._plateau < plateau:
+            # A probe refused just past a plateau that held: the limit lies between the two,
+            # so keep the old plateau unless the probe went well past it.
+            plateau = min(plateau, max(self._plateau, refused * (1 - 2 * margin)))
+        self._plateau = max(self.floor, plateau)
+        self._low = max(self.floor, min(cut, self._plateau))
+        self.rate = self._low
+        self._n = 0.0
+
+    def __repr__(self) -> str:
+        rate = "off" if self.rate is None else f"{self.rate * 60:.1f}/min"
+        learned = "?" if self.anchor is None else f"{self.anchor * 60:.1f}/min"
+        phase = "searching" if self.searching else f"n={self._n:.0f}"
+        return (
+            f"<AdaptiveRate rate={rate} learned={learned} {phase} cuts={self.cuts} "
+            f"throttles={self.throttles}>"
+        )
+
+
+def _keep(times: deque[float], now: float, horizon: float) -> None:
+    """Append ``now`` and drop the times older than ``horizon`` seconds before it."""
+    times.append(now)
+    while times[0] < now - horizon:
+        times.popleft()

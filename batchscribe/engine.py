@@ -35,7 +35,13 @@ from yarl import URL
 from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration, plausible_seconds
 from batchscribe.clock import Clock, LoopClock
-from batchscribe.control import AdaptiveConcurrency, ConcurrencyLimit, Pacer, PoolPause
+from batchscribe.control import (
+    AdaptiveConcurrency,
+    AdaptiveRate,
+    ConcurrencyLimit,
+    Pacer,
+    PoolPause,
+)
 from batchscribe.errors import (
     EXIT_ABORTED,
     EXIT_BUDGET,
@@ -95,6 +101,9 @@ _T = TypeVar("_T")
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
+#: Seconds of nothing but 429s from the service after which a 429 spends an item's attempts
+#: again (a quota used up answers 429 forever: the run must still end).
+RATE_PATIENCE = 600.0
 _READ_BATCH = 256  # manifest entries taken from the reader thread at a time
 
 
@@ -304,14 +313,25 @@ class Engine:
             )
         self.limit = ConcurrencyLimit(self.summary.concurrency)
         self.pacer = Pacer(self.clock)
+        # The default rate control (AdaptiveRate): off until the first 429, then it paces
+        # starts at a learnt rate; made in run(), once the hint beside the results is read.
+        self.rater = AdaptiveRate(self.clock)
+        self._answered_at = 0.0  # clock time of the service's last answer other than a 429
         self._sending = 0  # requests past _acquire and not yet answered
         self._small_reads = _SmallReads()
-        # --rate: a leaky bucket of two starts draining at `rate`: starts go 1/rate apart with
-        # no volley after an idle spell, and a minute never sees more than 60 * rate + 2. (A
-        # bucket of one loses each wake-up's lateness, ~5% of the rate at 50/s: measured.)
+        # --rate: the pacer, starts evenly 1/rate apart (it credits a timer's lateness, so no
+        # throughput is lost to it). Not aiolimiter's bucket of two any more: two starts at once
+        # are refused by a server bucket of one (Pulse's 25/min), and each refusal taught the
+        # learned rate to go lower (measured: 0.19 of 25/min). --rate-store keeps aiolimiter.
         self.rate_limiter: Acquirer | None = None
         self._shared_rate: SharedRate | None = None
-        if options.rate:
+        self._fixed_rate = options.rate if not options.rate_store else None
+        self.pacer.rate = self._fixed_rate
+        if self._fixed_rate is not None:
+            # The user knows the limit: a 429 cuts from it, not from a search down from the
+            # send rate (which a refusal at exactly the limit would start).
+            self.rater = AdaptiveRate(self.clock, hint=self._fixed_rate)
+        if options.rate and options.rate_store:
             from aiolimiter import AsyncLimiter
 
             self.rate_limiter = AsyncLimiter(2, 2 / options.rate)
@@ -363,6 +383,8 @@ class Engine:
             raise ConfigError(str(exc)) from None
         # The endpoint's query may hold a token: a server echoing it must not get it written.
         secrets = [options.api_key, *url_secrets(options.endpoint)]
+        self._answered_at = self.clock.now()
+        self._load_hint()
         store = ResultsStore(options.out, secrets=secrets)
         # ResultsBusy / ConfigError propagate from here: nothing is written.
         self._resume = store.open(fingerprints=options.rescan_changed)
@@ -402,6 +424,7 @@ class Engine:
         finally:
             if self._shared_rate is not None:
                 await self._shared_rate.close()
+            self._save_hint()
             self.summary.wall_seconds = time.monotonic() - started
             self._finish_summary()
             await self._close(emulator)
@@ -644,7 +667,7 @@ class Engine:
                 # No pause, rate or pacer, and a free slot: nothing to wait for (and so no
                 # moment a stop could cancel), as _acquire would find after two awaits.
                 self._between.discard(worker)  # (there after a retry's backoff)
-                started = self.clock.now() if self.controller is not None else 0.0
+                started = self.clock.now()
             else:
                 self._between.add(worker)
                 try:
@@ -652,6 +675,7 @@ class Engine:
                 finally:
                     self._between.discard(worker)
             self._sending += 1
+            self.rater.on_start(started)
             try:
                 attempts += 1
                 outcome = await self._send(item, params, size)
@@ -660,8 +684,7 @@ class Engine:
             finally:
                 self.limit.release()
                 self._sending -= 1
-            if self.controller is not None:
-                self._adapt(started, outcome)
+            self._adapt(started, outcome)
             if outcome.verdict is Verdict.RETRY:
                 delay = outcome.delay
                 if delay is not None and delay <= self.policy.max_retry_wait:
@@ -682,6 +705,7 @@ class Engine:
             outcome = await call_with_retry(
                 attempt, self.policy, self.clock, rng=self._rng,
                 on_retry=lambda n, err, delay: self._on_retry(item, n, err, delay),
+                free=self._paced,
             )  # fmt: skip
         except GiveUp as give_up:
             last = give_up.error.outcome
@@ -721,10 +745,17 @@ class Engine:
         """No pool pause was ever set and no --rate or pacer rate holds starts."""
         return not self.pause.pauses and self.rate_limiter is None and self.pacer.rate is None
 
+    def _paced(self, error: RetryableError) -> bool:
+        """A 429 spends none of the item's attempts while the service keeps answering (any
+        other answer in the last RATE_PATIENCE seconds): it is the service pacing the run."""
+        return (
+            error.outcome.http_status == 429
+            and self.clock.now() - self._answered_at < RATE_PATIENCE
+        )
+
     async def _acquire(self) -> float:
         """Wait for a pool-wide pause to end, a free slot and the turn to start (``--rate``,
-        the adaptive pacer), re-checking the pause; return the clock time of the start (read
-        only for the adaptive controller, 0.0 without it)."""
+        the learnt rate's pacer), re-checking the pause; return the clock time of the start."""
         pause = self.pause
         while True:
             if pause.pauses:  # (no clock reads on the per-item path until a first pause)
@@ -739,24 +770,78 @@ class Engine:
                 self.limit.release()
                 raise
             if not pause.pauses or pause.remaining <= 0:
-                return self.clock.now() if self.controller is not None else 0.0
+                return self.clock.now()
             self.limit.release()
 
     def _adapt(self, started: float, outcome: Outcome) -> None:
-        """Feed one answer to the adaptive controller and apply its limit and start rate."""
+        """Feed one answer to the rate control (and the adaptive concurrency controller) and
+        apply their limit and start rate: the pacer takes the lower of their rates."""
+        status = outcome.http_status
+        if status is not None and status != 429:
+            self._answered_at = self.clock.now()
+        rater = self.rater
+        changed = rater.on_response(started, status)
+        rate = rater.rate
         controller = self.controller
-        assert controller is not None
-        # Requests truly sending (not slot holders waiting for their turn), this one included.
-        if controller.on_response(started, outcome.http_status, self._sending + 1):
-            limit = controller.limit
-            self.limit.set_limit(limit)
-            summary = self.summary
-            summary.concurrency = limit
-            summary.concurrency_low = controller.low
-            summary.concurrency_high = controller.high
-            self._emit(LimitChanged(limit, controller.rate))
-        self.summary.overload_cuts = controller.cuts
-        self.pacer.rate = controller.rate
+        if controller is not None:
+            # Requests truly sending (not slot holders waiting for their turn), this one too.
+            if controller.on_response(started, status, self._sending + 1):
+                limit = controller.limit
+                self.limit.set_limit(limit)
+                summary = self.summary
+                summary.concurrency = limit
+                summary.concurrency_low = controller.low
+                summary.concurrency_high = controller.high
+                changed = True
+            self.summary.overload_cuts = controller.cuts
+            if controller.rate is not None:
+                rate = controller.rate if rate is None else min(rate, controller.rate)
+        if self._fixed_rate is not None:
+            rate = self._fixed_rate if rate is None else min(rate, self._fixed_rate)
+        self.summary.throttled = rater.throttles
+        self.summary.learned_rate = rater.learned
+        if changed:
+            self._emit(LimitChanged(self.limit.limit, rate, rater.learned))
+        self.pacer.rate = rate
+
+    def _hint_scope(self) -> str:
+        """What a learnt rate belongs to: the endpoint (no query: it may hold a token) and the
+        model (Pulse's limit is per model)."""
+        return f"{public_url(self._endpoint).split('?')[0]} model={self.options.params.model}"
+
+    def _load_hint(self) -> None:
+        """Start from the rate the last run on these results learnt (a hint: re-probed)."""
+        if self.options.emulate:
+            return  # (a new emulator, on a new port, each run)
+        from batchscribe.ratestore import load_hint
+
+        hint = load_hint(self.options.out, self._hint_scope(), time.time())
+        if hint is not None and self._fixed_rate is not None:
+            hint = min(hint, self._fixed_rate)
+        if hint is not None:
+            self.rater = AdaptiveRate(self.clock, hint=hint)
+            rate = self.rater.rate
+            if self._fixed_rate is not None and rate is not None:
+                rate = min(rate, self._fixed_rate)
+            self.pacer.rate = rate
+            self.summary.learned_rate = hint
+            self._notice("info", f"starting at the rate learnt last time: ~{hint * 60:.0f}/min")
+
+    def _save_hint(self) -> None:
+        """Keep the learnt rate beside the results; forget it when the service took far more
+        than it without a single 429 (the plan was raised)."""
+        rater = self.rater
+        if self.options.emulate or (rater.learned is None and rater.hint is None):
+            return
+        from batchscribe.ratestore import save_hint
+
+        if rater.throttles:
+            learned = rater.learned
+        elif rater.hint is not None and (rater.rate or 0.0) > 2 * rater.hint:
+            learned = None
+        else:
+            return
+        save_hint(self.options.out, self._hint_scope(), learned, time.time())
 
     async def _send(self, item: Item, params: PulseParams, size: int) -> Outcome:
         """One HTTP exchange, classified. Transport failures become retryable outcomes.

@@ -83,10 +83,12 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class LimitChanged:
-    """``--concurrency auto`` moved the in-flight limit; ``rate`` is the start rate (or None)."""
+    """The in-flight limit (``--concurrency auto``) or the start rate moved: ``rate`` is the
+    pacing rate in starts per second (None: unpaced), ``learned`` the rate limit learnt."""
 
     limit: int
     rate: float | None
+    learned: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,8 @@ class Summary:
     concurrency_low: int = 0  # with adaptive: the lowest and highest limit of the run
     concurrency_high: int = 0
     overload_cuts: int = 0  # with adaptive: times the limit was cut on a 429/503
+    throttled: int = 0  # requests answered 429
+    learned_rate: float | None = None  # the rate limit learnt from 429s, in starts per second
     exit_code: int = 0
     sample: str | None = None  # the first transcript of the run, for people to see it work
 
@@ -167,6 +171,10 @@ class Summary:
             "aborted": self.aborted,
             "budget_reached": self.budget_reached,
             "concurrency": self.concurrency,
+            "throttled": self.throttled,
+            "learned_per_minute": (
+                None if self.learned_rate is None else round(self.learned_rate * 60, 2)
+            ),
             "exit_code": self.exit_code,
             **(
                 {
@@ -199,6 +207,9 @@ class Summary:
                 f"concurrency: auto, ended at {self.concurrency} (range {self.concurrency_low}"
                 f"-{self.concurrency_high}; cut {self.overload_cuts} time(s) on 429/503)"
             )
+        if self.learned_rate is not None or self.throttled:
+            out.append(f"rate: {learned_text(self.learned_rate)}; {self.throttled} request(s) "
+                       f"answered 429")  # fmt: skip
         if self.sample:
             out.append(f"first transcript: {self.sample}")
         if self.skipped_failed:
@@ -212,6 +223,16 @@ class Summary:
         if self.budget_reached:
             out.append("budget reached with work left: run the same command again to continue")
         return out
+
+
+def learned_text(per_second: float | None) -> str:
+    """``~25/min learned`` (per second above 100 a minute), or ``not learned yet``."""
+    if per_second is None:
+        return "not learned yet"
+    per_minute = per_second * 60
+    if per_minute >= 100:
+        return f"~{per_second:.3g}/s learned"
+    return f"~{per_minute:.3g}/min learned"
 
 
 class EventBus:

@@ -27,6 +27,7 @@ from batchscribe.events import (
     RunFinished,
     RunStarted,
     TotalKnown,
+    learned_text,
 )
 
 
@@ -128,6 +129,7 @@ class Progress:
         self._total: int | None = None
         self.done = self.ok = self.failed = self.retries = self.skipped = self.submitted = 0
         self.limit: int | None = None  # with --concurrency auto: the current in-flight limit
+        self.learned: float | None = None  # the rate limit learnt (starts per second)
         self._started = time.monotonic()
         self._last_log = self._started
         self._last_refresh = 0.0
@@ -150,6 +152,7 @@ class Progress:
             self._total = event.pending
         elif isinstance(event, LimitChanged):
             self.limit = event.limit
+            self.learned = event.learned
 
     def __call__(self, event: Event) -> None:
         self.count(event)
@@ -194,7 +197,7 @@ class Progress:
                 self._last_refresh = now
                 self._bar.set_postfix_str(
                     f"ok={self.ok}{self._submitted()} failed={self.failed} "
-                    f"retries={self.retries}{self._limit()}",
+                    f"retries={self.retries}{self._limit()}{self._learned()}",
                     refresh=False,
                 )
         elif now - self._last_log >= self.interval:
@@ -213,7 +216,7 @@ class Progress:
         return (
             f"batchscribe: {self.done}/{total} ok={self.ok}{self._submitted()} "
             f"failed={self.failed} "
-            f"retries={self.retries}{self._limit()} rate={rate:.1f}/s{eta}"
+            f"retries={self.retries}{self._limit()} rate={rate:.1f}/s{eta}{self._learned()}"
         )
 
     def _submitted(self) -> str:
@@ -221,6 +224,9 @@ class Progress:
 
     def _limit(self) -> str:
         return "" if self.limit is None else f" limit={self.limit}"
+
+    def _learned(self) -> str:
+        return "" if self.learned is None else f" (rate: {learned_text(self.learned)})"
 
     def _write(self, text: str) -> None:
         if self._bar is not None:

@@ -9,6 +9,9 @@ as the per-process limiter, and the engine calls it at the same place.
 If Redis cannot be reached (at start or mid-run) the process warns once and goes on with its
 ``fallback`` limiter at R/N (N the shard count), so the fleet still keeps within R; it tries
 Redis again every ``retry_interval`` seconds and shares the budget again once it answers.
+
+The rate a run *learnt* (without ``--rate``) is kept beside its results file
+(:func:`save_hint`, ``OUT.rate.json``) for the next run on it to start from (:func:`load_hint`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from urllib.parse import urlsplit, urlunsplit
 from batchscribe.clock import Clock, LoopClock
 from batchscribe.errors import ConfigError
 
-__all__ = ["Acquirer", "SharedRate", "check_url", "redacted_url", "store_key", "window_for"]
+__all__ = [
+    "Acquirer",
+    "SharedRate",
+    "check_url",
+    "hint_path",
+    "load_hint",
+    "redacted_url",
+    "save_hint",
+    "store_key",
+    "window_for",
+]
 
 #: Seconds a Redis call may take before the store counts as unreachable.
 STORE_TIMEOUT = 2.0
@@ -322,3 +335,56 @@ def _describe(exc: BaseException) -> str:
     inner = getattr(exc, "storage_error", None) or exc
     text = " ".join(str(inner).split())[:160]
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+# ------------------------------------------------------------------------------ learned rate
+#: Hints older than this are ignored (a plan may have changed since).
+HINT_MAX_AGE = 30 * 86400.0
+#: Hints outside this range (starts per second) are ignored as absurd: under 6 a minute a
+#: stale-low hint would cost more to probe up from than a cold start costs to find the limit.
+HINT_RANGE = (0.1, 10_000.0)
+
+
+def hint_path(out: str) -> str:
+    """Where the rate learnt by runs on results file ``out`` is kept: ``OUT.rate.json``."""
+    return f"{out}.rate.json"
+
+
+def load_hint(out: str, scope: str, now: float) -> float | None:
+    """The rate (starts per second) the last run on ``out`` learnt for ``scope`` (the endpoint
+    and model: the limit is per model), or None when there is none, it is for another scope,
+    older than :data:`HINT_MAX_AGE`, absurd, or unreadable. Only ever a hint: the controller
+    re-probes from it."""
+    import orjson
+
+    try:
+        with open(hint_path(out), "rb") as f:
+            doc = orjson.loads(f.read(4096))
+        rate = float(doc["per_minute"]) / 60
+        if doc["scope"] != scope or not 0 <= now - float(doc["learned_at"]) <= HINT_MAX_AGE:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rate if HINT_RANGE[0] <= rate <= HINT_RANGE[1] else None
+
+
+def save_hint(out: str, scope: str, per_second: float | None, now: float) -> None:
+    """Keep ``per_second`` for the next run on ``out`` (None: forget the hint). Best effort:
+    written whole (a temporary file renamed over it) and never an error for the run."""
+    import os
+
+    import orjson
+
+    path = hint_path(out)
+    try:
+        if per_second is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        doc = {"scope": scope, "per_minute": round(per_second * 60, 3), "learned_at": now}
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(doc) + b"\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass

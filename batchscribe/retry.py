@@ -5,6 +5,10 @@ The server's delay always wins: when a response names a delay (``Retry-After``,
 longer than ``max_retry_wait`` fails the item instead of waiting. Otherwise the wait is an
 exponential backoff with jitter (1 s doubling, capped at 60 s), as the official SDK does.
 
+A failure the caller marks *free* (the engine: a 429 while the service keeps answering) spends
+none of the item's attempts and waits only its server delay or a first backoff: a 429 is the
+service pacing the run, and the rate controller, not the item, answers it.
+
 The first attempt runs outside tenacity: most items succeed at once and should not pay for the
 retry machinery on the per-item path, nor a run without a retry for importing it.
 """
@@ -71,6 +75,9 @@ def wait_for(
 
 
 OnRetry = Callable[[int, RetryableError, float], None]
+#: ``free(error)``: True when this failure spends none of the item's attempts (a 429 while the
+#: service keeps answering: the service pacing the run, not a fault of the item).
+Free = Callable[[RetryableError], bool]
 
 
 async def call_with_retry(
@@ -80,33 +87,54 @@ async def call_with_retry(
     *,
     rng: random.Random | None = None,
     on_retry: OnRetry | None = None,
+    free: Free | None = None,
 ) -> T:
     """Run ``attempt`` until it returns, retrying on :class:`RetryableError`.
 
-    Raises :class:`GiveUp` when attempts run out or the server asks for too long a delay;
-    any other exception propagates at once.
+    A failure ``free`` accepts spends no attempt: it is retried after its server delay (or a
+    first backoff) however many came before. Raises :class:`GiveUp` when attempts run out or
+    the server asks for too long a delay; any other exception propagates at once.
     """
     rng = rng or random.Random()
+    spent = 0  # failures that spent an attempt
+
+    def charge(error: RetryableError) -> int:
+        """Count ``error`` (unless free); the backoff step for the wait after it."""
+        nonlocal spent
+        if free is not None and free(error):
+            return 1
+        spent += 1
+        return spent
+
     try:
         return await attempt()
     except RetryableError as first:
-        if policy.max_attempts <= 1:
+        step = charge(first)
+        if spent >= policy.max_attempts:
             raise GiveUp(first, "no attempts left") from None
-        delay = _checked_wait(policy, 1, first, rng)
+        delay = _checked_wait(policy, step, first, rng)
         if on_retry is not None:
             on_retry(1, first, delay)
         await clock.sleep(delay)
 
     from tenacity import AsyncRetrying, retry_if_exception_type
 
+    steps: dict[int, int] = {}  # attempt number -> backoff step, charged once per failure
+
+    def step_of(state: RetryCallState) -> int:
+        if state.attempt_number not in steps:
+            steps[state.attempt_number] = charge(_failure(state))
+        return steps[state.attempt_number]
+
     def stop(state: RetryCallState) -> bool:
-        return state.attempt_number >= policy.max_attempts - 1
+        step_of(state)
+        return spent >= policy.max_attempts
 
     def wait(state: RetryCallState) -> float:
         # tenacity asks for the wait before it asks whether to stop: no wait for a last attempt.
         if stop(state):
             return 0.0
-        return _checked_wait(policy, state.attempt_number + 1, _failure(state), rng)
+        return _checked_wait(policy, step_of(state), _failure(state), rng)
 
     def before_sleep(state: RetryCallState) -> None:
         # Runs only when a retry will really happen (after the stop check).

@@ -13,7 +13,17 @@ Halving cases change the emulator's limit at T/2 while the run goes on, and repo
 takes to get back under the new limit (the end of the last 1 s window with more than 5% 429s),
 in seconds and in round trips, and the throughput after that against the new limit.
 
+The 25/min cases (Pulse's Standard plan) run batchscribe with *default options* against a
+token bucket of 25 requests/min with a burst of one, answer times 0.3, 1.5 and 8 s, with and
+without a delay header, and one with the limit changed mid-run from 25 to 12/min; beside them
+``--rate 25/min``, a run that knows the limit. Real 25/min runs take minutes each, so by default
+they are time-scaled by 10: the limit is 250/min and the answers 0.03, 0.15 and 0.8 s, which
+keeps every ratio (starts per answer time, round trips per gap) of the real case; the figures
+are shares of the limit, the same in either. ``--real-time`` runs them at 25/min (10 minutes
+each).
+
     python benchmarks/ratelimit.py [--seconds 40] [--warmup 10] [--quick] [--only NAME]
+    python benchmarks/ratelimit.py --only-25 [--real-time]
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ class Scenario:
     limit: float  # successful requests per second the server allows
     halve: bool = False
     args: tuple[str, ...] = ("--concurrency", "auto")
+    latency_ms: float = LATENCY_MS
+    change_to: float | None = None  # the limit's new value at half time (requests/s)
 
 
 SCENARIOS = [
@@ -55,6 +67,25 @@ SCENARIOS = [
     ),
     Scenario("--rate 50 -j 64, no server limit", {}, 50.0, args=("-j", "64", "--rate", "50")),
 ]
+
+
+def per_minute_25(scale: float) -> list[Scenario]:
+    """The 25/min cases, time-scaled by ``scale`` (10: 250/min, answers a tenth as long)."""
+    limit = 25 / 60 * scale
+    out = []
+    for answer in (0.3, 1.5, 8.0):
+        for headers in (False, True):
+            name = f"25/min, {answer:g} s answers, {'retry-after-ms' if headers else 'no header'}"
+            config = {"rate_limit": limit, "rate_headers": headers}
+            out.append(Scenario(name, config, limit, args=(), latency_ms=answer * 1000 / scale))
+    out.append(Scenario("25/min -> 12/min, 1.5 s answers, no header",
+                        {"rate_limit": limit, "rate_headers": False}, limit, args=(),
+                        latency_ms=1500 / scale, change_to=12 / 60 * scale))  # fmt: skip
+    fixed = ("--rate", f"{25 * scale:g}/min")
+    out.append(Scenario("25/min, 1.5 s answers, no header, --rate 25/min",
+                        {"rate_limit": limit, "rate_headers": False}, limit,
+                        args=fixed, latency_ms=1500 / scale))  # fmt: skip
+    return out
 
 
 def make_manifest(root: Path, n: int) -> Path:
@@ -104,7 +135,9 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
     from batchscribe.emulator import EmulatorConfig, EmulatorThread
 
     n = int(scenario.limit * seconds * 1.5) + 200
-    config = EmulatorConfig(key=BENCH_KEY, latency_ms=LATENCY_MS, jitter_ms=20, **scenario.config)
+    jitter = min(20.0, scenario.latency_ms / 10)
+    config = EmulatorConfig(key=BENCH_KEY, latency_ms=scenario.latency_ms, jitter_ms=jitter,
+                            **scenario.config)  # fmt: skip
     samples: list[tuple[float, int, int, int]] = []
     stop = threading.Event()
     with workdir("bench-ratelimit-") as root, EmulatorThread(config) as emulator:
@@ -112,7 +145,10 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
         sampler = threading.Thread(target=sample, args=(emulator, stop, samples), daemon=True)
         change_at = seconds / 2
         timer = None
-        if scenario.halve:
+        if scenario.change_to is not None:
+            changed = dataclasses.replace(config, rate_limit=scenario.change_to)
+            timer = threading.Timer(change_at, lambda: setattr(emulator, "config", changed))
+        elif scenario.halve:
             halved = dataclasses.replace(config)
             if "rate_limit" in scenario.config:
                 halved.rate_limit = scenario.config["rate_limit"] / 2
@@ -135,9 +171,13 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
             timer.cancel()
     if result.code not in (0, 4):
         raise SystemExit(f"{scenario.name}: exit {result.code}\n{result.stdout}{result.stderr}")
-    auto_line = next((line for line in result.stdout.splitlines() if "concurrency: auto" in line),
+    auto_line = next((line for line in result.stdout.splitlines()
+                      if "concurrency: auto" in line or line.startswith("rate: ")),
                      " ".join(scenario.args))  # fmt: skip
-    if "--rate" in scenario.args:
+    if "--rate" in scenario.args and scenario.config:
+        # --rate against a server limit: the same figures as the learning runs.
+        pass
+    elif "--rate" in scenario.args:
         # Request starts per second as the server counted them (whole seconds of the run).
         full = per_second[1:-1]
         mean = sum(full) / len(full)
@@ -148,6 +188,16 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
     end = min(seconds, samples[-1][0])
     total = samples[-1]
     all_share = total[2] / total[3] if total[3] else 0.0
+    if scenario.change_to is not None:
+        before, share_before = window(samples, warmup, change_at)
+        settle = settle_time(samples, change_at, end)
+        after, share_after = window(samples, change_at + settle, end)
+        new_limit = scenario.change_to
+        return [scenario.name, f"{scenario.limit * 60:.0f} -> {new_limit * 60:.0f}/min",
+                f"{before * 60:.1f} -> {after * 60:.1f}/min",
+                f"{before / scenario.limit:.3f} -> {after / new_limit:.3f}",
+                f"{share_before:.2%} -> {share_after:.2%}", f"{all_share:.2%}", "",
+                f"{settle:.1f} s", auto_line.strip()]  # fmt: skip
     if not scenario.halve:
         throughput, share = window(samples, warmup, end)
         early, _ = window(samples, 0.0, warmup)
@@ -172,11 +222,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds not counted")
     parser.add_argument("--quick", action="store_true", help="20 s runs, 6 s warm-up")
     parser.add_argument("--only", action="append", help="scenario names to run")
+    parser.add_argument("--only-25", action="store_true", help="only the 25/min cases")
+    parser.add_argument("--real-time", action="store_true",
+                        help="the 25/min cases at 25/min (10 min each), not scaled")  # fmt: skip
     ns = parser.parse_args()
     seconds, warmup = (20.0, 6.0) if ns.quick else (ns.seconds, ns.warmup)
+    scale = 1.0 if ns.real_time else 10.0
+    if ns.only_25:
+        # 60 s scaled = 10 real minutes; the first 12 s (2 real minutes) are the warm-up.
+        seconds, warmup = 600.0 / scale, 120.0 / scale
+        scenarios = per_minute_25(scale)
+    else:
+        scenarios = SCENARIOS
     print(f"# ratelimit  {machine()}  latency={LATENCY_MS:g} ms  run={seconds:g} s "
           f"warm-up={warmup:g} s")  # fmt: skip
-    rows = [run(s, seconds, warmup) for s in SCENARIOS if not ns.only or s.name in ns.only]
+    rows = [run(s, seconds, warmup) for s in scenarios if not ns.only or s.name in ns.only]
     print()
     print(table(rows, ["limit", "allowed/s", "ok/s", "ok/limit (>=0.90)", "429 share (<5%)",
                        "429 share, whole run", "warm-up ok/limit", "back under",

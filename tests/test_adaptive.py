@@ -11,7 +11,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from conftest import read_results
 
 from batchscribe.cli import build_parser, main
 from batchscribe.clock import FakeClock, settle
@@ -220,17 +222,18 @@ def options(**kwargs: Any) -> RunOptions:
     return RunOptions(sources=["unused.jsonl"], out="unused.results.jsonl", api_key="k", **kwargs)
 
 
-async def test_rate_lets_two_starts_through_then_spaces_the_rest() -> None:
-    """--rate holds starts in aiolimiter's bucket of two: of five ready starts two go now."""
+async def test_rate_lets_one_start_through_then_spaces_the_rest() -> None:
+    """--rate spaces starts evenly: of five ready starts one goes now (a server bucket of one
+    refuses two at once)."""
     engine = Engine(options(concurrency=8, rate=0.001))  # one start per 1000 s
     tasks = [asyncio.create_task(engine._acquire()) for _ in range(5)]
     await settle()
-    assert sum(task.done() for task in tasks) == 2
+    assert sum(task.done() for task in tasks) == 1
     assert engine.limit.in_flight == 5  # slots are held while waiting for the turn
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert engine.limit.in_flight == 2  # a cancelled wait gives its slot back
+    assert engine.limit.in_flight == 1  # a cancelled wait gives its slot back
 
 
 async def test_without_rate_only_the_concurrency_limit_holds_starts() -> None:
@@ -372,3 +375,90 @@ async def test_small_reads_leave_the_event_loop_while_storage_is_slow(tmp_path: 
     for _ in range(60):
         reads._note(0.00001)
     assert reads.inline
+
+
+# ------------------------------------------------------------------- an unknown rate limit
+# 25 requests per 4 s (Pulse's 25/min, 15 times faster: the suite stays fast) with a burst of
+# one and short answers. Wide bounds: the machine may be loaded; the exact checks are on the
+# fake clock (test_control.py).
+FAST_25 = 25 / 4
+
+
+@pytest.mark.parametrize("headers", [False, True])
+def test_default_run_holds_an_unknown_rate_limit_without_failing_items(
+    emulator: Any, make_archive: Any, tmp_path: Path, run_cli: Any, headers: bool
+) -> None:
+    """Default options against an unknown rate limit: no item fails by 429s, few 429s, near
+    the limit, and the summary names the rate it learnt."""
+    emu = emulator(rate_limit=FAST_25, rate_headers=headers, latency_ms=40)
+    archive = make_archive(tmp_path, 60)
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+                   "--no-progress", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = read_results(out)[0]
+    assert len(records) == 60 and all(r["status"] == "ok" for r in records)
+    stats = emu.stats()
+    refused = stats["statuses"].get("429", 0)
+    assert refused <= 0.25 * stats["requests"], stats["statuses"]  # (cold start included)
+    assert "/min learned" in proc.stdout + proc.stderr or "/s learned" in proc.stdout + proc.stderr
+    run = read_results(out)[1][-1]
+    assert run["throttled"] == refused
+    # Near the limit over the whole run (learning included), with a wide bound for a busy box.
+    assert run["wall_seconds"] <= 60 / (0.5 * FAST_25)
+
+
+def test_429s_spend_no_attempts(
+    emulator: Any, make_archive: Any, tmp_path: Path, run_cli: Any
+) -> None:
+    """With --max-attempts 1, items refused by a rate limit are sent again, not failed."""
+    emu = emulator(rate_limit=FAST_25, rate_headers=False, latency_ms=20)
+    archive = make_archive(tmp_path, 12)
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint(),
+                   "--max-attempts", "1", "--no-progress")  # fmt: skip
+    assert emu.stats()["statuses"].get("429", 0) >= 1  # the limit was met
+    assert proc.returncode == 0, proc.stderr
+    assert all(r["status"] == "ok" for r in read_results(out)[0])
+
+
+def test_the_next_run_starts_from_the_rate_learnt_beside_the_results(
+    emulator: Any, make_archive: Any, tmp_path: Path, run_cli: Any
+) -> None:
+    """A run keeps the learnt rate in RESULTS.rate.json; the next run on it starts paced there."""
+    emu = emulator(rate_limit=FAST_25, rate_headers=False, latency_ms=20)
+    first = make_archive(tmp_path / "a", 30)
+    out = tmp_path / "r.jsonl"
+    proc = run_cli("run", first.manifest, "--out", out, "--endpoint", emu.endpoint(),
+                   "--no-progress", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hint = orjson.loads((tmp_path / "r.jsonl.rate.json").read_bytes())
+    assert 0.3 * FAST_25 * 60 <= hint["per_minute"] <= 2 * FAST_25 * 60  # (30 items: rough)
+    before = emu.stats()["statuses"].get("429", 0)
+    second = make_archive(tmp_path / "b", 30)
+    proc = run_cli("run", second.manifest, "--out", out, "--endpoint", emu.endpoint(),
+                   "--no-progress", timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "rate learnt last time" in proc.stderr
+    # No cold start (8 at once, then a search): a paced start costs a few probes at most.
+    assert emu.stats()["statuses"].get("429", 0) - before <= 4
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("25/min", 25 / 60), ("0.5/s", 0.5), ("1000/h", 1000 / 3600), ("2", 2.0), ("3/m", 0.05)],
+)
+def test_rate_accepts_units(text: str, per_second: float) -> None:
+    """--rate reads 25/min, 0.5/s, 1000/h; a bare number is per second, as it always was."""
+    from batchscribe.cli import parse_rate
+
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["25/week", "fast", "0/min", "-1/s", "nan/s", "inf"])
+def test_rate_refuses_what_is_not_a_rate(text: str) -> None:
+    """A unit we do not know, zero, negative or not a number: ValueError (exit 2 in the CLI)."""
+    from batchscribe.cli import parse_rate
+
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)

@@ -1,13 +1,15 @@
-"""Concurrency and pool-wide pause, on a fake clock."""
+"""Concurrency, pool-wide pause and the learned start rate, on a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
+import ratesim
 
 from batchscribe.clock import FakeClock, settle
-from batchscribe.control import ConcurrencyLimit, PoolPause
+from batchscribe.control import AdaptiveRate, ConcurrencyLimit, PoolPause
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:
@@ -123,3 +125,106 @@ async def test_take_free_takes_only_a_free_slot_nobody_waits_for() -> None:
     assert not limit.take_free()
     await settle()
     assert waiter.done() and limit.in_flight == 2 and limit.max_in_flight == 2
+
+
+# ------------------------------------------------------------------------ the learned rate
+# Against a token bucket of 25/min with a burst of one (Pulse's Standard plan as the emulator
+# models it): one start per 2.4 s, whatever the answer time. On the fake clock: exact, no sleeps.
+
+PER_MIN_25 = 25 / 60
+
+
+def _ok_share(result: ratesim.SimResult, limit: float, t0: float, t1: float) -> float:
+    return result.ok_between(t0, t1) / ((t1 - t0) * limit)
+
+
+def _refused_share(result: ratesim.SimResult, t0: float, t1: float) -> float:
+    ok, refused = result.ok_between(t0, t1), result.refused_between(t0, t1)
+    return refused / (ok + refused)
+
+
+@pytest.mark.parametrize("latency", [0.3, 1.5, 8.0])
+@pytest.mark.parametrize("headers", [False, True])
+async def test_default_control_learns_25_per_minute_and_holds_it(
+    latency: float, headers: bool
+) -> None:
+    """From no knowledge, 8 workers hold >= 0.9 of 25/min with <= 5% 429s after 2 minutes."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: latency, seconds=900.0, headers=headers
+    )
+    assert _ok_share(result, PER_MIN_25, 120.0, 900.0) >= 0.9
+    assert _refused_share(result, 120.0, 900.0) <= 0.05
+    assert result.controller is not None and result.controller.learned is not None
+    assert 24 <= result.controller.learned * 60 <= 28
+
+
+@pytest.mark.parametrize("hint_per_min", [25.0, 50.0, 12.5])
+async def test_a_hint_starts_paced_and_a_stale_one_is_reprobed(hint_per_min: float) -> None:
+    """A hint (right, twice too high, half too low) costs little: whole run >= 0.88, <= 4% 429s."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: 1.5, seconds=900.0, hint=hint_per_min / 60
+    )
+    assert _ok_share(result, PER_MIN_25, 0.0, 900.0) >= 0.88
+    assert _refused_share(result, 0.0, 900.0) <= 0.04
+
+
+async def test_a_limit_lowered_mid_run_is_learnt_again() -> None:
+    """25/min dropping to 12/min: within 2 minutes the run holds >= 0.8 of 12/min again."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: 1.5, seconds=1200.0, change=(600.0, 12 / 60)
+    )
+    assert _ok_share(result, 12 / 60, 720.0, 1200.0) >= 0.8
+    assert _refused_share(result, 720.0, 1200.0) <= 0.05
+    assert result.controller is not None and result.controller.learned is not None
+    assert 11 <= result.controller.learned * 60 <= 14
+
+
+def test_the_rate_is_off_until_the_first_429() -> None:
+    """An unlimited service is never paced: the default control costs nothing without 429s."""
+    clock = FakeClock()
+    rater = AdaptiveRate(clock)
+    for _ in range(1000):
+        rater.on_start(clock.now())
+        assert not rater.on_response(clock.now(), 200)
+    assert rater.rate is None and rater.learned is None
+
+
+def test_the_first_429_halves_the_send_rate_of_the_last_second() -> None:
+    """Unpaced, a 429 paces at half the starts of the last second, then halves per refusal."""
+    clock = FakeClock()
+    rater = AdaptiveRate(clock)
+    for _ in range(8):
+        rater.on_start(clock.now())
+    assert rater.on_response(clock.now(), 429)
+    assert rater.rate == 4.0 and rater.searching
+    # A refusal of a request started before that cut is the same event: no second cut.
+    assert not rater.on_response(clock.now() - 0.1, 429)
+    assert rater.rate == 4.0
+    rater.on_response(clock.now(), 429)
+    assert rater.rate == 2.0
+    # A start that goes through ends the search between 2/s (through) and 4/s (refused).
+    rater.on_response(clock.now(), 200)
+    assert not rater.searching
+    assert rater.rate == pytest.approx(math.sqrt(8) * (1 - rater.margin))
+
+
+def test_a_transport_failure_teaches_nothing() -> None:
+    """No answer (status None) leaves the rate alone."""
+    rater = AdaptiveRate(FakeClock(), hint=1.0)
+    before = rater.rate
+    assert not rater.on_response(0.0, None)
+    assert rater.rate == before
+
+
+def test_random_429s_never_pace_below_a_quarter_of_the_best_rate_let_through() -> None:
+    """429s that come whatever the pace (a fault profile) cannot slow a run to a crawl."""
+    clock = FakeClock(start=0.0)
+    rater = AdaptiveRate(clock)
+    # 20 s at 100 admitted starts/s, then one refusal in five, fast.
+    for k in range(2000):
+        rater.on_response(k / 100, 200)
+    for k in range(2000, 6000):
+        clock._now = k / 100  # (a pure decision: no sleeper to wake)
+        rater.on_start(clock.now())
+        rater.on_response(clock.now(), 429 if k % 5 == 0 else 200)
+    assert rater.rate is not None and rater.rate >= 100 / 4 * 0.5 ** (40 / 300)

@@ -434,3 +434,34 @@ def test_readme_states_the_retry_interval_and_the_extra() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r"^redis = \[\n(\s+\"[^\"]+\",\n)+\]", pyproject, re.M)
     assert "| `--rate-store URL` |" in text
+
+
+# ------------------------------------------------------------------------------ learned rate
+
+
+def test_a_learnt_rate_is_kept_and_read_back_for_its_scope_only(tmp_path: Path) -> None:
+    """The hint beside the results comes back for the same endpoint and model, not another."""
+    from batchscribe.ratestore import load_hint, save_hint
+
+    out = str(tmp_path / "r.jsonl")
+    save_hint(out, "https://h/v1 model=pulse", 25 / 60, now=1000.0)
+    assert load_hint(out, "https://h/v1 model=pulse", now=2000.0) == pytest.approx(25 / 60)
+    assert load_hint(out, "https://h/v1 model=pulse-pro", now=2000.0) is None
+    save_hint(out, "https://h/v1 model=pulse", None, now=3000.0)
+    assert load_hint(out, "https://h/v1 model=pulse", now=3000.0) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{", b"[]", b'{"scope": "s", "per_minute": "x", "learned_at": 0}',
+     b'{"scope": "s", "per_minute": 0.001, "learned_at": 0}',  # absurdly low
+     b'{"scope": "s", "per_minute": 1e12, "learned_at": 0}',  # absurdly high
+     b'{"scope": "s", "per_minute": 25, "learned_at": -9e9}'],  # stale
+)  # fmt: skip
+def test_a_damaged_stale_or_absurd_hint_is_ignored(tmp_path: Path, content: bytes) -> None:
+    """A hint that cannot be trusted is no hint: the run learns from scratch."""
+    from batchscribe.ratestore import hint_path, load_hint
+
+    out = str(tmp_path / "r.jsonl")
+    Path(hint_path(out)).write_bytes(content)
+    assert load_hint(out, "s", now=100.0) is None
