@@ -659,6 +659,8 @@ class Engine:
         worker = asyncio.current_task()
         assert worker is not None
 
+        elapsed = [0.0]  # the last attempt's round trip (seconds): the record's elapsed_ms
+
         async def attempt() -> Outcome:
             nonlocal attempts
             if self._stopping:
@@ -679,6 +681,7 @@ class Engine:
             try:
                 attempts += 1
                 outcome = await self._send(item, params, size)
+                elapsed[0] = self.clock.now() - started
                 if is_cloud:  # a signed URL must never reach a record or a log line
                     outcome = cloud.scrub_outcome(outcome)
             finally:
@@ -737,9 +740,9 @@ class Engine:
                 header_duration = await loop.run_in_executor(None, audio_duration, item.source)
             except asyncio.CancelledError:
                 # Stopped while reading the header: the transcript is paid for, keep it.
-                self._finish(item, record, attempts, outcome)
+                self._finish(item, record, attempts, outcome, elapsed=elapsed[0])
                 raise
-        self._finish(item, record, attempts, outcome, header_duration)
+        self._finish(item, record, attempts, outcome, header_duration, elapsed=elapsed[0])
 
     def _no_turns(self) -> bool:
         """No pool pause was ever set and no --rate or pacer rate holds starts."""
@@ -955,12 +958,17 @@ class Engine:
         attempts: int,
         outcome: Outcome,
         header_duration: float | None = None,
+        *,
+        elapsed: float | None = None,
     ) -> None:
-        """Complete the record, write it, count it, emit it."""
+        """Complete the record, write it, count it, emit it. ``elapsed``: the seconds the last
+        attempt's request took (recorded for an answered one as ``elapsed_ms``)."""
         summary = self.summary
         audio = 0.0
         record["attempts"] = attempts
         record["http_status"] = outcome.http_status
+        if outcome.http_status is not None and elapsed is not None:
+            record["elapsed_ms"] = round(elapsed * 1000)
         if outcome.verdict is Verdict.OK or outcome.verdict is Verdict.SUBMITTED:
             record["status"] = "ok" if outcome.verdict is Verdict.OK else "submitted"
             record["error"] = None

@@ -357,7 +357,7 @@ class _Tally:
         # Only a record that beats the smallest kept one can enter a full list; a later record
         # never wins a tie (its seq is larger), so "beats" is a plain `>` on the key.
         top, slow, tries = self.report.top, self.slow, self.tries
-        processing = _processing_times(responses)
+        processing = _processing_times(responses, records)
         known = processing if None not in processing else [p for p in processing if p is not None]
         if known and (len(slow) < top or max(cast(list[float], known)) > slow[0][0]):
             for i, p in enumerate(processing):
@@ -434,7 +434,7 @@ def _add_final(
     top = report.top
     if top <= 0:
         return
-    processing = _processing(response)
+    processing = _processing(response, record)
     if processing is not None and (len(slow) < top or (processing, -seq) > slow[0][:2]):
         _push(slow, (processing, -seq, _entry(record, attempts, duration, processing)), top)
     if attempts > 1 and (len(tries) < top or (attempts, -seq) > tries[0][:2]):
@@ -461,18 +461,34 @@ def _duration(record: dict[str, Any]) -> float | None:
     return None
 
 
-def _processing(response: object) -> float | None:
-    """The server's processing time (ms) in a record's ``response``, if it gave one."""
+def _processing(response: object, record: dict[str, Any] | None = None) -> float | None:
+    """The server's processing time (ms) in a record's ``response``, if it gave one (Pulse
+    Pro does); else the request's round trip as the client measured it (``elapsed_ms``)."""
     if type(response) is dict:
         meta = response.get("metadata")
         if type(meta) is dict:
-            ms = _number(meta.get("processing_time_ms"))
-            return ms if ms is None or 0 <= ms <= _MAX_MS else None
-    return None
+            ms = _ms_or_none(meta.get("processing_time_ms"))
+            if ms is not None:
+                return ms
+    return None if record is None else _ms_or_none(record.get("elapsed_ms"))
 
 
-def _processing_times(responses: list[Any]) -> list[float | None]:
-    """:func:`_processing` of each response, as C-level passes."""
+def _ms_or_none(value: object) -> float | None:
+    ms = _number(value)
+    return ms if ms is None or 0 <= ms <= _MAX_MS else None
+
+
+def _processing_times(responses: list[Any], records: list[dict[str, Any]]) -> list[float | None]:
+    """:func:`_processing` of each response and record, as C-level passes."""
+    times = _server_times(responses)
+    if None not in times:
+        return times
+    elapsed = _column(records, "elapsed_ms")
+    return [t if t is not None else _ms_or_none(e) for t, e in zip(times, elapsed, strict=True)]
+
+
+def _server_times(responses: list[Any]) -> list[float | None]:
+    """The server's ``metadata.processing_time_ms`` of each response (None where absent)."""
     metas = _column(_dicts(responses), "metadata")
     types = set(map(type, metas))
     if types <= _NONE:

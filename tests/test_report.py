@@ -999,3 +999,17 @@ def _keep_cwd() -> Iterator[None]:
     cwd = os.getcwd()
     yield
     os.chdir(cwd)
+
+
+def test_slowest_items_use_the_servers_time_else_the_clients(tmp_path: Path) -> None:
+    """Pulse answers carry no processing time: the slowest list falls back to the request's
+    elapsed_ms; a Pulse Pro record's own processing_time_ms wins over it."""
+    pro = record("pro", elapsed_ms=50, response={"metadata": {"processing_time_ms": 900}})
+    path = write(
+        tmp_path / "r.jsonl",
+        record("fast", elapsed_ms=120), record("slow", elapsed_ms=4000), pro, record("none"),
+    )  # fmt: skip
+    report = build_report([str(path)])
+    assert [(e["id"], e["processing_time_ms"]) for e in report.slowest] == [
+        ("slow", 4000.0), ("pro", 900.0), ("fast", 120.0),
+    ]  # fmt: skip
