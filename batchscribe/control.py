@@ -159,6 +159,12 @@ class Pacer:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._ticker: asyncio.Task[None] | None = None
 
+    def hold(self) -> None:
+        """Count a start as made now: the next comes a gap later. For pacing that engages
+        after a refused volley: its first start must not go at once into a server bucket the
+        volley has just emptied (measured: a second refusal, and a search from 2/s for 20/s)."""
+        self._last = self._clock.now()
+
     async def wait(self) -> None:
         """Return at this caller's turn (at once when not pacing or when the gap has passed)."""
         rate = self.rate
@@ -412,7 +418,12 @@ class AdaptiveRate:
       stale hint), as TCP's repeated timeouts do.
     - **Search from unpaced** (the first throttle without a hint): a rate is not yet known, so
       it halves from the send rate of the last second per refused start until a start goes
-      through at the paced rate: TCP's exponential backoff, one refusal per halving.
+      through at the paced rate: TCP's exponential backoff, one refusal per halving. A refused
+      *volley* (the unpaced pool's first starts, all at once) bounds the server's burst, not its
+      rate: until a *paced* start is refused, each start that goes through doubles the rate
+      (TCP's slow start after a timeout, up to the first loss), so a limit of 20/s is found
+      in a few round trips instead of being probed for from 4/s along the slow convex branch
+      (measured: 0.61 of 20/s over a 15 s job). The first paced refusal then closes the bracket.
     - **Google SRE client-side throttling** (accepts / requests): not used to drop requests
       (each item must be sent), but its lesson bounds the cost: the controller is judged on
       429s / requests, and the limit of each cycle (``settle`` starts held on the plateau per
@@ -455,6 +466,8 @@ class AdaptiveRate:
         self.rate: float | None = None
         self.anchor: float | None = None  # the learned limit: the last refused pacing rate
         self.searching = False
+        self._through: float | None = None  # searching: the highest paced rate let through
+        self._bounded = False  # searching: a paced start was refused (the bracket has a top)
         self.cut_at = float("-inf")
         self.throttles = 0  # 429 answers seen
         self.cuts = 0
@@ -539,20 +552,31 @@ class AdaptiveRate:
 
     def _answered(self) -> None:
         if self.searching:
-            # A start went through at the paced rate: the limit lies between this rate and
-            # the refused one (twice it): anchor on their geometric middle (a bisection step).
-            self.searching = False
             went = self.rate or MIN_RATE
-            refused = self.anchor if self.anchor is not None else 2 * went
-            self._restart(math.sqrt(went * refused), cut=went)
-            # The bracket is wide: go to the plateau at once and probe soon.
-            self._n = self.climb + self.settle / 2
-            self.rate = self._plateau
+            self._through = went
+            if not self._bounded:
+                # Only the volley was refused: the rate may be far higher. Double, and count
+                # only starts made at the new rate (a new recovery point).
+                self.rate = 2 * went
+                self.anchor = max(self.anchor or 0.0, self.rate)
+                self.cut_at = self._clock.now()
+                return
+            # A start went through at the paced rate: the limit lies between this rate and
+            # the refused one: anchor on their geometric middle (a bisection step).
+            self._end_search(went, self.anchor if self.anchor is not None else 2 * went)
             return
         self._n += 1
         if self._n >= self.climb + self.settle:
             self._strikes = 0  # the plateau held
         self.rate = max(self.floor, self.target(self._n))
+
+    def _end_search(self, went: float, refused: float) -> None:
+        """The search bracketed the limit between ``went`` (let through) and ``refused``."""
+        self.searching = False
+        self._restart(math.sqrt(went * refused), cut=went)
+        # The bracket is wide: go to the plateau at once and probe soon.
+        self._n = self.climb + self.settle / 2
+        self.rate = self._plateau
 
     def _throttled(self) -> None:
         now = self._clock.now()
@@ -567,7 +591,11 @@ class AdaptiveRate:
             return
         refused = self.rate
         if self.searching:
+            self._bounded = True
             self.anchor = refused
+            if self._through is not None and self._through < refused:
+                self._end_search(self._through, refused)  # (after doubling up past the limit)
+                return
             self.rate = max(self.floor, refused / 2)
             return
         # A second refusal before the plateau held: the limit is under the plateau (lowered

@@ -228,3 +228,29 @@ def test_random_429s_never_pace_below_a_quarter_of_the_best_rate_let_through() -
         rater.on_start(clock.now())
         rater.on_response(clock.now(), 429 if k % 5 == 0 else 200)
     assert rater.rate is not None and rater.rate >= 100 / 4 * 0.5 ** (40 / 300)
+
+
+async def test_a_short_job_finds_a_fast_rate_limit_within_a_few_round_trips() -> None:
+    """Default options against 20/s (0.3 s answers): a 15 s job gets >= 0.85 of it, whole run."""
+    result = await ratesim.simulate(limit=20.0, latency=lambda k: 0.3, seconds=15.0, burst=2.0)
+    assert _ok_share(result, 20.0, 0.0, 15.0) >= 0.85
+    assert _refused_share(result, 0.0, 15.0) <= 0.08
+
+
+def test_a_refused_volley_bounds_the_burst_not_the_rate() -> None:
+    """After an unpaced volley's 429s, each paced start let through doubles the rate until a
+    paced start is refused; that refusal closes the bracket (no halving back from the top)."""
+    clock = FakeClock(start=0.0)
+    rater = AdaptiveRate(clock)
+    for _ in range(8):
+        rater.on_start(0.0)
+    rater.on_response(0.0, 429)
+    assert rater.rate == 4.0 and rater.searching
+    for expected in (8.0, 16.0, 32.0):
+        clock._now += 0.3  # (a pure decision: no sleeper to wake)
+        rater.on_response(clock.now() - 0.1, 200)
+        assert rater.rate == expected and rater.searching
+    clock._now += 0.01
+    rater.on_response(clock.now(), 429)
+    assert not rater.searching
+    assert rater.rate == pytest.approx(math.sqrt(16 * 32) * (1 - rater.margin))
