@@ -364,8 +364,13 @@ class AdaptiveConcurrency:
         self.high = max(self.high, self.limit)
 
     def _overload(self, started: float, now: float, in_flight: int) -> None:
-        if started < self.cut_at:
-            return  # sent before the last cut: the same congestion event, already answered
+        if started < self.cut_at or in_flight - 1 > self.window:
+            # Sent before the last cut, or while the pool still drains down to the window the
+            # cut set (a slot taken under the old limit, then held in the pacer's queue): the
+            # same congestion event, already answered (NewReno: no second cut in recovery).
+            # Without the second test a slow start's overshoot to 32 against a cap of 16 cut
+            # eight times in 0.3 s, down to 3 (measured on the fake clock).
+            return
         self.cuts += 1
         self.slow_start = False
         # Where the overload happened: the requests sending besides the refused one (what the

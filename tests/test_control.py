@@ -9,7 +9,7 @@ import pytest
 import ratesim
 
 from batchscribe.clock import FakeClock, settle
-from batchscribe.control import AdaptiveRate, ConcurrencyLimit, PoolPause
+from batchscribe.control import AdaptiveConcurrency, AdaptiveRate, ConcurrencyLimit, PoolPause
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:
@@ -254,3 +254,28 @@ def test_a_refused_volley_bounds_the_burst_not_the_rate() -> None:
     rater.on_response(clock.now(), 429)
     assert not rater.searching
     assert rater.rate == pytest.approx(math.sqrt(16 * 32) * (1 - rater.margin))
+
+
+async def test_auto_holds_a_concurrency_cap_over_a_short_job() -> None:
+    """--concurrency auto against a cap of 16 (0.3 s answers): a 15 s job gets >= 0.85 of
+    16 / 0.3 s, whole run (slow start, its overshoot and the probes counted)."""
+    result = await ratesim.simulate(
+        limit=0.0, cap=16, auto=True, workers=256, latency=lambda k: 0.3, seconds=15.0
+    )
+    assert _ok_share(result, 16 / 0.3, 0.0, 15.0) >= 0.85
+    assert result.controller is not None and result.controller.rate is None  # (window's job)
+
+
+def test_auto_cuts_once_while_the_pool_drains_to_the_cut_window() -> None:
+    """A 429 for a start made while more than the cut window was in flight (a slot taken under
+    the old limit) echoes the cut already made; one made within the window cuts again."""
+    clock = FakeClock(start=10.0)
+    ctl = AdaptiveConcurrency(clock, ceiling=256, initial=32)
+    ctl.on_response(9.7, 200, 32)  # (a round trip)
+    ctl.on_response(clock.now(), 429, 32)
+    assert ctl.cuts == 1 and ctl.window == pytest.approx(31 * ctl.beta)
+    clock._now += 0.01  # (a pure decision: no sleeper to wake)
+    ctl.on_response(clock.now(), 429, 30)
+    assert ctl.cuts == 1
+    ctl.on_response(clock.now(), 429, 17)
+    assert ctl.cuts == 2 and ctl.w_max == 16
