@@ -245,10 +245,17 @@ class AdaptiveConcurrency:
       success in slow start, then at most a tenth of the window, or one request, per round trip)
       and happens only while the window is used (RFC 7661: a half-idle pool learns nothing
       about the server).
+    - **Start: TCP's slow start from the fixed default** (8, doubling per round trip), not
+      botocore's "full speed until the first throttle" at the ceiling (256 by default): a volley
+      of 256 against a cap of 16 or 25 requests/min is 240-255 refusals at once. From 8 a cap
+      of 16 is reached in one round trip; what a short job then loses is the overshoot's cuts
+      (next bullet).
     - **At most one cut per round trip** (TCP NewReno's recovery point): an overload counts only
-      if its request *started after* the last cut. Requests in flight when the cut was made were
-      sent under the old limit; their 429s echo the same event, and cutting on each of them would
-      collapse the window far below the limit.
+      if its request *started after* the last cut, and while fewer than the cut window were in
+      flight beside it. Requests sent under the old limit (in flight at the cut, or holding a
+      slot taken then while they wait for the pacer) echo the same event, and cutting on each
+      of them would collapse the window far below the limit (measured on the fake clock: slow
+      start's overshoot to 32 against a cap of 16 cut eight times in 0.3 s, down to 3).
     - **Start rate: a paced window** (Linux TCP pacing, ``rate = W / srtt``), armed after the
       first overload, as botocore arms its token bucket only after the first throttle. A rate
       limit (R requests/s) is about *when* requests start: a window alone lets completions that
