@@ -320,9 +320,13 @@ class AdaptiveConcurrency:
     @property
     def rate(self) -> float | None:
         """Starts per second to pace at (None: unpaced, before any overload or round trip)."""
-        if self.slow_start or not self.srtt:
+        if self.slow_start:
             return None
-        return self.window / self.srtt
+        # Before a first round trip is measured (the first volley refused at once), a second
+        # per request: refusals come back at once and free their slots, so a window alone
+        # would let the pool refill as fast as it is refused (measured on the fake clock: a
+        # cut per 5 ms, down to 2 of 6 allowed at 20/s).
+        return self.window / (self.srtt or 1.0)
 
     def on_response(self, started: float, status: int | None, in_flight: int) -> bool:
         """Learn from one finished request; return True when :attr:`limit` changed.
@@ -371,10 +375,13 @@ class AdaptiveConcurrency:
         self.high = max(self.high, self.limit)
 
     def _overload(self, started: float, now: float, in_flight: int) -> None:
-        if started < self.cut_at or in_flight - 1 > self.window:
+        unmeasured = self.srtt is None and self.cuts > 0
+        if started < self.cut_at or in_flight - 1 > self.window or unmeasured:
             # Sent before the last cut, or while the pool still drains down to the window the
-            # cut set (a slot taken under the old limit, then held in the pacer's queue): the
-            # same congestion event, already answered (NewReno: no second cut in recovery).
+            # cut set (a slot taken under the old limit, then held in the pacer's queue), or
+            # before any round trip was measured (one cut per round trip, and the first has
+            # not ended: 429s come back at once): the same congestion event, already answered
+            # (NewReno: no second cut in recovery).
             # Without the second test a slow start's overshoot to 32 against a cap of 16 cut
             # eight times in 0.3 s, down to 3 (measured on the fake clock).
             return
@@ -438,6 +445,9 @@ class AdaptiveRate:
       (TCP's slow start after a timeout, up to the first loss), so a limit of 20/s is found
       in a few round trips instead of being probed for from 4/s along the slow convex branch
       (measured: 0.61 of 20/s over a 15 s job). The first paced refusal then closes the bracket.
+      Going down, the bracket's bottom needs two starts let through in a row: one after an
+      idle gap proves only that a bucket of one refilled (measured on the fake clock: at
+      25/min a lone start at 30/min went through, and four more refusals stepped down from it).
     - **Google SRE client-side throttling** (accepts / requests): not used to drop requests
       (each item must be sent), but its lesson bounds the cost: the controller is judged on
       429s / requests, and the limit of each cycle (``settle`` starts held on the plateau per
@@ -482,6 +492,7 @@ class AdaptiveRate:
         self.searching = False
         self._through: float | None = None  # searching: the highest paced rate let through
         self._bounded = False  # searching: a paced start was refused (the bracket has a top)
+        self._admits = 0  # searching: paced starts let through since the last refusal
         self.cut_at = float("-inf")
         self.throttles = 0  # 429 answers seen
         self.cuts = 0
@@ -575,6 +586,12 @@ class AdaptiveRate:
                 self.anchor = max(self.anchor or 0.0, self.rate)
                 self.cut_at = self._clock.now()
                 return
+            self._admits += 1
+            if self._admits < 2:
+                # One start let through after a refusal says little: the gap since the last
+                # admitted start may have refilled a bucket of one. Two in a row, one gap
+                # apart, show the rate itself goes through.
+                return
             # A start went through at the paced rate: the limit lies between this rate and
             # the refused one: anchor on their geometric middle (a bisection step).
             self._end_search(went, self.anchor if self.anchor is not None else 2 * went)
@@ -608,6 +625,7 @@ class AdaptiveRate:
             self.rate = max(self.floor, sent / 2)
             return
         refused = self.rate
+        self._admits = 0
         if self.searching:
             self._bounded = True
             self.anchor = refused

@@ -789,7 +789,7 @@ class Engine:
         # one start per round trip needs it. Fed both, a concurrency cap's 429s searched the
         # rate down too (measured: 0.79 of a cap of 16 over a 15 s job).
         changed = False
-        if controller is None or controller.limit == 1 or rater.rate is not None:
+        if controller is None or controller.window <= 1.0 or rater.rate is not None:
             changed = rater.on_response(started, status)
         rate = rater.rate
         if controller is not None:

@@ -115,7 +115,7 @@ async def simulate(
                 status = 429
             pool.release()
             sending[0] -= 1
-            if controller is None or controller.limit == 1 or ctl.rate is not None:
+            if controller is None or controller.window <= 1.0 or ctl.rate is not None:
                 ctl.on_response(started, status)  # (as the engine's _adapt)
             rate = ctl.rate
             if controller is not None:

@@ -202,7 +202,10 @@ def test_the_first_429_halves_the_send_rate_of_the_last_second() -> None:
     assert rater.rate == 4.0
     rater.on_response(clock.now(), 429)
     assert rater.rate == 2.0
-    # A start that goes through ends the search between 2/s (through) and 4/s (refused).
+    # Two starts in a row that go through end the search between 2/s (through) and 4/s
+    # (refused); one alone may be a bucket refilled during the gap.
+    rater.on_response(clock.now(), 200)
+    assert rater.searching and rater.rate == 2.0
     rater.on_response(clock.now(), 200)
     assert not rater.searching
     assert rater.rate == pytest.approx(math.sqrt(8) * (1 - rater.margin))
@@ -279,3 +282,30 @@ def test_auto_cuts_once_while_the_pool_drains_to_the_cut_window() -> None:
     assert ctl.cuts == 1
     ctl.on_response(clock.now(), 429, 17)
     assert ctl.cuts == 2 and ctl.w_max == 16
+
+
+async def test_auto_holds_a_fast_rate_limit_over_a_short_job() -> None:
+    """--concurrency auto against 20/s (0.3 s answers): >= 0.9 of it over a 15 s job, whole run
+    counted, <= 5% 429s (no cut per instant refusal before a round trip is measured)."""
+    result = await ratesim.simulate(
+        limit=20.0, burst=2.0, auto=True, workers=256, latency=lambda k: 0.3, seconds=15.0
+    )
+    assert _ok_share(result, 20.0, 0.0, 15.0) >= 0.9
+    assert _refused_share(result, 0.0, 15.0) <= 0.05
+
+
+@pytest.mark.parametrize("latency", [0.3, 1.5])
+async def test_auto_hands_a_rate_under_one_in_flight_to_the_learned_rate(latency: float) -> None:
+    """--concurrency auto against 25/min: once its window is down to one, the learned rate
+    paces; >= 0.9 of the limit, <= 5% 429s after 2 minutes."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, auto=True, workers=256, latency=lambda k: latency, seconds=900.0
+    )
+    assert _ok_share(result, PER_MIN_25, 120.0, 900.0) >= 0.9
+    assert _refused_share(result, 120.0, 900.0) <= 0.05
+
+
+async def test_a_cold_start_against_25_per_minute_costs_few_429s() -> None:
+    """From no knowledge: the first volley of 8, the search and a probe: <= 12 429s in 2 min."""
+    result = await ratesim.simulate(limit=PER_MIN_25, latency=lambda k: 1.5, seconds=120.0)
+    assert result.refused_between(0.0, 120.0) <= 12
