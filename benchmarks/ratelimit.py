@@ -22,6 +22,10 @@ keeps every ratio (starts per answer time, round trips per gap) of the real case
 are shares of the limit, the same in either. ``--real-time`` runs them at 25/min (10 minutes
 each).
 
+``--short``: a short job must not pay for the learning. 15 s runs (a cap of 16 in flight, 20/s;
+``--concurrency auto`` and default options; a fixed ``-j 16`` and an unlimited server beside
+them), the whole run counted: 200s / 15 s as a share of the limit, slow start and probes included.
+
     python benchmarks/ratelimit.py [--seconds 40] [--warmup 10] [--quick] [--only NAME]
     python benchmarks/ratelimit.py --only-25 [--real-time]
     python benchmarks/ratelimit.py --short
