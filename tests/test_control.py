@@ -309,3 +309,18 @@ async def test_a_cold_start_against_25_per_minute_costs_few_429s() -> None:
     """From no knowledge: the first volley of 8, the search and a probe: <= 12 429s in 2 min."""
     result = await ratesim.simulate(limit=PER_MIN_25, latency=lambda k: 1.5, seconds=120.0)
     assert result.refused_between(0.0, 120.0) <= 12
+
+
+def test_auto_cuts_less_where_the_last_overload_was() -> None:
+    """A refusal at the in-flight count of the last one (a hard cap, found again by a probe)
+    cuts half as deep and holds the plateau twice as long: the cap is known, not guessed."""
+    clock = FakeClock(start=10.0)
+    ctl = AdaptiveConcurrency(clock, ceiling=256, initial=17)
+    ctl.on_response(9.7, 200, 17)  # (a round trip)
+    for cut in range(1, 4):
+        clock._now += 1.0  # (a pure decision: no sleeper to wake)
+        ctl.window = 17.0  # (as a probe would have grown it)
+        ctl.on_response(clock.now(), 429, 17)
+        assert ctl.cuts == cut and ctl.w_max == 16
+        beta = ctl.beta if cut == 1 else 1 - (1 - ctl.beta) / 2
+        assert ctl.window == pytest.approx(16 * beta)
