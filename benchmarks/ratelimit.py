@@ -22,8 +22,13 @@ keeps every ratio (starts per answer time, round trips per gap) of the real case
 are shares of the limit, the same in either. ``--real-time`` runs them at 25/min (10 minutes
 each).
 
+``--short``: a short job must not pay for the learning. 15 s runs (a cap of 16 in flight, 20/s;
+``--concurrency auto`` and default options; a fixed ``-j 16`` and an unlimited server beside
+them), the whole run counted: 200s / 15 s as a share of the limit, slow start and probes included.
+
     python benchmarks/ratelimit.py [--seconds 40] [--warmup 10] [--quick] [--only NAME]
     python benchmarks/ratelimit.py --only-25 [--real-time]
+    python benchmarks/ratelimit.py --short
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class Scenario:
     args: tuple[str, ...] = ("--concurrency", "auto")
     latency_ms: float = LATENCY_MS
     change_to: float | None = None  # the limit's new value at half time (requests/s)
+    seconds: float | None = None  # a short job: this long, the whole run counted (no warm-up)
 
 
 SCENARIOS = [
@@ -66,6 +72,17 @@ SCENARIOS = [
         args=("--concurrency", "16"),
     ),
     Scenario("--rate 50 -j 64, no server limit", {}, 50.0, args=("-j", "64", "--rate", "50")),
+]
+
+#: Short jobs (issue 14): 15 s runs, the whole run counted, slow start and probing included.
+SHORT = [
+    Scenario("short: C=16, auto", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000), seconds=15),
+    Scenario("short: C=16, fixed -j 16", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000),
+             args=("--concurrency", "16"), seconds=15),
+    Scenario("short: R=20/s, auto", {"rate_limit": 20.0}, 20.0, seconds=15),
+    Scenario("short: R=20/s, default options", {"rate_limit": 20.0}, 20.0, args=(), seconds=15),
+    Scenario("short: C=16 as the ceiling, -j 16 auto", {}, 16 / (LATENCY_MS / 1000),
+             args=("--concurrency", "auto", "--max-concurrency", "16"), seconds=15),
 ]
 
 
@@ -198,6 +215,11 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
                 f"{before / scenario.limit:.3f} -> {after / new_limit:.3f}",
                 f"{share_before:.2%} -> {share_after:.2%}", f"{all_share:.2%}", "",
                 f"{settle:.1f} s", auto_line.strip()]  # fmt: skip
+    if scenario.seconds is not None:
+        whole = total[1] / seconds
+        return [scenario.name, f"{scenario.limit:.1f}", f"{whole:.1f}",
+                f"{whole / scenario.limit:.3f}", "", f"{all_share:.2%}", "", "",
+                auto_line.strip()]  # fmt: skip
     if not scenario.halve:
         throughput, share = window(samples, warmup, end)
         early, _ = window(samples, 0.0, warmup)
@@ -223,6 +245,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 s runs, 6 s warm-up")
     parser.add_argument("--only", action="append", help="scenario names to run")
     parser.add_argument("--only-25", action="store_true", help="only the 25/min cases")
+    parser.add_argument("--short", action="store_true",
+                        help="only the short jobs: 15 s, the whole run counted")  # fmt: skip
     parser.add_argument("--real-time", action="store_true",
                         help="the 25/min cases at 25/min (10 min each), not scaled")  # fmt: skip
     ns = parser.parse_args()
@@ -236,7 +260,10 @@ def main() -> None:
         scenarios = SCENARIOS
     print(f"# ratelimit  {machine()}  latency={LATENCY_MS:g} ms  run={seconds:g} s "
           f"warm-up={warmup:g} s")  # fmt: skip
-    rows = [run(s, seconds, warmup) for s in scenarios if not ns.only or s.name in ns.only]
+    if ns.short:
+        scenarios = SHORT
+    rows = [run(s, s.seconds or seconds, warmup) for s in scenarios
+            if not ns.only or s.name in ns.only]  # fmt: skip
     print()
     print(table(rows, ["limit", "allowed/s", "ok/s", "ok/limit (>=0.90)", "429 share (<5%)",
                        "429 share, whole run", "warm-up ok/limit", "back under",

@@ -9,7 +9,7 @@ import pytest
 import ratesim
 
 from batchscribe.clock import FakeClock, settle
-from batchscribe.control import AdaptiveRate, ConcurrencyLimit, PoolPause
+from batchscribe.control import AdaptiveConcurrency, AdaptiveRate, ConcurrencyLimit, PoolPause
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:
@@ -169,11 +169,11 @@ async def test_a_hint_starts_paced_and_a_stale_one_is_reprobed(hint_per_min: flo
 
 
 async def test_a_limit_lowered_mid_run_is_learnt_again() -> None:
-    """25/min dropping to 12/min: within 2 minutes the run holds >= 0.8 of 12/min again."""
+    """25/min dropping to 12/min: within 2 minutes the run holds >= 0.9 of 12/min again."""
     result = await ratesim.simulate(
         limit=PER_MIN_25, latency=lambda k: 1.5, seconds=1200.0, change=(600.0, 12 / 60)
     )
-    assert _ok_share(result, 12 / 60, 720.0, 1200.0) >= 0.8
+    assert _ok_share(result, 12 / 60, 720.0, 1200.0) >= 0.9
     assert _refused_share(result, 720.0, 1200.0) <= 0.05
     assert result.controller is not None and result.controller.learned is not None
     assert 11 <= result.controller.learned * 60 <= 14
@@ -202,7 +202,10 @@ def test_the_first_429_halves_the_send_rate_of_the_last_second() -> None:
     assert rater.rate == 4.0
     rater.on_response(clock.now(), 429)
     assert rater.rate == 2.0
-    # A start that goes through ends the search between 2/s (through) and 4/s (refused).
+    # Two starts in a row that go through end the search between 2/s (through) and 4/s
+    # (refused); one alone may be a bucket refilled during the gap.
+    rater.on_response(clock.now(), 200)
+    assert rater.searching and rater.rate == 2.0
     rater.on_response(clock.now(), 200)
     assert not rater.searching
     assert rater.rate == pytest.approx(math.sqrt(8) * (1 - rater.margin))
@@ -228,3 +231,96 @@ def test_random_429s_never_pace_below_a_quarter_of_the_best_rate_let_through() -
         rater.on_start(clock.now())
         rater.on_response(clock.now(), 429 if k % 5 == 0 else 200)
     assert rater.rate is not None and rater.rate >= 100 / 4 * 0.5 ** (40 / 300)
+
+
+async def test_a_short_job_finds_a_fast_rate_limit_within_a_few_round_trips() -> None:
+    """Default options against 20/s (0.3 s answers): a 15 s job gets >= 0.85 of it, whole run."""
+    result = await ratesim.simulate(limit=20.0, latency=lambda k: 0.3, seconds=15.0, burst=2.0)
+    assert _ok_share(result, 20.0, 0.0, 15.0) >= 0.85
+    assert _refused_share(result, 0.0, 15.0) <= 0.08
+
+
+def test_a_refused_volley_bounds_the_burst_not_the_rate() -> None:
+    """After an unpaced volley's 429s, each paced start let through doubles the rate until a
+    paced start is refused; that refusal closes the bracket (no halving back from the top)."""
+    clock = FakeClock(start=0.0)
+    rater = AdaptiveRate(clock)
+    for _ in range(8):
+        rater.on_start(0.0)
+    rater.on_response(0.0, 429)
+    assert rater.rate == 4.0 and rater.searching
+    for expected in (8.0, 16.0, 32.0):
+        clock._now += 0.3  # (a pure decision: no sleeper to wake)
+        rater.on_response(clock.now() - 0.1, 200)
+        assert rater.rate == expected and rater.searching
+    clock._now += 0.01
+    rater.on_response(clock.now(), 429)
+    assert not rater.searching
+    assert rater.rate == pytest.approx(math.sqrt(16 * 32) * (1 - rater.margin))
+
+
+async def test_auto_holds_a_concurrency_cap_over_a_short_job() -> None:
+    """--concurrency auto against a cap of 16 (0.3 s answers): a 15 s job gets >= 0.85 of
+    16 / 0.3 s, whole run (slow start, its overshoot and the probes counted)."""
+    result = await ratesim.simulate(
+        limit=0.0, cap=16, auto=True, workers=256, latency=lambda k: 0.3, seconds=15.0
+    )
+    assert _ok_share(result, 16 / 0.3, 0.0, 15.0) >= 0.85
+    assert result.controller is not None and result.controller.rate is None  # (window's job)
+
+
+def test_auto_cuts_once_while_the_pool_drains_to_the_cut_window() -> None:
+    """A 429 for a start made while more than the cut window was in flight (a slot taken under
+    the old limit) echoes the cut already made; one made within the window cuts again."""
+    clock = FakeClock(start=10.0)
+    ctl = AdaptiveConcurrency(clock, ceiling=256, initial=32)
+    ctl.on_response(9.7, 200, 32)  # (a round trip)
+    ctl.on_response(clock.now(), 429, 32)
+    assert ctl.cuts == 1 and ctl.window == pytest.approx(31 * ctl.beta)
+    clock._now += 0.01  # (a pure decision: no sleeper to wake)
+    ctl.on_response(clock.now(), 429, 30)
+    assert ctl.cuts == 1
+    ctl.on_response(clock.now(), 429, 17)
+    assert ctl.cuts == 2 and ctl.w_max == 16
+
+
+async def test_auto_holds_a_fast_rate_limit_over_a_short_job() -> None:
+    """--concurrency auto against 20/s (0.3 s answers): >= 0.9 of it over a 15 s job, whole run
+    counted, <= 5% 429s (no cut per instant refusal before a round trip is measured)."""
+    result = await ratesim.simulate(
+        limit=20.0, burst=2.0, auto=True, workers=256, latency=lambda k: 0.3, seconds=15.0
+    )
+    assert _ok_share(result, 20.0, 0.0, 15.0) >= 0.9
+    assert _refused_share(result, 0.0, 15.0) <= 0.05
+
+
+@pytest.mark.parametrize("latency", [0.3, 1.5])
+async def test_auto_hands_a_rate_under_one_in_flight_to_the_learned_rate(latency: float) -> None:
+    """--concurrency auto against 25/min: once its window is down to one, the learned rate
+    paces; >= 0.9 of the limit, <= 5% 429s after 2 minutes."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, auto=True, workers=256, latency=lambda k: latency, seconds=900.0
+    )
+    assert _ok_share(result, PER_MIN_25, 120.0, 900.0) >= 0.9
+    assert _refused_share(result, 120.0, 900.0) <= 0.05
+
+
+async def test_a_cold_start_against_25_per_minute_costs_few_429s() -> None:
+    """From no knowledge: the first volley of 8, the search and a probe: <= 12 429s in 2 min."""
+    result = await ratesim.simulate(limit=PER_MIN_25, latency=lambda k: 1.5, seconds=120.0)
+    assert result.refused_between(0.0, 120.0) <= 12
+
+
+def test_auto_cuts_less_where_the_last_overload_was() -> None:
+    """A refusal at the in-flight count of the last one (a hard cap, found again by a probe)
+    cuts half as deep and holds the plateau twice as long: the cap is known, not guessed."""
+    clock = FakeClock(start=10.0)
+    ctl = AdaptiveConcurrency(clock, ceiling=256, initial=17)
+    ctl.on_response(9.7, 200, 17)  # (a round trip)
+    for cut in range(1, 4):
+        clock._now += 1.0  # (a pure decision: no sleeper to wake)
+        ctl.window = 17.0  # (as a probe would have grown it)
+        ctl.on_response(clock.now(), 429, 17)
+        assert ctl.cuts == cut and ctl.w_max == 16
+        beta = ctl.beta if cut == 1 else 1 - (1 - ctl.beta) / 2
+        assert ctl.window == pytest.approx(16 * beta)
