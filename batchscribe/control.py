@@ -453,6 +453,9 @@ class AdaptiveRate:
         self.settle = settle
         self.probe = probe
         self.rate: float | None = None
+        # False when this process makes only part of the starts the limit sees (a shared rate
+        # store): what the server let through *here* is then not the limit's rate.
+        self.measure_admitted = True
         self.anchor: float | None = None  # the learned limit: the last refused pacing rate
         self.searching = False
         self.cut_at = float("-inf")
@@ -598,7 +601,7 @@ class AdaptiveRate:
         # A second refusal before the plateau held: the limit is under the plateau (lowered
         # mid-run, or a stale hint). What the server let through since the last cut, while
         # refusing the rest, is its rate: anchor on it rather than step down 3% at a time.
-        if self._strikes and now - self._previous_cut > 0:
+        if self._strikes and now - self._previous_cut > 0 and self.measure_admitted:
             # (Starts not refused: those still in flight count as admitted, since a refusal
             # comes at once while an admitted answer takes the whole transcription.)
             since = self._previous_cut

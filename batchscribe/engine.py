@@ -809,12 +809,14 @@ class Engine:
 
     def _start_shared(self, learned: Learned | None) -> None:
         """Start from the fleet's learned rate in the rate store (newer than any file hint)."""
+        self.rater.measure_admitted = False  # (this process makes only part of the starts)
         if learned is None:
             return
         hint = learned.anchor
         if self._fixed_rate is not None:
             hint = min(hint, self._fixed_rate)
         self.rater = AdaptiveRate(self.clock, hint=hint)
+        self.rater.measure_admitted = False
         self._adopt_cut(learned.rate, learned.anchor)
         self._notice("info", f"starting at the rate the fleet learnt: ~{hint * 60:.0f}/min")
 

@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO, read_results, wait_until
 
 from batchscribe.clock import FakeClock, settle
+from batchscribe.control import AdaptiveRate
 from batchscribe.errors import ConfigError
 from batchscribe.ratestore import (
     LEARNED_TTL,
@@ -500,6 +501,38 @@ def test_redis_killed_mid_run_falls_back_to_a_share_of_the_rate(
     assert all(r["status"] == "ok" for r in items)
 
 
+@needs_redis
+async def test_the_lua_scripts_share_slots_cuts_and_counts_in_a_real_redis(
+    redis_server: RedisServer,
+) -> None:
+    """The real scripts: even slots, a cut seen by all, stale climbs dropped, keys expire."""
+    import redis.asyncio as aioredis
+
+    from batchscribe.ratestore import _RedisBoard
+
+    pool = aioredis.ConnectionPool.from_url(redis_server.url)
+    one, two = _RedisBoard(pool, "batchscribe:t"), _RedisBoard(pool, "batchscribe:t")
+    for board in (one, two):
+        board.bind("scope")
+    waits = [(await board.reserve(0.5))[0] for board in (one, two, one, two)]
+    assert waits[0] < 0.01, waits
+    assert all(abs(b - a - 0.5) < 0.05 for a, b in itertools.pairwise(waits)), waits
+    assert await two.read() is None
+    epoch = await one.publish(1.7, 2.0, cut=True, seen=0, answered=3)
+    _, seen = await two.reserve(0.0, answered=2, epoch=epoch)
+    assert seen == Learned(epoch, 1.7, 2.0, 5)  # the cut, and both processes' answers
+    assert await two.publish(2.5, 2.6, cut=False, seen=0) == epoch  # stale: dropped
+    _, seen = await one.reserve(0.0, answered=4, epoch=epoch - 1)  # counts of another epoch
+    assert seen == Learned(epoch, 1.7, 2.0, 5)
+    later = await two.publish(1.5, 1.8, cut=True, seen=epoch)
+    assert later > epoch
+    assert await one.read() == Learned(later, 1.5, 1.8, 0)
+    client = aioredis.Redis(connection_pool=pool)
+    assert 0 < await client.ttl("batchscribe:t:scope:learned") <= LEARNED_TTL
+    assert 0 < await client.pttl("batchscribe:t:scope:slot") <= 3000
+    await pool.disconnect()
+
+
 def _fleet(spawn_cli: Any, archive: Any, emu: Any, store: str, *args: str, n: int = 2) -> list[Any]:
     return [
         spawn_cli("run", archive.manifest, "--out", "r.{shard}.jsonl", "--shard", f"{k}/{n}",
@@ -689,3 +722,43 @@ def test_a_damaged_stale_or_absurd_hint_is_ignored(tmp_path: Path, content: byte
     out = str(tmp_path / "r.jsonl")
     Path(hint_path(out)).write_bytes(content)
     assert load_hint(out, "s", now=100.0) is None
+
+
+# ------------------------------------------------------------------- the learned rate, shared
+
+
+async def _second_strike(measure_admitted: bool) -> float | None:
+    """A rate cut twice in a row while this process saw 2 starts/s admitted: the anchor."""
+    clock = FakeClock()
+    rater = AdaptiveRate(clock, hint=4.0)
+    rater.measure_admitted = measure_admitted
+    rater.on_start(clock.now())
+    rater.on_response(clock.now(), 429)  # the first strike
+    for _ in range(20):  # 2 starts/s answered here, fewer than the plateau needs
+        await clock.advance(0.5)
+        rater.on_start(clock.now())
+        rater.on_response(clock.now(), 200)
+    rater.on_start(clock.now())
+    rater.on_response(clock.now(), 429)  # the second strike
+    return rater.anchor
+
+
+async def test_a_shared_rate_does_not_anchor_on_one_process_share_of_the_starts() -> None:
+    """Alone, a second strike anchors on the starts the server let through; in a fleet, this
+    process's share of them is not the limit, so it cuts from the refused rate instead."""
+    alone, shared = await _second_strike(True), await _second_strike(False)
+    assert alone is not None and alone == pytest.approx(2.0, rel=0.1)
+    assert shared is not None and shared > 3.0
+
+
+async def test_the_fleet_count_of_answers_moves_the_climb_on() -> None:
+    """advance(n): a process that saw few answers climbs with the fleet's count."""
+    clock = FakeClock()
+    rater = AdaptiveRate(clock)
+    rater.adopt(1.0, 2.0)
+    assert rater.rate == pytest.approx(1.0)
+    assert rater.advance(rater.climb)  # the fleet's answers: back on the plateau
+    assert rater.rate == pytest.approx(2.0 * (1 - rater.margin))
+    assert not rater.advance(1)  # behind this process's own count: nothing
+    rater.on_response(clock.now() - 1, 429)  # started before the adopted cut: no new cut
+    assert rater.cuts == 0
