@@ -595,7 +595,9 @@ def test_a_fleet_learns_one_rate_together(
     refused, requests = _refused(emu)
     print(f"{refused} of {requests} requests answered 429")
     assert all("learned" in err for err in errs), errs  # the one who saw no 429 too
-    assert refused <= 0.15 * requests, (refused, requests)  # learning included
+    # The opening volley (4 in flight per process, unpaced until the first 429) is refused
+    # but for one start; after it, at most 5% (the probes of a short job).
+    assert refused <= 2 * 4 + 0.05 * requests, (refused, requests)
 
 
 @needs_redis
