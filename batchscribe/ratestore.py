@@ -12,13 +12,17 @@ shards of one job must hold ONE rate between them, not one each. What is shared,
   idle time. Each process holds at most one reservation at a time, so a rate cut applies to the
   next start of every process.
 - **The learned rate** (``batchscribe:learned:KEY:SCOPE``, a hash: ``rate``, ``anchor``,
-  ``epoch``, ``cut_at``): each process runs its own :class:`~batchscribe.control.AdaptiveRate`,
-  whose rate is the *fleet's* pace (the schedule above spaces every start at it). A 429 seen by
-  any process cuts its rate and publishes the cut (``epoch``: the Redis time of the cut); every
+  ``epoch``, ``cut_at``, ``answered``): each process runs its own
+  :class:`~batchscribe.control.AdaptiveRate`, whose rate is the *fleet's* pace (the schedule
+  above spaces every start at it). A 429 seen by any process cuts its rate and publishes the
+  cut (``epoch``: the Redis time of the cut; the end of a search too, a new anchor); every
   other process adopts a newer cut at its next start, so one 429 lowers the rate of all, and
-  the 429s the same burst drew in other processes do not cut again (each process's recovery
-  point moves to the adoption). Climbs are not shared: each process climbs back on its own
-  answers and publishes its rate, which a process joining later starts from.
+  the 429s the same volley drew in other processes do not cut again (each process's recovery
+  point moves to the adoption). CUBIC's time is shared: ``answered`` counts the starts the
+  whole fleet saw answered since the cut (each process adds its own at its next start), so
+  the fleet climbs and probes as one process would, not N times slower. Each process
+  publishes its climbs, which a process joining later starts from. (One process's share of the
+  admitted starts is not the limit's rate: ``measure_admitted`` is off in a fleet.)
 - **With ``--rate R``**, the fleet's ceiling: a moving window kept by the `limits
   <https://limits.readthedocs.io>`_ library (``MovingWindowRateLimiter``), so no window sees
   more than R starts from the fleet, whatever the processes' learned rates. Its windows are
