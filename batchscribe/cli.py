@@ -354,8 +354,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     fleet.add_argument(
         "--rate-store", metavar="URL",
-        help="with --rate R: share R starts per second with every process using this Redis "
-        "(redis://HOST[:PORT][/DB]) and API key; needs the redis extra",
+        help="share one learned rate and one evenly spaced start schedule with every process "
+        "using this Redis (redis://HOST[:PORT][/DB]), API key, endpoint and model; with "
+        "--rate R, R starts per second for all of them together; needs the redis extra",
     )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 

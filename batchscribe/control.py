@@ -494,6 +494,9 @@ class AdaptiveRate:
         self.settle = settle
         self.probe = probe
         self.rate: float | None = None
+        # False when this process makes only part of the starts the limit sees (a shared rate
+        # store): what the server let through *here* is then not the limit's rate.
+        self.measure_admitted = True
         self.anchor: float | None = None  # the learned limit: the last refused pacing rate
         self.searching = False
         self._through: float | None = None  # searching: the highest paced rate let through
@@ -553,6 +556,31 @@ class AdaptiveRate:
         if before is None or after is None:
             return before is not after
         return abs(after - before) > 0.05 * before
+
+    def adopt(self, rate: float, anchor: float) -> None:
+        """Take a cut made by another process sharing the rate (``--rate-store``) as this one's
+        own: pace at ``rate``, climb back towards a plateau under ``anchor``; 429s to starts
+        made before now are the same congestion event and cut no further."""
+        self.searching = False
+        self._previous_cut, self.cut_at = self.cut_at, self._clock.now()
+        self._restart(anchor, cut=rate)
+
+    @property
+    def answered(self) -> float:
+        """Answered starts since the last cut (CUBIC's time)."""
+        return self._n
+
+    def advance(self, n: float) -> bool:
+        """Move CUBIC's time on to ``n`` answered starts since the last cut when that is ahead
+        of this process's count: with a shared rate store, the fleet's count (its answers are
+        spread over its processes). True when the rate changed."""
+        if self.rate is None or self.searching or n <= self._n:
+            return False
+        self._n = n
+        if self._n >= self.climb + self.settle:
+            self._strikes = 0  # the plateau held
+        before, self.rate = self.rate, max(self.floor, self.target(self._n))
+        return self.rate != before
 
     def target(self, n: float) -> float:
         """The pacing rate ``n`` answered starts after the last cut: climb, plateau, probe."""
@@ -643,7 +671,7 @@ class AdaptiveRate:
         # A second refusal before the plateau held: the limit is under the plateau (lowered
         # mid-run, or a stale hint). What the server let through since the last cut, while
         # refusing the rest, is its rate: anchor on it rather than step down 3% at a time.
-        if self._strikes and now - self._previous_cut > 0:
+        if self._strikes and now - self._previous_cut > 0 and self.measure_admitted:
             # (Starts not refused: those still in flight count as admitted, since a refusal
             # comes at once while an admitted answer takes the whole transcription.)
             since = self._previous_cut

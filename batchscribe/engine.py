@@ -91,11 +91,11 @@ from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
 from batchscribe.shard import Shard, ShardFilter
 
 if TYPE_CHECKING:
-    from batchscribe.ratestore import Acquirer, SharedRate
+    from batchscribe.ratestore import Acquirer, Learned, SharedRate
 
-# Imported where they are used, not here: aiolimiter (--rate; it also pulls in
-# importlib.metadata), batchscribe.ratestore (--rate-store), aiofiles (files over one chunk),
-# and tenacity in retry.py (a second attempt). A run without them starts ~30 ms sooner.
+# Imported where they are used, not here: batchscribe.ratestore (--rate-store), aiofiles
+# (files over one chunk), and tenacity in retry.py (a second attempt). A run without them
+# starts ~30 ms sooner.
 
 _T = TypeVar("_T")
 
@@ -135,8 +135,9 @@ class RunOptions:
         max_runtime: stop taking items after this many seconds (exit 4 if work is left).
         shard: take only the items of this shard (``--shard K/N``); bad manifest lines are
             reported by shard 0 only.
-        rate_store: with ``rate``, ``redis://HOST[:PORT][/DB]``: every process using this Redis
-            and API key shares one budget of ``rate`` starts per second (``--rate-store``).
+        rate_store: ``redis://HOST[:PORT][/DB]``: every process using this Redis, API key,
+            endpoint and model holds one learned rate and one start schedule, under ``rate``
+            for all of them together when given (``--rate-store``).
         via_client: stream ``s3://``/``gs://`` objects through this machine even for
             ``model=pulse`` (default: send them as presigned URLs; ``--via-client``).
     """
@@ -175,11 +176,6 @@ class RunOptions:
         if self.rate is not None and not self.rate > 0:
             raise ConfigError("--rate must be a positive number of requests per second")
         if self.rate_store is not None:
-            if self.rate is None:
-                raise ConfigError(
-                    "--rate-store shares a --rate between processes: add --rate R "
-                    "(R request starts per second for all of them together)"
-                )
             from batchscribe.ratestore import check_url
 
             check_url(self.rate_store)
@@ -322,31 +318,27 @@ class Engine:
         # --rate: the pacer, starts evenly 1/rate apart (it credits a timer's lateness, so no
         # throughput is lost to it). Not aiolimiter's bucket of two any more: two starts at once
         # are refused by a server bucket of one (Pulse's 25/min), and each refusal taught the
-        # learned rate to go lower (measured: 0.19 of 25/min). --rate-store keeps aiolimiter.
+        # learned rate to go lower (measured: 0.19 of 25/min). --rate-store: the same spacing
+        # for the whole fleet, by a schedule in Redis (SharedRate) instead of the pacer.
         self.rate_limiter: Acquirer | None = None
         self._shared_rate: SharedRate | None = None
-        self._fixed_rate = options.rate if not options.rate_store else None
+        self._fixed_rate = options.rate
         self.pacer.rate = self._fixed_rate
         if self._fixed_rate is not None:
             # The user knows the limit: a 429 cuts from it, not from a search down from the
             # send rate (which a refusal at exactly the limit would start).
             self.rater = AdaptiveRate(self.clock, hint=self._fixed_rate)
-        if options.rate and options.rate_store:
-            from aiolimiter import AsyncLimiter
+        if options.rate_store:
+            from batchscribe.ratestore import SharedRate
 
-            self.rate_limiter = AsyncLimiter(2, 2 / options.rate)
-            if options.rate_store:
-                from batchscribe.ratestore import SharedRate
-
-                # --rate-store: one budget for the fleet in Redis, spaced 1/rate per process as
-                # above; while Redis is unreachable, rate/N per process (N shards).
-                shards = options.shard.count if options.shard is not None else 1
-                self.rate_limiter = self._shared_rate = SharedRate(
-                    options.rate_store, options.rate, pace=self.rate_limiter,
-                    fallback=AsyncLimiter(1, shards / options.rate),
-                    fallback_rate=options.rate / shards, api_key=options.api_key,
-                    clock=self.clock, notify=self._notice,
-                )  # fmt: skip
+            # --rate-store: one learned rate and one start schedule for the fleet in Redis;
+            # while Redis is unreachable, 1/N of the rate per process (N shards).
+            self.rate_limiter = self._shared_rate = SharedRate(
+                options.rate_store, options.rate, pace=lambda: self.pacer.rate,
+                shards=options.shard.count if options.shard is not None else 1,
+                on_cut=self._adopt_cut, on_answered=self._fleet_answered,
+                api_key=options.api_key, clock=self.clock, notify=self._notice,
+            )  # fmt: skip
         self._rng = random.Random()
         self._stopping = False
         self._abort: RunAborted | None = None
@@ -419,7 +411,7 @@ class Engine:
                 RunStarted(self.summary.run_id, options.out, len(self._resume), options.concurrency)
             )
             if self._shared_rate is not None:
-                await self._shared_rate.start()
+                self._start_shared(await self._shared_rate.start(self._hint_scope()))
             await self._run_pool()
         finally:
             if self._shared_rate is not None:
@@ -767,7 +759,7 @@ class Engine:
             try:
                 if self.rate_limiter is not None:
                     await self.rate_limiter.acquire()
-                if self.pacer.rate is not None:
+                if self.pacer.rate is not None and self._shared_rate is None:
                     await self.pacer.wait()
             except BaseException:
                 self.limit.release()
@@ -790,7 +782,15 @@ class Engine:
         # rate down too (measured: 0.79 of a cap of 16 over a 15 s job).
         changed = False
         if controller is None or controller.window <= 1.0 or rater.rate is not None:
+            cuts, anchor = rater.cuts, rater.anchor
+            counted = rater.rate is not None and not rater.searching and started >= rater.cut_at
             changed = rater.on_response(started, status)
+            if self._shared_rate is not None:  # the fleet's rate: publish a cut, count answers
+                self._shared_rate.observe(
+                    rater.rate, rater.anchor, cut=rater.cuts != cuts or rater.anchor != anchor,
+                    answered=counted and status is not None and status != 429,
+                    since=rater.answered,
+                )  # fmt: skip
         rate = rater.rate
         if controller is not None:
             # Requests truly sending (not slot holders waiting for their turn), this one too.
@@ -814,6 +814,41 @@ class Engine:
         if self.pacer.rate is None and rate is not None:
             self.pacer.hold()
         self.pacer.rate = rate
+
+    def _start_shared(self, learned: Learned | None) -> None:
+        """Start from the fleet's learned rate in the rate store (newer than any file hint)."""
+        self.rater.measure_admitted = False  # (this process makes only part of the starts)
+        if learned is None:
+            return
+        hint = learned.anchor
+        if self._fixed_rate is not None:
+            hint = min(hint, self._fixed_rate)
+        self.rater = AdaptiveRate(self.clock, hint=hint)
+        self.rater.measure_admitted = False
+        self._adopt_cut(learned.rate, learned.anchor)
+        self._notice("info", f"starting at the rate the fleet learnt: ~{hint * 60:.0f}/min")
+
+    def _adopt_cut(self, rate: float, anchor: float) -> None:
+        """Another process sharing the rate store cut the fleet's rate: take it as ours."""
+        rater = self.rater
+        if self._fixed_rate is not None:
+            rate, anchor = min(rate, self._fixed_rate), min(anchor, self._fixed_rate)
+        rater.adopt(rate, anchor)
+        pace = rater.rate
+        if self._fixed_rate is not None and pace is not None:
+            pace = min(pace, self._fixed_rate)
+        self.pacer.rate = pace
+        self.summary.learned_rate = rater.learned
+        self._emit(LimitChanged(self.limit.limit, pace, rater.learned))
+
+    def _fleet_answered(self, n: int) -> None:
+        """The fleet's count of answers since the last cut: climb and probe on all of them."""
+        rater = self.rater
+        if rater.advance(n):
+            pace = rater.rate
+            if self._fixed_rate is not None and pace is not None:
+                pace = min(pace, self._fixed_rate)
+            self.pacer.rate = pace
 
     def _hint_scope(self) -> str:
         """What a learnt rate belongs to: the endpoint (no query: it may hold a token) and the

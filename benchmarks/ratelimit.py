@@ -77,12 +77,22 @@ SCENARIOS = [
 #: Short jobs (issue 14): 15 s runs, the whole run counted, slow start and probing included.
 SHORT = [
     Scenario("short: C=16, auto", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000), seconds=15),
-    Scenario("short: C=16, fixed -j 16", {"max_concurrent": 16}, 16 / (LATENCY_MS / 1000),
-             args=("--concurrency", "16"), seconds=15),
+    Scenario(
+        "short: C=16, fixed -j 16",
+        {"max_concurrent": 16},
+        16 / (LATENCY_MS / 1000),
+        args=("--concurrency", "16"),
+        seconds=15,
+    ),
     Scenario("short: R=20/s, auto", {"rate_limit": 20.0}, 20.0, seconds=15),
     Scenario("short: R=20/s, default options", {"rate_limit": 20.0}, 20.0, args=(), seconds=15),
-    Scenario("short: C=16 as the ceiling, -j 16 auto", {}, 16 / (LATENCY_MS / 1000),
-             args=("--concurrency", "auto", "--max-concurrency", "16"), seconds=15),
+    Scenario(
+        "short: C=16 as the ceiling, -j 16 auto",
+        {},
+        16 / (LATENCY_MS / 1000),
+        args=("--concurrency", "auto", "--max-concurrency", "16"),
+        seconds=15,
+    ),
 ]
 
 
