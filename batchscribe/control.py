@@ -145,8 +145,9 @@ class Pacer:
 
     Waiters go first come, first served, one per gap, and the gap is read afresh at each turn,
     so a rate cut or raise applies to those already waiting. No credit builds up while idle, so
-    a paced pool never fires a volley. Hand-written (``--rate`` uses aiolimiter) because the
-    adaptive controller moves its rate on every decision and it must read the injectable clock.
+    a paced pool never fires a volley. Hand-written, not aiolimiter: a leaky bucket lets its
+    capacity through at once (a service allowing one start at a time refuses the second), the
+    learned rate moves at every decision, and waits must read the injectable clock.
     """
 
     #: Seconds of a timer's lateness a start may make up (an event loop's is ~1 ms).

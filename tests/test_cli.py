@@ -942,10 +942,10 @@ def test_a_trickling_stdin_pipe_is_sent_as_lines_arrive(
 
 
 def test_the_run_path_imports_nothing_it_may_not_need() -> None:
-    """``batchscribe run`` starts without tenacity (first retry), aiolimiter (--rate), aiofiles
+    """``batchscribe run`` starts without tenacity (first retry), aiofiles
     (big files), the shared rate store, the emulator or numpy (big results files): each is
     imported where it is used."""
-    lazy = ["tenacity", "aiolimiter", "aiofiles", "batchscribe.ratestore", "batchscribe.emulator",
+    lazy = ["tenacity", "aiofiles", "batchscribe.ratestore", "batchscribe.emulator",
             "numpy"]  # fmt: skip
     code = f"import sys, batchscribe.cli; print([m for m in {lazy!r} if m in sys.modules])"
     proc = subprocess.run(
