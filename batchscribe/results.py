@@ -40,7 +40,6 @@ from batchscribe.errors import ConfigError, ResultsBusy, RunAborted
 from batchscribe.ids import DigestSet, id_key
 
 _ID_PREFIX = b'{"id":"'
-_STATUS_SEP = b'","status":"'
 _READ_CHUNK = 1 << 20
 
 
@@ -127,12 +126,6 @@ def newlines(data: bytes) -> Any:
 _NEWLINE = 10
 
 
-def iter_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """Complete lines (without the newline) of a binary stream; a final unterminated line too."""
-    for line in stream:
-        yield line[:-1] if line.endswith(b"\n") else line
-
-
 def fingerprint(size: object, version: object) -> int:
     """A 32-bit fingerprint of a source's size and version (mtime, or a cloud ETag).
 
@@ -197,7 +190,6 @@ def _find(table: Any, mask: int, keys: Any) -> Any:
 
 
 _BLOCK = 1 << 20  # bytes read per block by scan
-_LINE_PREFIX = b'\n{"id":"'
 
 
 def _table_slots(capacity: int) -> int:
