@@ -28,6 +28,7 @@ had transcribed the whole file at once (pure).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -179,12 +180,14 @@ def _part_words(part: Part, order: int) -> list[_Timed]:
 def _part_utterances(part: Part, order: int, words: list[_Timed]) -> list[_Placed]:
     """The part's utterances cut to its keep window (see the module docstring)."""
     out: list[_Placed] = []
+    by_middle = sorted(words, key=lambda w: w.start + w.end)
+    middles = [(w.start + w.end) / 2 for w in by_middle]
     for index, utterance in enumerate(_entries(part.payload, "utterances")):
         times = _times(utterance)
         if times is None:
             continue
         start, end = times
-        inside = [w for w in words if start <= (w.start + w.end) / 2 <= end]
+        inside = by_middle[bisect_left(middles, start) : bisect_right(middles, end)]
         kept = [w.placed for w in inside if w.placed is not None]
         if not inside:  # no words to go by: the utterance's own midpoint decides
             if _kept(part, start, end):
