@@ -29,7 +29,6 @@ from batchscribe.errors import (
     ConfigError,
 )
 from batchscribe.events import Subscriber
-from batchscribe.plan import dry_run
 from batchscribe.progress import Console, EventLog, Progress, Redactor, TerminalStream
 from batchscribe.pulse import (
     BOOL_PARAMS,
@@ -43,6 +42,7 @@ from batchscribe.pulse import (
     url_secrets,
 )
 from batchscribe.results import ReadCounts
+from batchscribe.run.dry_run import dry_run
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"

@@ -16,16 +16,14 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 import uuid
 import weakref
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, BinaryIO, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiohttp
 import orjson
@@ -68,9 +66,7 @@ from batchscribe.events import (
     Summary,
     TotalKnown,
 )
-from batchscribe.ids import DigestSet, id_key
 from batchscribe.manifest import Item, Problem
-from batchscribe.plan import SEND_ACTIONS, check_file, decide, reader_settles
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
     Outcome,
@@ -86,9 +82,11 @@ from batchscribe.pulse import (
     public_url,
     url_secrets,
 )
-from batchscribe.results import ResultsStore, ResumeState, SeenIds, damaged_lines
+from batchscribe.results import ResultsStore, ResumeState, Skipped, build_record, damaged_lines
 from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
-from batchscribe.shard import Shard, ShardFilter
+from batchscribe.run.feed import Feed
+from batchscribe.run.plan import check_file
+from batchscribe.shard import Shard
 
 if TYPE_CHECKING:
     from batchscribe.ratestore import Acquirer, Learned, SharedRate
@@ -97,14 +95,12 @@ if TYPE_CHECKING:
 # (files over one chunk), and tenacity in retry.py (a second attempt). A run without them
 # starts ~30 ms sooner.
 
-_T = TypeVar("_T")
 
 UPLOAD_CHUNK = 256 * 1024
 MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
 #: Seconds of nothing but 429s from the service after which a 429 spends an item's attempts
 #: again (a quota used up answers 429 forever: the run must still end).
 RATE_PATIENCE = 600.0
-_READ_BATCH = 256  # manifest entries taken from the reader thread at a time
 
 
 @dataclass(frozen=True)
@@ -274,9 +270,6 @@ def _mime_of(extension: str) -> str:
 def _content_type(path: str) -> str:
     """``content_type_for`` by the file's extension (os.path is far cheaper than PurePath)."""
     return _mime_of("x" + os.path.splitext(path)[1])
-
-
-_RESERVED = frozenset({"transcription", "words", "utterances", "request_id"})
 
 
 class Engine:
@@ -476,76 +469,13 @@ class Engine:
         With ``max_items``, stops after queueing that many items, and marks the budget reached
         only if a further item was waiting to be sent.
         """
-        loop = asyncio.get_running_loop()
         options = self.options
-        resume = self._resume
-        assert resume is not None
-        retry_failed, rescan = options.retry_failed, options.rescan_changed
-        shard = options.shard
-
-        counts = [0, 0, 0]  # settled by the reader's hook: failed, done, both
-        # The duplicate-id check marks the ids the results file knows in the resume table
-        # (which also lets the reader settle a run of them at once); only new ids take room.
-        seen = resume.seen_ids() if len(resume) else DigestSet(key=id_key)
-        entries: Any = manifest.iter_sources(
-            options.sources,
-            stdin=self.stdin,
-            checked=True,
-            seen=seen,
-            defaults=options.params,
-            settled=reader_settles(
-                resume,
-                shard,
-                retry_failed=retry_failed,
-                rescan_changed=rescan,
-                counts=counts,
-                seen=seen if isinstance(seen, SeenIds) else None,
-            ),
-        )
-        if shard is not None:
-            entries = ShardFilter(entries, shard)
-
-        def classified() -> Iterator[tuple[Item | Problem | _Skips, str]]:
-            # Runs in the reader thread: parsing and resume look-ups stay off the event loop.
-            # Items skipped (done, failed earlier) are counted here, most of them by the
-            # reader's hook before any item is built (``counts``), and handed over as counts,
-            # in order, before the next entry to send or report (and every 4096 skips).
-            done = failed = 0
-            try:
-                for entry in entries:
-                    if type(entry) is str:  # the hook's every-4096th flush: counted already
-                        pass
-                    elif isinstance(entry, Problem):
-                        if done or failed or counts[2]:
-                            yield _Skips(done + counts[1], failed + counts[0]), "skipped"
-                            done = failed = counts[0] = counts[1] = counts[2] = 0
-                        yield entry, "invalid"
-                        continue
-                    else:
-                        action = decide(
-                            resume, entry, retry_failed=retry_failed, rescan_changed=rescan
-                        )
-                        if action in SEND_ACTIONS:
-                            if done or failed or counts[2]:
-                                yield _Skips(done + counts[1], failed + counts[0]), "skipped"
-                                done = failed = counts[0] = counts[1] = counts[2] = 0
-                            yield entry, action
-                            continue
-                        if action == "done":
-                            done += 1
-                        else:
-                            failed += 1
-                    if done + failed + counts[2] >= 4096:
-                        yield _Skips(done + counts[1], failed + counts[0]), "skipped"
-                        done = failed = counts[0] = counts[1] = counts[2] = 0
-            except manifest.ManifestError:
-                if done or failed or counts[2]:  # what was read before the source failed
-                    yield _Skips(done + counts[1], failed + counts[0]), "skipped"
-                raise
-            if done or failed or counts[2]:
-                yield _Skips(done + counts[1], failed + counts[0]), "skipped"
-
-        reader = _Reader(loop, classified)
+        assert self._resume is not None
+        feed = Feed(
+            asyncio.get_running_loop(), options.sources, self._resume,
+            retry_failed=options.retry_failed, rescan_changed=options.rescan_changed,
+            shard=options.shard, stdin=self.stdin, params=options.params,
+        )  # fmt: skip
         summary = self.summary
         budget = options.max_items
         total = queued = 0
@@ -553,7 +483,7 @@ class Engine:
         try:
             while not self._stopping:
                 try:
-                    batch = await reader.get_batch(_READ_BATCH)
+                    batch = await feed.get_batch()
                 except manifest.ManifestError as exc:
                     # A source became unreadable mid-way: say so, count it, keep what was read.
                     summary.invalid_lines += 1
@@ -565,15 +495,16 @@ class Engine:
                     summary.total = total
                     pending = total - summary.skipped_ok - summary.skipped_failed
                     self._emit(TotalKnown(total, pending))
-                    hidden = getattr(entries, "hidden_problems", 0)
-                    if hidden:
+                    if feed.hidden_problems:
                         self._notice(
-                            "info", f"{hidden} bad manifest line(s) skipped; shard 0 reports them"
+                            "info",
+                            f"{feed.hidden_problems} bad manifest line(s) skipped; shard 0 "
+                            "reports them",
                         )
                     break
                 skipped = 0
                 for entry, _action in batch:
-                    if type(entry) is _Skips:
+                    if type(entry) is Skipped:
                         summary.skipped_ok += entry.done
                         summary.skipped_failed += entry.failed
                         total += entry.done + entry.failed
@@ -598,7 +529,7 @@ class Engine:
                 if skipped and self.bus:
                     self.bus.emit(ItemsSkipped(skipped))
         finally:
-            reader.close()
+            feed.close()
             if not self._stopping:
                 for _ in self._workers:
                     await queue.put(None)
@@ -1007,45 +938,12 @@ class Engine:
         """Complete the record, write it, count it, emit it. ``elapsed``: the seconds the last
         attempt's request took (recorded for an answered one as ``elapsed_ms``)."""
         summary = self.summary
-        audio = 0.0
-        record["attempts"] = attempts
-        record["http_status"] = outcome.http_status
-        if outcome.http_status is not None and elapsed is not None:
-            record["elapsed_ms"] = round(elapsed * 1000)
-        if outcome.verdict is Verdict.OK or outcome.verdict is Verdict.SUBMITTED:
-            record["status"] = "ok" if outcome.verdict is Verdict.OK else "submitted"
-            record["error"] = None
-            record["cause"] = None
-        else:
-            record["error"] = outcome.error or outcome.cause
-            record["cause"] = outcome.cause
-        record["finished_at"] = utc_now()
-        record["run"] = summary.run_id
-        if outcome.request_id is not None and outcome.verdict is Verdict.FAIL:
-            record["request_id"] = outcome.request_id  # what support asks for
-        payload = outcome.payload
-        if outcome.verdict is Verdict.SUBMITTED:
-            # No transcript: the service sends it to the webhook, under this request id.
-            record["request_id"] = outcome.request_id
-            if payload is not None:
-                record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
-        elif payload is not None:
-            duration = _payload_duration(payload)
-            if duration is None and header_duration is not None:
-                duration = round(header_duration, 3)
-                record["duration_from"] = "header"
-            if duration is not None:
-                audio = duration
-            record["transcription"] = payload.get("transcription")
-            record["words"] = payload.get("words")
-            record["utterances"] = payload.get("utterances")
-            record["duration"] = duration
-            record["request_id"] = outcome.request_id
-            record["response"] = {k: v for k, v in payload.items() if k not in _RESERVED}
-        if item.params:
-            record["params"] = dict(item.params)  # per-item Pulse overrides, for reruns
-        if item.metadata:
-            record["metadata"] = item.metadata
+        build_record(
+            record, outcome, attempts=attempts, run_id=summary.run_id, finished_at=utc_now(),
+            params=item.params, metadata=item.metadata, header_duration=header_duration,
+            elapsed=elapsed,
+        )  # fmt: skip
+        audio = record.get("duration") or 0.0
         store = self._store
         assert store is not None
         try:
@@ -1227,92 +1125,6 @@ def _payload_duration(payload: dict[str, Any] | None) -> float | None:
         meta = payload.get("metadata")
         duration = plausible_seconds(meta.get("duration")) if isinstance(meta, dict) else None
     return duration
-
-
-class _Skips(NamedTuple):
-    """A run of items the reader skipped: done earlier, failed earlier (not retried)."""
-
-    done: int
-    failed: int
-
-
-class _Reader(Generic[_T]):
-    """The blocking manifest reader in a daemon thread, handing entries to the event loop.
-
-    The thread appends to a bounded deque and wakes the loop only when the loop is waiting, so
-    a fast source costs a lock per entry and a slow one (a pipe that trickles) hands over each
-    entry as it arrives. A daemon thread, because it may block for ever on a pipe (``-``):
-    neither a stop nor the end of the process waits for it, whereas an executor is joined.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        produce: Callable[[], Iterator[_T]],
-        capacity: int = 4 * _READ_BATCH,
-    ) -> None:
-        self._loop = loop
-        self._produce = produce
-        self._capacity = capacity
-        self._items: deque[_T] = deque()
-        self._cond = threading.Condition()
-        self._waiter: asyncio.Future[None] | None = None
-        self._done = False
-        self._closed = False
-        self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="batchscribe-reader", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for entry in self._produce():
-                with self._cond:
-                    while len(self._items) >= self._capacity and not self._closed:
-                        self._cond.wait()
-                    if self._closed:
-                        return
-                    self._items.append(entry)
-                    waiter, self._waiter = self._waiter, None
-                if waiter is not None:
-                    self._wake(waiter)
-        except BaseException as exc:  # re-raised in the awaiting task
-            self._error = exc
-        finally:
-            with self._cond:
-                self._done = True
-                waiter, self._waiter = self._waiter, None
-            if waiter is not None:
-                self._wake(waiter)
-
-    def _wake(self, waiter: asyncio.Future[None]) -> None:
-        def wake() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the run is over
-            self._loop.call_soon_threadsafe(wake)
-
-    async def get_batch(self, most: int) -> list[_T]:
-        """Up to ``most`` entries as soon as there is one; an empty list at the end."""
-        while True:
-            with self._cond:
-                if self._items:
-                    items = self._items
-                    batch = [items.popleft() for _ in range(min(most, len(items)))]
-                    self._cond.notify()
-                    return batch
-                if self._done:
-                    if self._error is not None:
-                        raise self._error
-                    return []
-                waiter: asyncio.Future[None] = self._loop.create_future()
-                self._waiter = waiter
-            await waiter
-
-    def close(self) -> None:
-        """Let the thread end at its next entry (it may stay blocked on a silent pipe)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
 
 class _SmallReads:

@@ -18,7 +18,8 @@ def id_digest(item_id: str) -> int:
     return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
-_MASK64 = (1 << 64) - 1
+#: The one 64-bit mask: an in-process key is Python's hash of an id, as unsigned 64 bits.
+MASK64 = (1 << 64) - 1
 
 
 def id_key(item_id: str) -> int:
@@ -28,7 +29,23 @@ def id_key(item_id: str) -> int:
     str), so the manifest's duplicate check and the resume look-up of one id share one hash.
     Never persist it or compare it across processes: use :func:`id_digest` for that.
     """
-    return hash(item_id) & _MASK64
+    return hash(item_id) & MASK64
+
+
+def probe(table: array[int], mask: int, key: int, shift: int = 0) -> int:
+    """The slot of ``key`` in an open-addressing ``table``: the slot holding it, else the empty
+    slot where it goes. The one probe loop (linear probing; ``len(table) == mask + 1``).
+
+    A slot holds 0 (empty) or a value whose top bits, ``value >> shift``, are its key (the
+    low ``shift`` bits are flags). Keys are never 0. Hot loops inline this loop (one call
+    costs as much as the look-up): each such copy says so and names this reference.
+    """
+    i = key & mask
+    while True:
+        current = table[i]
+        if current == 0 or current >> shift == key:
+            return i
+        i = (i + 1) & mask
 
 
 class DigestSet:
@@ -51,6 +68,7 @@ class DigestSet:
         """Add a digest; return False when it was already present."""
         digest = digest or 1  # 0 marks an empty slot
         table, mask = self._table, self._mask
+        # probe(table, mask, digest), inlined: once per manifest line of a fresh run.
         i = digest & mask
         while True:
             current = table[i]
@@ -68,24 +86,17 @@ class DigestSet:
     def __contains__(self, digest: object) -> bool:
         if not isinstance(digest, int):
             return False
-        digest = digest or 1
-        table, mask = self._table, self._mask
-        i = digest & mask
-        while True:
-            current = table[i]
-            if current == 0:
-                return False
-            if current == digest:
-                return True
-            i = (i + 1) & mask
+        return self._table[probe(self._table, self._mask, digest or 1)] != 0
 
     def _grow(self) -> None:
         old = self._table
         slots = len(old) * 2
         table = array("Q", bytes(8 * slots))
         mask = slots - 1
-        for digest in old:  # re-placed inline: each is known to be new
+        for digest in old:
             if digest:
+                # probe(table, mask, digest), inlined: every id again at each growth, and
+                # each is known to be new (no compare).
                 i = digest & mask
                 while table[i]:
                     i = (i + 1) & mask

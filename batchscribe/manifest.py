@@ -9,7 +9,8 @@ Everything streams: files are read in binary, in runs of whole lines as they arr
 one line at a time (decoded per line, so one bad byte spoils one line); directories are walked
 lazily one level at a time, and the only state that grows with the input is the shared set of
 id digests used to spot duplicate ids. A resumed run hands whole runs of ``{"id", "path"}``
-lines to the resume state's ``settle_block`` hook, which skips them at once when all are done.
+lines to the resume's :class:`~batchscribe.results.resume.Settler`, which skips them at once
+when all are done.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 import orjson
 
 from batchscribe import cloud
-from batchscribe.ids import DigestSet, id_key
+from batchscribe.ids import MASK64, DigestSet, id_key
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
     PARAM_NAMES,
@@ -35,6 +36,7 @@ from batchscribe.pulse import (
     check_combination,
     coerce_param,
 )
+from batchscribe.results.resume import HAND_ON_EVERY, Settler, Skipped
 
 __all__ = ["Item", "ManifestError", "Problem", "check_sources", "iter_sources"]
 
@@ -104,7 +106,6 @@ _PARAM_FIELDS = frozenset(PARAM_NAMES)
 _TOO_LONG = f"line is longer than {MAX_LINE // (1024 * 1024)} MiB; skipped"
 _INVALID_UTF8 = "invalid UTF-8"
 
-Settled = Callable[[str], "str | None"]
 Line = tuple[int, bytes | None]  # (1-based line number, raw bytes or None when too long)
 
 
@@ -161,9 +162,9 @@ def iter_sources(
     stdin: BinaryIO | None = None,
     seen: DigestSet | None = None,
     checked: bool = False,
-    settled: Settled | None = None,
+    settler: Settler | None = None,
     defaults: PulseParams | None = None,
-) -> Iterator[Item | Problem | str]:
+) -> Iterator[Item | Problem | Skipped]:
     """Stream the items and problems of every source, in order.
 
     Sources are checked with :func:`check_sources` when iteration starts. A source that fails
@@ -178,18 +179,19 @@ def iter_sources(
             ``seen.key(id)`` (:func:`~batchscribe.ids.id_digest` unless the set says otherwise;
             one created here uses the cheaper in-process :func:`~batchscribe.ids.id_key`).
         checked: the caller has just run :func:`check_sources` (a bucket check costs a request).
-        settled: called with the id of each valid item of the common JSONL shape (a path, no
-            other fields) once its duplicate check passed; when it returns a string (the
-            resume action, ``done`` or ``failed``), that string is yielded instead of the item,
-            which is never built (an empty string: nothing is yielded, the hook counted it).
+        settler: asked about the id of each valid item of the common JSONL shape (a path, no
+            other fields) once its duplicate check passed; an item it settles (a resumed run
+            skips it) is never built: the settler counts it, and the counts it holds are
+            yielded as a :class:`~batchscribe.results.resume.Skipped` from time to time
+            (the caller takes the rest from the settler).
         defaults: the run's Pulse parameters: an item whose own fields (or URL input) do not
             fit with them (:func:`~batchscribe.pulse.check_combination`) is a problem of its
             line. Without them, only an item that sets its own ``model`` is checked.
     """
     if defaults is None:
-        yield from _iter_sources(sources, stdin, seen, checked, settled)
+        yield from _iter_sources(sources, stdin, seen, checked, settler)
         return
-    for entry in _iter_sources(sources, stdin, seen, checked, settled):
+    for entry in _iter_sources(sources, stdin, seen, checked, settler):
         if type(entry) is Item and (entry.params or entry.is_url):
             params = defaults.with_overrides(entry.params)
             problem = check_combination(params, url_input=entry.is_url)
@@ -207,8 +209,8 @@ def _iter_sources(
     stdin: BinaryIO | None,
     seen: DigestSet | None,
     checked: bool,
-    settled: Settled | None,
-) -> Iterator[Item | Problem | str]:
+    settler: Settler | None,
+) -> Iterator[Item | Problem | Skipped]:
     """:func:`iter_sources` without the check against the run's parameters."""
     if not checked:
         check_sources(sources)
@@ -218,7 +220,7 @@ def _iter_sources(
         if source == STDIN:
             stream = stdin if stdin is not None else sys.stdin.buffer
             try:
-                yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen, settled)
+                yield from _read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen, settler)
             except OSError as exc:
                 raise ManifestError(f"{STDIN_NAME}: read failed: {_reason(exc)}") from exc
         elif cloud.is_cloud_uri(source):
@@ -229,15 +231,15 @@ def _iter_sources(
             except OSError as exc:  # the folder went away after check_sources
                 raise ManifestError(f"{_printable(source)}: cannot read: {_reason(exc)}") from exc
         else:
-            yield from _read_file(source, seen, settled)
+            yield from _read_file(source, seen, settler)
 
 
 # --------------------------------------------------------------------------- sources
 
 
 def _read_file(
-    source: str, seen: DigestSet, settled: Settled | None = None
-) -> Iterator[Item | Problem | str]:
+    source: str, seen: DigestSet, settler: Settler | None = None
+) -> Iterator[Item | Problem | Skipped]:
     name = _printable(source)
     kind = _KINDS.get(os.path.splitext(source)[1].lower(), "sniff")
     try:
@@ -252,7 +254,7 @@ def _read_file(
         else:
             base = os.path.dirname(os.path.abspath(source))
         try:
-            yield from _read_stream(stream, name, base, kind, seen, settled)
+            yield from _read_stream(stream, name, base, kind, seen, settler)
         except OSError as exc:
             raise ManifestError(f"{name}: read failed: {_reason(exc)}") from exc
 
@@ -263,8 +265,8 @@ def _read_stream(
     base: str,
     kind: Kind,
     seen: DigestSet,
-    settled: Settled | None = None,
-) -> Iterator[Item | Problem | str]:
+    settler: Settler | None = None,
+) -> Iterator[Item | Problem | Skipped]:
     chunks = _read_chunks(stream)
     if kind == "csv":
         yield from _parse_csv(_chunk_lines(chunks), file, base, seen)
@@ -284,11 +286,10 @@ def _read_stream(
                 file, lineno, "this is a JSON array, not JSON Lines: write one JSON object per line"
             )
             return
-        block = getattr(settled, "block", None)
-        if block is None:
-            yield from _parse_jsonl(_chunk_lines(chunks), file, base, seen, settled)
+        if settler is None or not settler.runs:
+            yield from _parse_jsonl(_chunk_lines(chunks), file, base, seen, settler)
         else:
-            yield from _parse_jsonl_blocks(chunks, file, base, seen, settled, block)
+            yield from _parse_jsonl_blocks(chunks, file, base, seen, settler)
     else:
         yield from _parse_text(_chunk_lines(chunks), file, base, seen)
 
@@ -420,13 +421,14 @@ def _parse_jsonl(
     file: str,
     base: str,
     seen: DigestSet,
-    settled: Settled | None = None,
-) -> Iterator[Item | Problem | str]:
+    settler: Settler | None = None,
+) -> Iterator[Item | Problem | Skipped]:
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     add = seen.add
     key_of = None if seen.key is id_key else seen.key
     is_cloud = cloud.is_cloud_uri
+    settle = None if settler is None else settler.settle
     for lineno, raw in lines:
         if raw is None:
             yield Problem(file, lineno, _TOO_LONG)
@@ -453,12 +455,14 @@ def _parse_jsonl(
                 and "\x00" not in path
                 and not is_cloud(path)
             ):
-                if add(hash(item_id) & _MASK64 if key_of is None else key_of(item_id)):
-                    if settled is not None:
-                        action = settled(item_id)
-                        if action is not None:
-                            if action:  # "" : settled and counted by the hook, nothing to yield
-                                yield action
+                if add(hash(item_id) & MASK64 if key_of is None else key_of(item_id)):
+                    if settle is not None:
+                        held = settle(item_id)
+                        if held:  # skipped, and counted by the settler: no item is built
+                            if held >= HAND_ON_EVERY and settler is not None:
+                                skipped = settler.take()  # (held: never None)
+                                if skipped is not None:
+                                    yield skipped
                             continue
                     yield Item(item_id, _resolve(base, path), False, {}, None, f"{file}:{lineno}")
                 else:
@@ -496,15 +500,14 @@ def _parse_jsonl_blocks(
     file: str,
     base: str,
     seen: DigestSet,
-    settled: Settled | None,
-    block: Callable[[list[str] | list[bytes]], str | None],
-) -> Iterator[Item | Problem | str]:
+    settler: Settler,
+) -> Iterator[Item | Problem | Skipped]:
     """:func:`_parse_jsonl` for a resumed run, a run of lines at a time where it can be.
 
-    A run of lines that are all ``{"id": ..., "path": ...}`` is handed to ``block`` (the
-    resume state's :meth:`~batchscribe.results.ResumeState.settle_block`) without parsing a
-    line in Python: when it settles them all (done earlier, none read before), the run costs
-    a regex pass and a few C-level passes; otherwise its lines are read one at a time by
+    A run of lines that are all ``{"id": ..., "path": ...}`` is handed to
+    :meth:`~batchscribe.results.resume.Settler.settle_run` without parsing a line in Python:
+    when it settles them all (done earlier, none read before), the run costs a regex pass and
+    a few C-level passes; otherwise its lines are read one at a time by
     :func:`_parse_jsonl`, which gives the same answer for each line.
     """
     for chunk in chunks:
@@ -525,13 +528,12 @@ def _parse_jsonl_blocks(
                     ids = [raw.decode("utf-8") for raw in found]
                 except UnicodeDecodeError:
                     ids = []
-            if ids:
-                marker = block(ids)
-                if marker is not None:  # settled ("": nothing of this run to count)
-                    if marker:
-                        yield marker
-                    continue
-        yield from _parse_jsonl(_chunk_lines(iter((chunk,))), file, base, seen, settled)
+            if ids and settler.settle_run(ids):
+                skipped = settler.take()
+                if skipped is not None:  # (None: nothing of this shard's to count)
+                    yield skipped
+                continue
+        yield from _parse_jsonl(_chunk_lines(iter((chunk,))), file, base, seen, settler)
 
 
 def _parse_text(
@@ -827,9 +829,6 @@ def _make_item(
     if not seen.add(seen.key(item_id)):
         return f"duplicate id {_quote(item_id)} (first seen earlier)"
     return Item(item_id, source, is_url, params, metadata, origin)
-
-
-_MASK64 = (1 << 64) - 1
 
 
 def _resolve(base: str, path: str) -> str:

@@ -26,6 +26,7 @@ from typing import Literal
 
 from batchscribe.ids import id_digest
 from batchscribe.manifest import Item, Problem
+from batchscribe.results import Skipped
 
 __all__ = [
     "SCHEDULERS",
@@ -255,22 +256,22 @@ class ShardFilter:
 
     Every shard reads the whole manifest, so every shard meets every bad line; only shard 0
     reports (and counts) them, so a fleet reports each bad line once and its counts add up.
-    Other shards count the ones they hid in :attr:`hidden_problems`. A string (the action of
-    an item the reader settled, see :func:`batchscribe.manifest.iter_sources`) passes: the
-    reader only settles items of this shard.
+    Other shards count the ones they hid in :attr:`hidden_problems`. A :class:`Skipped` (items
+    the reader settled, see :func:`batchscribe.manifest.iter_sources`) passes: the reader only
+    settles items of this shard.
     """
 
-    def __init__(self, entries: Iterable[Item | Problem | str], shard: Shard) -> None:
+    def __init__(self, entries: Iterable[Item | Problem | Skipped], shard: Shard) -> None:
         self._entries = iter(entries)
         self.shard = shard
         self.hidden_problems = 0
         self._iterator = self._select()
 
-    def _select(self) -> Generator[Item | Problem | str, None, None]:
+    def _select(self) -> Generator[Item | Problem | Skipped, None, None]:
         shard = self.shard
         report_problems = shard.index == 0
         for entry in self._entries:
-            if isinstance(entry, str):  # a settled item's action (iter_sources' settled): in shard
+            if isinstance(entry, Skipped):  # items the reader settled: all in this shard
                 yield entry
             elif isinstance(entry, Problem):
                 if report_problems:
@@ -280,10 +281,10 @@ class ShardFilter:
             elif in_shard(entry.id, shard):
                 yield entry
 
-    def __iter__(self) -> Iterator[Item | Problem | str]:
+    def __iter__(self) -> Iterator[Item | Problem | Skipped]:
         return self._iterator
 
-    def __next__(self) -> Item | Problem | str:
+    def __next__(self) -> Item | Problem | Skipped:
         return next(self._iterator)
 
     def close(self) -> None:

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchscribe import manifest as manifest_module
-from batchscribe import results as results_module
 from batchscribe.ids import DigestSet, id_digest, id_key
 from batchscribe.manifest import (
     Item,
@@ -28,9 +27,10 @@ from batchscribe.manifest import (
     check_sources,
     iter_sources,
 )
-from batchscribe.plan import reader_settles
 from batchscribe.pulse import PulseParams
-from batchscribe.results import ResumeState
+from batchscribe.results import ResumeState, Settler, Skipped
+from batchscribe.results import resume as results_module
+from batchscribe.run.plan import reader_settles
 from batchscribe.shard import Shard, ShardFilter
 
 # --------------------------------------------------------------------------- helpers
@@ -1095,21 +1095,22 @@ def test_resumed_reading_settles_runs_as_lines_would(
             state = ResumeState()
             for item_id, status in known.items():
                 state.add(item_id, status)
-            counts = [0, 0, 0]
             seen = state.seen_ids() if runs else DigestSet(key=id_key)
-            settle = reader_settles(
+            settler = reader_settles(
                 state,
                 part,
                 retry_failed=retry_failed,
                 rescan_changed=False,
-                counts=counts,
                 seen=seen if runs else None,  # type: ignore[arg-type]
             )
-            assert settle is None or hasattr(settle, "block") == (runs and bool(known))
-            entries: Any = iter_sources([str(manifest)], seen=seen, settled=settle)
+            assert settler is None or settler.runs == (runs and bool(known))
+            entries: Any = iter_sources([str(manifest)], seen=seen, settler=settler)
             if part is not None:
                 entries = ShardFilter(entries, part)
-            yielded = [e for e in entries if not isinstance(e, str)]
+            read = [*entries, settler and settler.take()]
+            yielded = [e for e in read[:-1] if not isinstance(e, Skipped)]
+            skipped = [e for e in read if isinstance(e, Skipped)]
+            counts = [sum(s.failed for s in skipped), sum(s.done for s in skipped)]
             outcomes.append((yielded, counts, getattr(entries, "hidden_problems", 0)))
     assert outcomes[0] == outcomes[1]
 
@@ -1124,15 +1125,14 @@ def test_a_settled_id_read_again_is_a_duplicate(tmp_path: Path) -> None:
     state = ResumeState()
     for i in range(50):
         state.add(f"id-{i}", "ok")
-    counts = [0, 0, 0]
     seen = state.seen_ids()
     with patch.object(results_module, "BLOCK_SETTLE_FROM", 0):
-        settle = state.settler("done", "failed", counts, seen=seen)
+        settler = Settler(state, skip_done=True, skip_failed=True, seen=seen)
     with patch.object(manifest_module, "_CHUNK", len(head)):  # the 50 lines are one run
-        entries = list(iter_sources([str(manifest)], seen=seen, settled=settle))
-    assert entries[0] == "done"  # the marker of a run settled at once
-    assert problems(e for e in entries if not isinstance(e, str)) == [
+        entries = list(iter_sources([str(manifest)], seen=seen, settler=settler))
+    assert entries[0] == Skipped(50, 0)  # the hand-off of a run settled at once
+    assert problems(e for e in entries if not isinstance(e, Skipped)) == [
         f"{manifest}:51: duplicate id 'id-7' (first seen earlier)",
         *(f"{manifest}:{52 + i}: duplicate id 'id-{i}' (first seen earlier)" for i in range(3)),
     ]
-    assert counts == [0, 50, 50]
+    assert settler.take() is None  # all 50 handed on with their run

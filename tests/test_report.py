@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchscribe import report as report_module
-from batchscribe import results as results_module
 from batchscribe.errors import ConfigError, ResultsBusy
 from batchscribe.report import (
     build_report,
@@ -46,6 +45,7 @@ from batchscribe.results import (
     load_split,
     merge_results,
 )
+from batchscribe.results import read as results_module
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -297,7 +297,7 @@ def _index_model(
     files: list[list[bytes]], torn: list[bool], keep_ok: bool, paths: list[str]
 ) -> tuple[Any, ...]:
     """What pass one must make of the files: each line read alone, then "last record wins"."""
-    from batchscribe.results import SUPERSEDED, _index_line
+    from batchscribe.results.read import SUPERSEDED, _index_line
 
     counts, kinds, records = ReadCounts(), bytearray(), []
     for lines, is_torn, path in zip(files, torn, paths, strict=True):
@@ -349,7 +349,7 @@ def test_pass_one_blocks_match_reading_line_by_line(
         tail = b'{"id":"t","status":"ok"' if is_torn else b""
         (where / f"{i}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines) + tail)
         paths.append(str(where / f"{i}.jsonl"))
-    with mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0):
+    with mock.patch.multiple(results_module, READ_CHUNK=chunk, VECTOR_FROM=0):
         index = index_final(paths, keep_ok=keep_ok)
         blocks = [(first, lines, kinds) for _, first, lines, kinds in index.blocks()]
     kinds, counts, ids, ok, kept = _index_model(files, torn, keep_ok, paths)
@@ -371,7 +371,7 @@ def test_pass_one_agrees_with_a_full_parse_of_every_line_of_damaged_files(
     Path(path).write_bytes(data)
     lines = data.split(b"\n")
     tail = lines.pop()
-    with mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0):
+    with mock.patch.multiple(results_module, READ_CHUNK=chunk, VECTOR_FROM=0):
         index = index_final([path])
         finals = [(n, r["id"]) for _, n, r in final_states([path])]
     kinds, counts, ids, ok, _ = _index_model([lines], [bool(tail)], False, [path])
@@ -390,7 +390,7 @@ def test_the_writers_own_files_take_the_fast_paths(tmp_path: Path, chunk: int) -
     path = write(tmp_path / "r.jsonl", *docs)
     refuse = mock.Mock(side_effect=AssertionError("read one at a time"))
     with (
-        mock.patch.multiple(results_module, _READ_CHUNK=chunk, VECTOR_FROM=0),
+        mock.patch.multiple(results_module, READ_CHUNK=chunk, VECTOR_FROM=0),
         mock.patch.object(results_module._IndexBuilder, "_add_lines", refuse),
         mock.patch.object(report_module._Tally, "_add_each", refuse),
     ):
@@ -404,7 +404,7 @@ def test_pass_two_reads_a_line_longer_than_a_block_and_refuses_changed_lines(
     """A line bigger than a read is read whole; a file rewritten in place is refused."""
     long = orjson.dumps(record("long", transcription="x " * 3000))
     path = write(tmp_path / "r.jsonl", record("a"), long + b"\n", record("b"))
-    with mock.patch.object(results_module, "_READ_CHUNK", 256):
+    with mock.patch.object(results_module, "READ_CHUNK", 256):
         index = index_final([str(path)])
         assert [(n, len(line)) for _, n, line, _ in index.lines(FINAL)][1] == (2, len(long))
         path.write_bytes(path.read_bytes().replace(b"\n", b" ", 1))  # same size, fewer lines
@@ -508,7 +508,7 @@ def test_report_batches_match_adding_one_record_at_a_time(
     paths = [str(write(where / f"{i}.jsonl", *(x + b"\n" for x in f))) for i, f in enumerate(files)]
     with (
         mock.patch.object(report_module, "BATCH", batch),
-        mock.patch.object(results_module, "_READ_CHUNK", chunk),
+        mock.patch.object(results_module, "READ_CHUNK", chunk),
     ):
         got = build_report(paths, top=top, charts=charts)
         with mock.patch.object(report_module._Tally, "add", _one_at_a_time):
@@ -529,7 +529,7 @@ def test_report_batches_match_adding_one_record_at_a_time(
 @given(st.lists(st.one_of(_results_lines(), _report_records()), max_size=10))
 def test_batch_loaders_match_the_line_loaders(lines: list[bytes]) -> None:
     """load_records and load_light_many read each line as _load_record and load_light do."""
-    from batchscribe.results import _load_record
+    from batchscribe.results.record import load_record as _load_record
 
     assert load_records(lines) == [_load_record(line) for line in lines]
     assert load_light_many(lines) == [load_light(line) for line in lines]

@@ -15,7 +15,6 @@ from damage import damaged_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscribe import results as results_module
 from batchscribe.errors import ConfigError, ResultsBusy
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.results import (
@@ -27,6 +26,7 @@ from batchscribe.results import (
     scan,
     torn_tail_length,
 )
+from batchscribe.results import resume as results_module
 
 
 def _scans(data: bytes) -> list[ResumeState]:
@@ -261,14 +261,14 @@ def test_settle_block_is_all_or_nothing_and_marks_ids_seen() -> None:
     assert displaced > 50
     counts = [0, 0, 0]
     seen = state.seen_ids()
-    assert state.settle_block(ids[:10], "done", None, counts, "done") is None  # 0 and 7 failed
-    assert state.settle_block([*ids[:10], "unknown"], "done", "failed", counts, "done") is None
-    assert state.settle_block(ids[:3] + ids[:1], "done", "failed", counts, "done") is None
+    assert not state.settle_block(ids[:10], True, False, counts)  # 0 and 7 failed
+    assert not state.settle_block([*ids[:10], "unknown"], True, True, counts)
+    assert not state.settle_block(ids[:3] + ids[:1], True, True, counts)
     assert counts == [0, 0, 0] and all(seen.key(i) not in seen for i in ids)
-    assert state.settle_block([i.encode() for i in ids], "done", "failed", counts, "m") == "m"
+    assert state.settle_block([i.encode() for i in ids], True, True, counts)
     assert counts == [72, 428, 500]
     assert all(seen.key(i) in seen for i in ids) and len(seen) == 500
-    assert state.settle_block(ids[5:6], "done", "failed", counts, "m") is None  # read before
+    assert not state.settle_block(ids[5:6], True, True, counts)  # read before
     assert not seen.add(seen.key(ids[5]))  # and a duplicate for the line-by-line check
     assert seen.add(seen.key("new")) and not seen.add(seen.key("new")) and len(seen) == 501
 

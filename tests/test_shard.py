@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from batchscribe.cli import build_parser
 from batchscribe.emulator import content_key
 from batchscribe.manifest import Item, Problem
-from batchscribe.plan import dry_run
+from batchscribe.run.dry_run import dry_run
 from batchscribe.shard import (
     Shard,
     ShardError,

@@ -1,167 +1,23 @@
-"""What a run will do with each item, and ``--dry-run``: the plan without sending anything.
-
-:func:`decide` is the one place that turns an item and the resume state into an action; the
-engine and the dry run both use it, so a dry run predicts exactly what a run sends.
-"""
+"""``--dry-run``: what a run would do with each item, without sending or writing anything."""
 
 from __future__ import annotations
 
-import operator
 import os
 import stat
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import BinaryIO
 
 from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.manifest import Item, Problem
-from batchscribe.pulse import MAX_PAYLOAD, Outcome, PulseParams, Verdict
-from batchscribe.results import ResumeState, SeenIds, damaged_lines, fingerprint, scan
-from batchscribe.shard import Shard, ShardFilter, in_shard, in_shard_many
-
-#: Actions: new (never recorded), retry (failed, and --retry-failed), changed (ok, but the file
-#: changed since, with --rescan-changed): these are sent. done (ok, or submitted: the transcript
-#: goes to a webhook) / failed: skipped.
-SEND_ACTIONS = frozenset({"new", "retry", "changed"})
-_MASK64 = (1 << 64) - 1
-
-
-def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_changed: bool) -> str:
-    """The action for one item: ``new``, ``retry``, ``changed``, ``done`` or ``failed``."""
-    if not len(resume):
-        return "new"
-    key = resume.key(item.id)
-    state = resume.status(key)
-    if state is None:
-        return "new"
-    if state == "failed":
-        return "retry" if retry_failed else "failed"
-    if not rescan_changed or state == "submitted":
-        return "done"  # (a submitted item's transcript is on its way: never paid for twice)
-    if rescan_changed and not item.is_url:
-        stored = resume.ok_fingerprint(key)
-        if stored is not None and cloud.is_cloud_uri(item.source):
-            # The listing's size and ETag/generation (or a HEAD for a manifest-named object).
-            live = cloud.live_fingerprint(item.source, item.size, item.version)
-            return "changed" if live is not None and live != stored else "done"
-        if stored is not None:
-            try:
-                st = os.stat(item.source)
-            except OSError:
-                return "done"  # gone since: keep its transcript, nothing to send
-            if fingerprint(st.st_size, st.st_mtime) != stored:
-                return "changed"
-    return "done"
-
-
-def file_problem(st: os.stat_result) -> Outcome | None:
-    """Why a local file with this ``stat`` must not be sent (None when it can be), as far as
-    its stat tells: not a regular file (a folder, a FIFO, a device), empty, over 250 MB."""
-    if not stat.S_ISREG(st.st_mode):
-        return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
-    if st.st_size == 0:
-        return Outcome(Verdict.FAIL, None, "invalid", "empty file")
-    if st.st_size > MAX_PAYLOAD:
-        return Outcome(
-            Verdict.FAIL, None, "too_large",
-            f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
-        )  # fmt: skip
-    return None
-
-
-def check_file(path: str) -> tuple[os.stat_result | None, Outcome | None]:
-    """A local file's stat (None when it cannot be had) and why it must not be sent (None when
-    it can be): the one per-file decision of a run and of a dry run. Never opens the file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None, Outcome(Verdict.FAIL, None, "missing", "file not found")
-    except OSError as exc:
-        return None, Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}")
-    unfit = file_problem(st)
-    if unfit is None and not os.access(path, os.R_OK):
-        unfit = Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
-    return st, unfit
-
-
-def settled_action(
-    resume: ResumeState, item_id: str, *, retry_failed: bool, rescan_changed: bool
-) -> str | None:
-    """``done`` or ``failed`` when :func:`decide` skips an item whatever else it holds
-    (judged on its id alone), else None (an item to send, or one --rescan-changed must look at).
-    """
-    state = resume.status(resume.key(item_id))
-    if state == "failed":
-        return None if retry_failed else "failed"
-    if (state == "ok" and not rescan_changed) or state == "submitted":
-        return "done"
-    return None
-
-
-def reader_settles(
-    resume: ResumeState,
-    shard: Shard | None,
-    *,
-    retry_failed: bool,
-    rescan_changed: bool,
-    counts: list[int] | None = None,
-    seen: SeenIds | None = None,
-) -> manifest.Settled | None:
-    """The ``settled`` hook for :func:`manifest.iter_sources`: :func:`settled_action` for the
-    items of ``shard`` (None, so the item is built, for items of other shards, which the shard
-    filter then drops). None when the resume state is empty (nothing to settle). With
-    ``counts``, see :meth:`ResumeState.settler`: skips are counted there, not yielded."""
-    if not len(resume):
-        return None
-    # As settled_action: ok is done unless --rescan-changed; failed is skipped unless retried.
-    settle = resume.settler(
-        None if rescan_changed else "done", None if retry_failed else "failed", counts, seen=seen
-    )
-    if shard is None:
-        return settle
-
-    def settled(item_id: str) -> str | None:
-        return settle(item_id) if in_shard(item_id, shard) else None
-
-    block = getattr(settle, "block", None)
-    if block is not None and seen is not None:
-        settled.block = _shard_block(block, seen, shard)  # type: ignore[attr-defined]
-    return settled
-
-
-def _shard_block(
-    block: Callable[[list[str] | list[bytes]], str | None], seen: SeenIds, shard: Shard
-) -> Callable[[list[str] | list[bytes]], str | None]:
-    """The run-at-once hook (:meth:`ResumeState.settle_block`) for one shard's reader.
-
-    The ids of this shard are settled by ``block``; the others pass the duplicate check (as
-    the reader does for each item before the shard filter drops it) and are otherwise left
-    alone, so no item is built only to be dropped. All or nothing, as ``block``: the others
-    are checked first and added last, when nothing can fail any more.
-    """
-
-    def shard_block(ids: list[str] | list[bytes]) -> str | None:
-        inside = in_shard_many(ids, shard)
-        if all(inside):
-            return block(ids)
-        others = list(compress(ids, map(operator.not_, inside)))
-        digests = list(map(_MASK64.__and__, map(hash, others)))  # seen.key(id): id_key
-        if not seen.all_new(digests):
-            return None  # a duplicate: line by line
-        marker: str | None = ""  # nothing of this shard: nothing to count
-        if len(others) < len(ids):
-            marker = block(list(compress(ids, inside)))  # type: ignore[arg-type]
-            if marker is None:
-                return None
-        deque(map(seen.add, digests), maxlen=0)
-        return marker
-
-    return shard_block
+from batchscribe.pulse import Outcome, PulseParams
+from batchscribe.results import ResumeState, Skipped, damaged_lines, scan
+from batchscribe.run.plan import SEND_ACTIONS, check_file, decide, reader_settles
+from batchscribe.shard import Shard, ShardFilter
 
 
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
@@ -275,24 +131,24 @@ def dry_run(
     to_measure: list[str] = []
 
     def items() -> Iterator[Item]:
-        settled = reader_settles(
+        settler = reader_settles(
             resume, shard, retry_failed=retry_failed, rescan_changed=rescan_changed
         )
-        entries: Iterable[Item | Problem | str] = manifest.iter_sources(
-            sources, stdin=stdin, checked=True, settled=settled, defaults=params
+        entries: Iterable[Item | Problem | Skipped] = manifest.iter_sources(
+            sources, stdin=stdin, checked=True, settler=settler, defaults=params
         )
         if shard is not None:
             entries = ShardFilter(entries, shard)
         for entry in entries:
-            if type(entry) is str:  # settled by the reader: skipped
-                plan.actions[entry] = plan.actions.get(entry, 0) + 1
-                continue
-            if isinstance(entry, Problem):
+            if isinstance(entry, Skipped):  # settled by the reader: skipped
+                _count_skipped(plan, entry)
+            elif isinstance(entry, Problem):
                 plan.invalid += 1
                 plan.problems.append(str(entry))
-                continue
-            assert isinstance(entry, Item)
-            yield entry
+            else:
+                yield entry
+        if settler is not None:
+            _count_skipped(plan, settler.take())
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -320,6 +176,14 @@ def dry_run(
         # On Ctrl-C, headers not yet read are dropped rather than waited for.
         pool.shutdown(wait=True, cancel_futures=True)
     return plan
+
+
+def _count_skipped(plan: Plan, skipped: Skipped | None) -> None:
+    """Count the items the reader skipped (done earlier, failed earlier) as their actions."""
+    if skipped is not None:
+        for action, n in (("done", skipped.done), ("failed", skipped.failed)):
+            if n:
+                plan.actions[action] = plan.actions.get(action, 0) + n
 
 
 def _unfit_label(unfit: Outcome) -> str:
