@@ -744,6 +744,7 @@ class Engine:
             self._emit(LimitChanged(self.limit.limit, rate, rater.learned))
         if self.pacer.rate is None and rate is not None:
             self.pacer.hold()
+        self.pacer.gate = rater.delay_until  # (a learnt window's schedule, when there is one)
         self.pacer.rate = rate
 
     def _start_shared(self, learned: Learned | None) -> None:

@@ -29,6 +29,12 @@ them), the whole run counted: 200s / 15 s as a share of the limit, slow start an
     python benchmarks/ratelimit.py [--seconds 40] [--warmup 10] [--quick] [--only NAME]
     python benchmarks/ratelimit.py --only-25 [--real-time]
     python benchmarks/ratelimit.py --short
+    python benchmarks/ratelimit.py --window [--real-time]
+
+``--window``: the same targets against the emulator's ``--plan standard`` limit, a sliding log
+of 25 admitted requests in any window (its default) and its token-bucket reading, with the
+window time-scaled to 6 s (answers a tenth as long); 30 s runs (5 real minutes), the first
+12 s (2 real minutes) not counted, beside a fixed ``--rate 25/min`` run.
 """
 
 from __future__ import annotations
@@ -115,6 +121,32 @@ def per_minute_25(scale: float) -> list[Scenario]:
     return out
 
 
+def per_minute_25_window(scale: float) -> list[Scenario]:
+    """The 25/min cases against the emulator's ``--plan standard`` (a sliding log: 25 admitted
+    in any window) and its token-bucket reading, time-scaled by ``scale`` (the window lasts
+    60 / scale seconds), beside a fixed ``--rate 25/min`` run that knows the limit."""
+    limit, width = 25 / 60 * scale, 60 / scale
+    out = []
+    for algorithm in ("window", "bucket"):
+        for answer in (0.3, 1.5, 8.0):
+            for headers in (False, True):
+                if algorithm == "bucket" and answer != 1.5:
+                    continue
+                name = (f"plan {algorithm}, {answer:g} s answers, "
+                        f"{'retry-after-ms' if headers else 'no header'}")  # fmt: skip
+                config = {"plan": "standard", "plan_window_s": width,
+                          "plan_algorithm": algorithm, "rate_headers": headers}  # fmt: skip
+                out.append(Scenario(name, config, limit, args=(), latency_ms=answer * 1000 / scale))
+    config = {"plan": "standard", "plan_window_s": width, "plan_algorithm": "window",
+              "rate_headers": False}  # fmt: skip
+    out.append(Scenario("plan window, 25 -> 12/min, 1.5 s answers, no header", config, limit,
+                        args=(), latency_ms=1500 / scale, change_to=12 / 60 * scale))  # fmt: skip
+    fixed = ("--rate", f"{25 * scale:g}/min")
+    out.append(Scenario("plan window, 1.5 s answers, no header, --rate 25/min", config, limit,
+                        args=fixed, latency_ms=1500 / scale))  # fmt: skip
+    return out
+
+
 def make_manifest(root: Path, n: int) -> Path:
     audio = root / "audio"
     audio.mkdir(exist_ok=True)
@@ -172,7 +204,11 @@ def run(scenario: Scenario, seconds: float, warmup: float) -> list[str]:
         sampler = threading.Thread(target=sample, args=(emulator, stop, samples), daemon=True)
         change_at = seconds / 2
         timer = None
-        if scenario.change_to is not None:
+        if scenario.change_to is not None and "plan" in scenario.config:
+            per_window = scenario.change_to * config.plan_window_s
+            changed = dataclasses.replace(config, plan_rpm=per_window)
+            timer = threading.Timer(change_at, lambda: setattr(emulator, "config", changed))
+        elif scenario.change_to is not None:
             changed = dataclasses.replace(config, rate_limit=scenario.change_to)
             timer = threading.Timer(change_at, lambda: setattr(emulator, "config", changed))
         elif scenario.halve:
@@ -257,12 +293,17 @@ def main() -> None:
     parser.add_argument("--only-25", action="store_true", help="only the 25/min cases")
     parser.add_argument("--short", action="store_true",
                         help="only the short jobs: 15 s, the whole run counted")  # fmt: skip
+    parser.add_argument("--window", action="store_true",
+                        help="only the 25/min cases against --plan standard (window, bucket)")
     parser.add_argument("--real-time", action="store_true",
                         help="the 25/min cases at 25/min (10 min each), not scaled")  # fmt: skip
     ns = parser.parse_args()
     seconds, warmup = (20.0, 6.0) if ns.quick else (ns.seconds, ns.warmup)
     scale = 1.0 if ns.real_time else 10.0
-    if ns.only_25:
+    if ns.window:
+        seconds, warmup = 300.0 / scale, 120.0 / scale  # (5 real minutes, 2 of them warm-up)
+        scenarios = per_minute_25_window(scale)
+    elif ns.only_25:
         # 60 s scaled = 10 real minutes; the first 12 s (2 real minutes) are the warm-up.
         seconds, warmup = 600.0 / scale, 120.0 / scale
         scenarios = per_minute_25(scale)

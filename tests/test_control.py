@@ -9,7 +9,13 @@ import pytest
 import ratesim
 
 from batchscribe.clock import FakeClock, settle
-from batchscribe.control import AdaptiveConcurrency, AdaptiveRate, ConcurrencyLimit, PoolPause
+from batchscribe.control import (
+    AdaptiveConcurrency,
+    AdaptiveRate,
+    ConcurrencyLimit,
+    Pacer,
+    PoolPause,
+)
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:
@@ -324,3 +330,98 @@ def test_auto_cuts_less_where_the_last_overload_was() -> None:
         assert ctl.cuts == cut and ctl.w_max == 16
         beta = ctl.beta if cut == 1 else 1 - (1 - ctl.beta) / 2
         assert ctl.window == pytest.approx(16 * beta)
+
+
+# ------------------------------------------------------------------ a window of N per minute
+# The emulator's --plan standard is a sliding 60-s log (25 admitted in any 60 s); API gateways
+# often count in fixed minutes instead (here reset at a phase of 23 s into the run). Both
+# admit a burst of 25 and then refuse everything until the window moves: the rate search
+# alone halved on each refusal of that stretch (measured: 0.21 of the limit, 32% 429s).
+
+
+@pytest.mark.parametrize("server", ["window", "fixed"])
+@pytest.mark.parametrize("latency", [0.3, 1.5, 10.0])
+@pytest.mark.parametrize("headers", [False, True])
+async def test_default_control_learns_a_25_per_minute_window_and_holds_it(
+    server: str, latency: float, headers: bool
+) -> None:
+    """From no knowledge against a window of 25 per minute: >= 0.95 of it after 2 minutes,
+    <= 2.5% 429s then and <= 5% over the whole run (the first volley and the probes)."""
+    if server == "fixed" and latency == 10.0 and not headers:
+        pytest.xfail("open: a cold run-up over a fixed window's reset dates 34 per 121 s")
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: latency, seconds=900.0, headers=headers,
+        server=server, phase=23.0,
+    )  # fmt: skip
+    assert _ok_share(result, PER_MIN_25, 120.0, 900.0) >= 0.95
+    assert _refused_share(result, 120.0, 900.0) <= 0.025
+    assert _refused_share(result, 0.0, 900.0) <= 0.05
+    assert result.controller is not None and result.controller.window is not None
+    n, width = result.controller.window
+    assert n == 25 and 60.0 <= width <= 61.0
+
+
+@pytest.mark.parametrize("headers", [False, True])
+async def test_a_60_item_job_against_a_60_s_window_takes_about_the_ideal_time(
+    headers: bool,
+) -> None:
+    """60 items, 1.5 s answers, 25 per sliding minute: ideal ~121 s (25 at 0, 25 at 60, 10 at
+    120); done within 127 s with at most 10 429s (8 workers' first refusals and the probes)."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: 1.5, seconds=400.0, headers=headers,
+        server="window", items=60,
+    )  # fmt: skip
+    assert len(result.ok_starts) == 60
+    assert result.done_at is not None and result.done_at <= 127.0
+    assert len(result.refused) <= 10
+
+
+@pytest.mark.parametrize("server", ["window", "fixed"])
+async def test_a_window_lowered_mid_run_is_learnt_again(server: str) -> None:
+    """25 per minute dropping to 12: within 2 minutes the run holds >= 0.9 of 12/min again,
+    with <= 5% 429s (the count is re-learnt; the window's width is kept)."""
+    result = await ratesim.simulate(
+        limit=PER_MIN_25, latency=lambda k: 1.5, seconds=1200.0, change=(600.0, 12 / 60),
+        server=server, phase=23.0,
+    )  # fmt: skip
+    assert _ok_share(result, 12 / 60, 720.0, 1200.0) >= 0.9
+    assert _refused_share(result, 720.0, 1200.0) <= 0.05
+    assert result.controller is not None and result.controller.window is not None
+    assert result.controller.window[0] == 12
+
+
+async def test_a_time_scaled_window_is_held_far_better_than_by_the_rate_search() -> None:
+    """25 per 6 s, 0.15 s answers (the benchmark's scaled window): >= 0.75 of it over 90 s
+    (the rate search alone: 0.21; the probes' doubling gaps date the window at 8 s)."""
+    limit = 25 / 6
+    result = await ratesim.simulate(
+        limit=limit, latency=lambda k: 0.15, seconds=90.0, server="window", window_s=6.0
+    )
+    assert _ok_share(result, limit, 0.0, 90.0) >= 0.75
+    assert _refused_share(result, 0.0, 90.0) <= 0.05
+
+
+def test_no_window_and_no_gate_before_the_first_429() -> None:
+    """An unlimited service meets no gate: the pacer's schedule is the rate's alone."""
+    clock = FakeClock()
+    rater = AdaptiveRate(clock)
+    for _ in range(100):
+        rater.on_start(clock.now())
+        rater.on_response(clock.now(), 200)
+    assert rater.delay_until(clock.now()) is None and rater.window is None
+
+
+async def test_the_pacer_gate_holds_starts_and_an_answer_wakes_them() -> None:
+    """A start waits while the gate says so, and asks again when the rate is set (an answer)."""
+    clock = FakeClock(start=0.0)
+    pacer = Pacer(clock, 1.0)
+    hold = [30.0]
+    pacer.gate = lambda now: hold[0]
+    waiter = asyncio.create_task(pacer.wait())
+    await settle()
+    await clock.advance(5.0)
+    assert not waiter.done()
+    hold[0] = 0.0
+    pacer.rate = 1.0  # (the engine sets it after every answer)
+    await settle()
+    assert waiter.done() and clock.now() == 5.0
