@@ -30,7 +30,7 @@ from batchscribe.errors import (
 )
 from batchscribe.events import Subscriber
 from batchscribe.plan import dry_run
-from batchscribe.progress import Console, EventLog, Progress, Redactor, TerminalStream
+from batchscribe.console import Console, EventLog, Progress, Redactor, TerminalStream
 from batchscribe.pulse import (
     BOOL_PARAMS,
     DEFAULT_ENDPOINT,
