@@ -244,7 +244,8 @@ class Verdict(Enum):
 class Cause(str, Enum):
     """Every ``cause`` a failed record can carry (README.md, "Results format"). A member is its
     text everywhere (records, events, messages, ``--cause``): it compares, hashes, prints and
-    serialises as its value (``enum.StrEnum``, which Python 3.10 lacks)."""
+    serialises as its value (``enum.StrEnum``, which Python 3.10 lacks). Outcomes, records and
+    events carry the plain text (orjson refuses a dict key that is a str subclass)."""
 
     CLIENT = "4xx"  # the server refused the request (or the run: a rejected key, a wrong URL)
     RATE_LIMITED = "429"
@@ -271,7 +272,7 @@ class Outcome:
 
     verdict: Verdict
     http_status: int | None
-    cause: str  # "ok" or a Cause
+    cause: str  # "ok" or the value of a Cause
     error: str | None = None
     payload: dict[str, Any] | None = None
     delay: float | None = None  # seconds the server asked us to wait, if it said
@@ -343,9 +344,9 @@ def classify(
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return Outcome(Verdict.RETRY, status, Cause.SERVER, "HTTP 200 with an incomplete body")
+            return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with an incomplete body")
         if not isinstance(doc, dict):
-            return Outcome(Verdict.RETRY, status, Cause.SERVER, "HTTP 200 with a non-object body")
+            return Outcome(Verdict.RETRY, status, "5xx", "HTTP 200 with a non-object body")
         return _answer(doc, headers, now=now, webhook=webhook)
     error, doc = _error_text(status, body)
     rid = _request_id(doc, headers)
@@ -356,38 +357,30 @@ def classify(
         location = _header(headers, "Location")
         where = f" to {public_url(location)}" if location else ""
         return Outcome(
-            Verdict.FAIL, status, Cause.REDIRECT,
+            Verdict.FAIL, status, "redirect",
             f"HTTP {status} redirect{where} (not followed: check --endpoint)", request_id=rid,
         )  # fmt: skip
     if status == 401:
         return Outcome(
-            Verdict.ABORT,
-            status,
-            Cause.CLIENT,
-            f"{error} (the API key was rejected)",
-            request_id=rid,
+            Verdict.ABORT, status, "4xx", f"{error} (the API key was rejected)", request_id=rid
         )
     if status == 404:
         return Outcome(
-            Verdict.ABORT, status, Cause.CLIENT, f"{error} (wrong endpoint URL: check --endpoint)",
+            Verdict.ABORT, status, "4xx", f"{error} (wrong endpoint URL: check --endpoint)",
             request_id=rid,
         )  # fmt: skip
     if status in _RETRY_STATUSES or 500 <= status <= 599:
-        cause = (
-            Cause.RATE_LIMITED
-            if status == 429
-            else (Cause.SERVER if status >= 500 else Cause.CLIENT)
-        )
+        cause = "429" if status == 429 else ("5xx" if status >= 500 else "4xx")
         return Outcome(
             Verdict.RETRY, status, cause, error, delay=server_delay(headers, now=now),
             request_id=rid,
         )  # fmt: skip
     named = _body_cause(doc)
-    if status == 413 or named == Cause.TOO_LARGE:
-        return Outcome(Verdict.FAIL, status, Cause.TOO_LARGE, error, request_id=rid)
-    if named == Cause.LANGUAGE:
+    if status == 413 or named == "too_large":
+        return Outcome(Verdict.FAIL, status, "too_large", error, request_id=rid)
+    if named == "language":
         return Outcome(Verdict.FAIL, status, named, _language_error(error, doc), request_id=rid)
-    return Outcome(Verdict.FAIL, status, Cause.CLIENT, error, request_id=rid)
+    return Outcome(Verdict.FAIL, status, "4xx", error, request_id=rid)
 
 
 #: The legacy endpoint's oversize answer is a 400 (or a 200 error body) saying so.
@@ -397,16 +390,16 @@ _TOO_LARGE = re.compile(r"(audio data|payload|file|request entity) (is )?too lar
 LANGUAGE_NOT_ENABLED = "LANGUAGE_NOT_ENABLED_IN_REGION"
 
 
-def _body_cause(doc: object) -> Cause | None:
+def _body_cause(doc: object) -> str | None:
     """The cause an error body names whatever its status: ``too_large`` (oversize audio) or
     ``language`` (the language is not offered in the region), else None."""
     if not isinstance(doc, dict):
         return None
     text = _body_error(doc)
     if doc.get("error_code") == LANGUAGE_NOT_ENABLED or LANGUAGE_NOT_ENABLED in text:
-        return Cause.LANGUAGE
+        return "language"
     if _TOO_LARGE.search(text):
-        return Cause.TOO_LARGE
+        return "too_large"
     return None
 
 
@@ -440,7 +433,7 @@ def _answer(
         if webhook:
             return Outcome(Verdict.SUBMITTED, 200, "ok", None, doc, request_id=request_id)
         return Outcome(
-            Verdict.FAIL, 200, Cause.CLIENT,
+            Verdict.FAIL, 200, "4xx",
             "HTTP 200: status 'processing' but the request had no webhook_url: "
             "the transcript would never arrive",
             request_id=request_id,
@@ -450,7 +443,7 @@ def _answer(
         # A success (or a bare object) without a transcript: cut short on the way, or a
         # server fault; worth asking again.
         return Outcome(
-            Verdict.RETRY, 200, Cause.SERVER,
+            Verdict.RETRY, 200, "5xx",
             "HTTP 200 with an incomplete answer (no status 'success' with a transcription)",
             delay=server_delay(headers, now=now), request_id=request_id,
         )  # fmt: skip
@@ -458,16 +451,16 @@ def _answer(
         detail = f"status {str(state)[:60]!r} without a transcription"
     error = f"HTTP 200: {' '.join(detail.split())}"
     named = _body_cause(doc)
-    if named == Cause.LANGUAGE:
+    if named == "language":
         error = _language_error(error, doc)
     if named is not None:
         return Outcome(Verdict.FAIL, 200, named, error, request_id=request_id)
     if _RATE_LIMITED.search(detail):
-        cause = Cause.RATE_LIMITED
+        cause = "429"
     elif _BUSY.search(detail):
-        cause = Cause.SERVER
+        cause = "5xx"
     else:
-        return Outcome(Verdict.FAIL, 200, Cause.CLIENT, error, request_id=request_id)
+        return Outcome(Verdict.FAIL, 200, "4xx", error, request_id=request_id)
     return Outcome(
         Verdict.RETRY, 200, cause, error, delay=server_delay(headers, now=now),
         request_id=request_id,
