@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from batchscribe import __version__
+from batchscribe.console import Console, EventLog, Progress, Redactor, TerminalStream
 from batchscribe.engine import RunOptions, run_batch
 from batchscribe.errors import (
     EXIT_ABORTED,
@@ -29,7 +30,6 @@ from batchscribe.errors import (
     ConfigError,
 )
 from batchscribe.events import Subscriber
-from batchscribe.progress import Console, EventLog, Progress, Redactor, TerminalStream
 from batchscribe.pulse import (
     BOOL_PARAMS,
     DEFAULT_ENDPOINT,
@@ -575,7 +575,7 @@ def _cmd_emulate(ns: argparse.Namespace, console: Console) -> int:
 
 
 # ------------------------------------------------------------------ commands that read results
-# report, failed, export, merge: thin shells over batchscribe.report / .export / .results.
+# report, failed, export, merge: thin shells over the public API (batchscribe.build_report, ...).
 # Everything they print passes through the Console (so through the Redactor).
 
 _RESULTS_HELP = "results JSONL file(s) or globs, read in order (a later record of an id wins)"
@@ -648,7 +648,10 @@ def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="write next to each local audio file instead (URL items are skipped)",
     )  # fmt: skip
     export.set_defaults(handler=_cmd_export)
+    _add_merge_command(sub)
 
+
+def _add_merge_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     merge = sub.add_parser(
         "merge",
         help="merge results files into one: each id's last state, never losing an ok",
@@ -696,9 +699,9 @@ def _warn_unreadable(console: Console, counts: ReadCounts) -> None:
 def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
     import orjson
 
+    from batchscribe import build_report, render_html
     from batchscribe.engine import utc_now
     from batchscribe.export import write_if_changed
-    from batchscribe.report import build_report, render_html
 
     paths = _expand(ns.results)
     report = build_report(paths, top=ns.top, charts=ns.html is not None)
@@ -722,9 +725,8 @@ def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
 def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     import orjson
 
-    from batchscribe.export import write_if_changed
-    from batchscribe.report import failed_manifest, parse_causes
-    from batchscribe.results import ReadCounts
+    from batchscribe import failed_items
+    from batchscribe.report import parse_causes, write_lines
 
     paths = _expand(ns.results)
     causes = parse_causes(ns.cause)
@@ -745,26 +747,8 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
             return scrubbed
         return text
 
-    lines = map(shown, failed_manifest(paths, causes=causes, counts=counts))
-    count = 0
-    if ns.out is None:
-        batch: list[str] = []
-        for line in lines:  # (redacted above)
-            count += 1
-            batch.append(line)
-            if len(batch) >= 1000:  # one write and flush per thousand lines, not per line
-                _write_stdout(batch)
-        if batch:
-            _write_stdout(batch)
-    else:
-        data = []
-        for line in lines:
-            count += 1
-            data.append(line + "\n")
-        try:
-            write_if_changed(ns.out, "".join(data).encode("utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{ns.out}: cannot write: {exc.strerror}") from None
+    lines = map(shown, failed_items(paths, causes=causes, counts=counts))
+    count = write_lines(lines, ns.out, sys.stdout)  # (redacted above)
     _warn_unreadable(console, counts)
     where = f" to {ns.out}" if ns.out else ""
     console.line(f"batchscribe: {count:,} failed item(s) listed{where}")
@@ -776,18 +760,11 @@ def _cmd_failed(ns: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _write_stdout(lines: list[str]) -> None:
-    """Write lines (already redacted as they must be) to stdout in one write, and empty the list."""
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
-    lines.clear()
-
-
 def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
-    from batchscribe.export import export
+    from batchscribe import export_transcripts
 
     paths = _expand(ns.results)
-    summary = export(
+    summary = export_transcripts(
         paths, ns.format, out_dir=ns.dir, beside_audio=ns.beside_audio,
         on_problem=lambda message: console.line(f"batchscribe: {message}"),
     )  # fmt: skip
@@ -797,7 +774,7 @@ def _cmd_export(ns: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_merge(ns: argparse.Namespace, console: Console) -> int:
-    from batchscribe.results import merge_results
+    from batchscribe import merge_results
 
     paths = _expand(ns.results)
     summary = merge_results(paths, ns.out)

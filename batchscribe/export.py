@@ -29,7 +29,7 @@ import srt
 from batchscribe.errors import ConfigError
 from batchscribe.ids import DigestSet, id_digest
 from batchscribe.pulse import AUDIO_EXTENSIONS
-from batchscribe.report import display_id
+from batchscribe.report.text import display_id, number
 from batchscribe.results import HEAVY_FIELDS, ReadCounts, final_states
 
 FORMATS = ("txt", "srt", "vtt", "json")
@@ -86,22 +86,15 @@ def _spans(values: object, key: str) -> list[_Span]:
     for value in values:
         if not isinstance(value, dict):
             continue
-        start, end, text = _number(value.get("start")), _number(value.get("end")), value.get(key)
+        # A time is a number within +-MAX_SECONDS (a negative one is shown from 0).
+        start, end = number(value.get("start"), MAX_SECONDS), number(value.get("end"), MAX_SECONDS)
+        text = value.get(key)
         if start is None or end is None or not isinstance(text, str):
             continue
         text = " ".join(text.split())
         if text:
             out.append(_Span(start, max(start, end), text, speaker_label(value.get("speaker"))))
     return out
-
-
-def _number(value: object) -> float | None:
-    """A time in seconds, or None: not a number, NaN, infinite or beyond +-:data:`MAX_SECONDS`
-    (a negative one is shown from 0)."""
-    # (The range check first: NaN fails it, and a huge int never reaches float().)
-    if _numeric(value) and -MAX_SECONDS <= value <= MAX_SECONDS:
-        return float(value)
-    return None
 
 
 def _numeric(value: object) -> TypeGuard[int | float]:
@@ -121,7 +114,7 @@ def timing_problem(record: dict[str, Any]) -> str | None:
                 continue
             for end in ("start", "end"):
                 time = value.get(end)
-                if _numeric(time) and _number(time) is None:
+                if _numeric(time) and number(time, MAX_SECONDS) is None:
                     shown = repr(time) if len(repr(time)) <= 24 else repr(time)[:20] + "..."
                     return f"{name[:-1]} {n} has {end} {shown} s, not a time in the audio"
     return None
@@ -260,7 +253,7 @@ def build_cues(record: dict[str, Any], *, label_in_text: bool = True) -> list[Cu
     text = record.get("transcription")
     if not isinstance(text, str) or not text.strip():
         return []
-    duration = _number(record.get("duration"))
+    duration = number(record.get("duration"), MAX_SECONDS)
     end = duration if duration is not None and duration > 0 else 0.4 * len(text.split())
     return _lasting(
         _chunk(_split_long(_spread(text, 0.0, min(end, MAX_SECONDS), None), room), indent)
@@ -579,19 +572,7 @@ def export(
 
     Raises ConfigError for a bad format or output folder, or unreadable results files.
     """
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if beside_audio == (out_dir is not None):
-        raise ConfigError("give either --dir OUT or --beside-audio")
-    root = ""
-    if out_dir is not None:
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{out_dir}: cannot create output folder: {exc.strerror}") from None
-        root = os.path.realpath(out_dir)
-        if not os.path.isdir(root):
-            raise ConfigError(f"{out_dir}: not a folder")
+    root = _output_root(fmt, out_dir, beside_audio)
     mode = 0o666 & ~_umask()
     summary = ExportSummary()
     taken = DigestSet()
@@ -613,9 +594,7 @@ def export(
                 if not isinstance(source, str) or "://" in source or not os.path.isabs(source):
                     summary.urls += 1
                     continue
-                target = beside_path(source, fmt)
-                if not os.path.isdir(os.path.dirname(target)):
-                    raise _Refused(f"folder {os.path.dirname(target)} does not exist")
+                target = _beside_target(source, fmt)
             else:
                 rel = relative_path(item_id, fmt)
                 if not taken.add(id_digest(rel)):  # two ids, one name: keep both
@@ -641,6 +620,36 @@ def export(
             if on_problem is not None:
                 on_problem(f"{display_id(item_id)}: cannot write: {exc.strerror or exc}")
     return summary
+
+
+def _output_root(fmt: str, out_dir: str | None, beside_audio: bool) -> str:
+    """The real path of the output folder (created if missing; "" with ``beside_audio``).
+
+    Raises ConfigError for a bad format, both or neither of the two places, or a folder that
+    cannot be made.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if beside_audio == (out_dir is not None):
+        raise ConfigError("give either --dir OUT or --beside-audio")
+    if out_dir is None:
+        return ""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out_dir}: cannot create output folder: {exc.strerror}") from None
+    root = os.path.realpath(out_dir)
+    if not os.path.isdir(root):
+        raise ConfigError(f"{out_dir}: not a folder")
+    return root
+
+
+def _beside_target(source: str, fmt: str) -> str:
+    """The export path next to a local audio file whose folder exists (else _Refused)."""
+    target = beside_path(source, fmt)
+    if not os.path.isdir(os.path.dirname(target)):
+        raise _Refused(f"folder {os.path.dirname(target)} does not exist")
+    return target
 
 
 def _has_transcript(record: dict[str, Any]) -> bool:

@@ -241,13 +241,38 @@ class Verdict(Enum):
     SUBMITTED = "submitted"  # accepted for a webhook: the transcript goes there, not to us
 
 
+class Cause(str, Enum):
+    """Every ``cause`` a failed record can carry (README.md, "Results format"). A member is its
+    text everywhere (records, events, messages, ``--cause``): it compares, hashes, prints and
+    serialises as its value (``enum.StrEnum``, which Python 3.10 lacks). Outcomes, records and
+    events carry the plain text (orjson refuses a dict key that is a str subclass)."""
+
+    CLIENT = "4xx"  # the server refused the request (or the run: a rejected key, a wrong URL)
+    RATE_LIMITED = "429"
+    SERVER = "5xx"  # a server fault, or an answer cut short
+    REDIRECT = "redirect"  # never followed: the endpoint is the thing to fix
+    NETWORK = "network"
+    TIMEOUT = "timeout"
+    MISSING = "missing"  # the audio is gone (a file, an object)
+    INVALID = "invalid"  # not audio the API takes (empty, not a regular file, a bad line)
+    TOO_LARGE = "too_large"
+    FILE_CHANGED = "file_changed"  # the file changed while it was uploaded
+    LANGUAGE = "language"  # the language is not offered in the account's region
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(self, spec)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The meaning of one HTTP exchange (or of a transport failure)."""
 
     verdict: Verdict
     http_status: int | None
-    cause: str  # ok | 4xx | 429 | 5xx | redirect | network | timeout | invalid | missing | ...
+    cause: str  # "ok" or the value of a Cause
     error: str | None = None
     payload: dict[str, Any] | None = None
     delay: float | None = None  # seconds the server asked us to wait, if it said

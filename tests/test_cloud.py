@@ -486,7 +486,7 @@ def test_dry_run_counts_objects_bytes_and_header_durations(
 def test_signatures_are_scrubbed_from_outcomes_and_output_lines() -> None:
     """Whatever echoes a presigned URL (an error body, a response field, a log line), the
     signature parts are replaced; the object's name stays readable."""
-    from batchscribe.progress import Redactor
+    from batchscribe.console import Redactor
     from batchscribe.pulse import Outcome, Verdict
 
     s3 = (

@@ -17,6 +17,7 @@ from batchscribe.pulse import (
     MODELS,
     ORIGINAL_ENDPOINT,
     UNIFIED_ENDPOINT,
+    Cause,
     PulseParams,
     Verdict,
     build_query,
@@ -507,3 +508,18 @@ def test_every_error_shape_gives_one_short_message(status: int, body: bytes, fra
     outcome = classify(status, {}, body, now=NOW)
     assert outcome.error is not None and outcome.error.startswith(f"HTTP {status}: ")
     assert fragment in outcome.error
+
+
+@pytest.mark.parametrize("status", [200, 301, 400, 401, 404, 408, 413, 422, 429, 500, 503])
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{}", b"[]", b'{"status":"success","transcription":"hi"}', b'{"status":"processing"}',
+     b'{"status":"failed","message":"rate limit"}', b'{"message":"audio data too large"}',
+     b'{"error_code":"LANGUAGE_NOT_ENABLED_IN_REGION"}', b'{"status":"error","message":"busy"}'],
+)  # fmt: skip
+def test_every_cause_classify_gives_is_a_cause_as_plain_text(status: int, body: bytes) -> None:
+    """A classified outcome's cause is "ok" or a Cause's value, as a plain str (records, events
+    and the summary's counters are serialised with orjson, which refuses a str subclass key)."""
+    cause = classify(status, {}, body, now=NOW).cause
+    assert type(cause) is str
+    assert cause == "ok" or cause in {c.value for c in Cause}

@@ -19,7 +19,6 @@ from damage import damaged_results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscribe import report as report_module
 from batchscribe.errors import ConfigError, ResultsBusy
 from batchscribe.report import (
     build_report,
@@ -29,6 +28,7 @@ from batchscribe.report import (
     failed_manifest,
     render_html,
 )
+from batchscribe.report import tally as tally_module
 from batchscribe.results import (
     FINAL,
     HEAVY_FIELDS,
@@ -392,7 +392,7 @@ def test_the_writers_own_files_take_the_fast_paths(tmp_path: Path, chunk: int) -
     with (
         mock.patch.multiple(results_module, READ_CHUNK=chunk, VECTOR_FROM=0),
         mock.patch.object(results_module._IndexBuilder, "_add_lines", refuse),
-        mock.patch.object(report_module._Tally, "_add_each", refuse),
+        mock.patch.object(tally_module._Tally, "_add_each", refuse),
     ):
         report = build_report([str(path)], charts=True)
     assert (report.items, report.counts.records, report.superseded) == (40, 100, 60)
@@ -507,11 +507,11 @@ def test_report_batches_match_adding_one_record_at_a_time(
     where = tmp_path_factory.mktemp("tally")
     paths = [str(write(where / f"{i}.jsonl", *(x + b"\n" for x in f))) for i, f in enumerate(files)]
     with (
-        mock.patch.object(report_module, "BATCH", batch),
+        mock.patch.object(tally_module, "BATCH", batch),
         mock.patch.object(results_module, "READ_CHUNK", chunk),
     ):
         got = build_report(paths, top=top, charts=charts)
-        with mock.patch.object(report_module._Tally, "add", _one_at_a_time):
+        with mock.patch.object(tally_module._Tally, "add", _one_at_a_time):
             want = build_report(paths, top=top, charts=charts)
     assert orjson.dumps(got.as_dict()) == orjson.dumps(want.as_dict())
     assert got.lines(runs=0) == want.lines(runs=0)
@@ -781,7 +781,7 @@ def test_histogram_counts_runs_of_values_as_one_at_a_time(
 ) -> None:
     """Counting a run of a bin at a time gives the counts of a value at a time; a negative
     duration (a server's bogus figure) counts in the first bin instead of crashing the page."""
-    from batchscribe.report import _bin_counts
+    from batchscribe.report.html import _bin_counts
 
     ordered = sorted(values)
     want = [0] * bins

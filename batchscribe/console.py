@@ -1,4 +1,5 @@
-"""Progress for people: a tqdm bar on a terminal, else a short log line every few seconds.
+"""The terminal and the log: progress for people (a tqdm bar on a terminal, else a short log
+line every few seconds), the unattended run's log, and the redactor every line passes through.
 
 Both are event subscribers; so are the problem lines (``FILE:LINE: problem``) and notices, which
 go to stderr as they happen. Every line passes through :class:`Redactor` so a secret can never
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any, TextIO, cast
@@ -238,10 +238,6 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def stderr_console(redact: Redactor) -> Console:
-    return Console(sys.stderr, redact)
 
 
 class EventLog:
