@@ -696,7 +696,7 @@ def _warn_unreadable(console: Console, counts: ReadCounts) -> None:
 def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
     import orjson
 
-    from batchscribe.engine import utc_now
+    from batchscribe.clock import utc_now
     from batchscribe.export import write_if_changed
     from batchscribe.report import build_report, render_html
 

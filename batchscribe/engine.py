@@ -34,7 +34,7 @@ from yarl import URL
 
 from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration, plausible_seconds
-from batchscribe.clock import Clock, LoopClock
+from batchscribe.clock import Clock, LoopClock, utc_now
 from batchscribe.control import (
     AdaptiveConcurrency,
     AdaptiveRate,
@@ -241,22 +241,6 @@ class FileChanged(Exception):
 
 class _Stopped(Exception):
     """A stop came before this item's next request: it is left, unrecorded, for the next run."""
-
-
-def utc_now() -> str:
-    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T00:00:00.000Z``."""
-    global _utc_second
-    now = time.time()
-    second = int(now)
-    cached, prefix = _utc_second
-    if second != cached:
-        # Formatting the date is most of the cost; it changes once a second, not per record.
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _utc_second = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1000):03d}Z"
-
-
-_utc_second = (-1, "")
 
 
 @lru_cache(maxsize=256)

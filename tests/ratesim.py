@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import (
     AdaptiveConcurrency,
     AdaptiveRate,
@@ -21,6 +20,7 @@ from batchscribe.control import (
     Pacer,
     PoolPause,
 )
+from batchscribe.testing import FakeClock, settle
 
 
 @dataclass

@@ -8,8 +8,8 @@ import math
 import pytest
 import ratesim
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import AdaptiveConcurrency, AdaptiveRate, ConcurrencyLimit, PoolPause
+from batchscribe.testing import FakeClock, settle
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:
