@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchscribe.errors import CloudConfigError, CloudError
 from batchscribe.pulse import AUDIO_EXTENSIONS, MAX_PAYLOAD, Outcome, Verdict, content_type_for
 from batchscribe.results import fingerprint
 
@@ -66,18 +67,6 @@ STREAM_CHUNK = 256 * 1024
 _EXTRA_HINT = "install the cloud extra: pip install 'batchscribe[cloud]'"
 
 T = TypeVar("T")
-
-
-class CloudConfigError(Exception):
-    """A cloud source that cannot be used at all (exit 2): no bucket, no access, no credentials."""
-
-
-class CloudError(Exception):
-    """One attempt at one object failed; ``outcome`` says what that means for the item."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
 
 
 # ------------------------------------------------------------------------------- names
