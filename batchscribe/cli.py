@@ -43,7 +43,7 @@ from batchscribe.pulse import (
 )
 from batchscribe.results import ReadCounts
 from batchscribe.run.dry_run import dry_run
-from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
+from batchscribe.shard import Shard, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
 ENDPOINT_ENV = "BATCHSCRIBE_ENDPOINT"
@@ -421,13 +421,11 @@ def _clean_key(raw: str, origin: str) -> str:
 
 def _apply_shard(ns: argparse.Namespace, console: Console) -> Shard | None:
     """The ``--shard`` of this run; fills ``{shard}`` in ``--out`` and ``--log-file``."""
-    try:
-        shard = parse_shard(ns.shard, os.environ) if ns.shard is not None else None
-        ns.out = expand_path(ns.out, shard)
-        if ns.log_file:
-            ns.log_file = expand_path(ns.log_file, shard, option="--log-file")
-    except ShardError as exc:
-        raise ConfigError(str(exc)) from None
+    # ShardError is a ConfigError (exit 2).
+    shard = parse_shard(ns.shard, os.environ) if ns.shard is not None else None
+    ns.out = expand_path(ns.out, shard)
+    if ns.log_file:
+        ns.log_file = expand_path(ns.log_file, shard, option="--log-file")
     if shard is not None:
         origin = f" ({shard.origin})" if shard.origin else ""
         console.line(
@@ -700,7 +698,7 @@ def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
     import orjson
 
     from batchscribe import build_report, render_html
-    from batchscribe.engine import utc_now
+    from batchscribe.clock import utc_now
     from batchscribe.export import write_if_changed
 
     paths = _expand(ns.results)

@@ -32,12 +32,13 @@ import dataclasses
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 
+from batchscribe.errors import CloudConfigError, CloudError
 from batchscribe.pulse import AUDIO_EXTENSIONS, MAX_PAYLOAD, Outcome, Verdict, content_type_for
 from batchscribe.results import fingerprint
 
@@ -66,18 +67,6 @@ STREAM_CHUNK = 256 * 1024
 _EXTRA_HINT = "install the cloud extra: pip install 'batchscribe[cloud]'"
 
 T = TypeVar("T")
-
-
-class CloudConfigError(Exception):
-    """A cloud source that cannot be used at all (exit 2): no bucket, no access, no credentials."""
-
-
-class CloudError(Exception):
-    """One attempt at one object failed; ``outcome`` says what that means for the item."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
 
 
 # ------------------------------------------------------------------------------- names
@@ -185,8 +174,8 @@ def _error_kind(exc: BaseException) -> tuple[str, str]:
         code = str(error.get("Code") or "")
         meta = response.get("ResponseMetadata") or {}
         status = meta.get("HTTPStatusCode")
-    elif isinstance(getattr(exc, "status", None), int):  # aiohttp.ClientResponseError (GCS)
-        status = exc.status  # type: ignore[attr-defined]
+    elif isinstance(status_of := getattr(exc, "status", None), int):  # aiohttp (GCS)
+        status = status_of
     if name in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
         return "credentials", str(exc)
     if code == "NoSuchBucket":
@@ -244,7 +233,8 @@ def _config_error(exc: BaseException, uri: str) -> CloudConfigError:
 # ------------------------------------------------------------------------------- backends
 
 Page = tuple[list[tuple[str, int, str]], str | None]  # [(key, size, version)], next token
-Opened = tuple[int, AsyncIterator[bytes]]  # (size, chunks)
+# (size, chunks); a generator, so a body not read to its end can be closed (its connection freed)
+Opened = tuple[int, AsyncGenerator[bytes, None]]
 
 
 def _endpoint_override() -> str | None:
@@ -339,7 +329,7 @@ class _S3:
             size = int(total) if total.isdigit() else size
         body = answer["Body"]
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             try:
                 while chunk := await body.read(STREAM_CHUNK):
                     yield chunk
@@ -424,7 +414,7 @@ class _GCS:
             total = response.headers.get("Content-Range", "").rpartition("/")[2]
             size = int(total) if total.isdigit() else size
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             try:
                 while chunk := await stream.read(STREAM_CHUNK):
                     yield chunk
@@ -700,7 +690,7 @@ class CloudSender:
         return f"<CloudSender via_client={self.via_client} expires={self.expires}s>"
 
 
-async def _counted(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+async def _counted(chunks: AsyncGenerator[bytes, None], size: int) -> AsyncIterator[bytes]:
     """The chunks of a GET body; CloudError (retry) when it ends short or runs long."""
     sent = 0
     try:
@@ -715,7 +705,7 @@ async def _counted(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byt
         ) from None
     finally:
         with contextlib.suppress(Exception):
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
     if sent != size:
         raise CloudError(
             Outcome(Verdict.RETRY, None, "network", "object body ended early or changed")

@@ -32,7 +32,7 @@ from yarl import URL
 
 from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration, plausible_seconds
-from batchscribe.clock import Clock, LoopClock
+from batchscribe.clock import Clock, LoopClock, utc_now
 from batchscribe.control import (
     AdaptiveConcurrency,
     AdaptiveRate,
@@ -47,8 +47,12 @@ from batchscribe.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     ConfigError,
+    FileChanged,
+    GiveUp,
+    ItemError,
     RetryableError,
     RunAborted,
+    Stopped,
 )
 from batchscribe.events import (
     Event,
@@ -83,7 +87,7 @@ from batchscribe.pulse import (
     url_secrets,
 )
 from batchscribe.results import ResultsStore, ResumeState, Skipped, build_record, damaged_lines
-from batchscribe.retry import GiveUp, RetryPolicy, call_with_retry
+from batchscribe.retry import RetryPolicy, call_with_retry
 from batchscribe.run.feed import Feed
 from batchscribe.run.plan import check_file
 from batchscribe.shard import Shard
@@ -231,30 +235,6 @@ def _check_key(key: str) -> None:
         raise ConfigError("the API key has surrounding whitespace or a BOM: strip it")
 
 
-class FileChanged(Exception):
-    """The file's size changed while it was being uploaded."""
-
-
-class _Stopped(Exception):
-    """A stop came before this item's next request: it is left, unrecorded, for the next run."""
-
-
-def utc_now() -> str:
-    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T00:00:00.000Z``."""
-    global _utc_second
-    now = time.time()
-    second = int(now)
-    cached, prefix = _utc_second
-    if second != cached:
-        # Formatting the date is most of the cost; it changes once a second, not per record.
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _utc_second = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1000):03d}Z"
-
-
-_utc_second = (-1, "")
-
-
 @lru_cache(maxsize=256)
 def _request_url(endpoint: str, params: PulseParams) -> URL:
     """The endpoint with Pulse's query parameters added to its own (``?token=...&region=eu``
@@ -362,10 +342,7 @@ class Engine:
         """Run to completion (or until stopped); never raises for item failures."""
         options = self.options
         options.validate()
-        try:
-            manifest.check_sources(options.sources)
-        except manifest.ManifestError as exc:
-            raise ConfigError(str(exc)) from None
+        manifest.check_sources(options.sources)  # ManifestError is a ConfigError
         # The endpoint's query may hold a token: a server echoing it must not get it written.
         secrets = [options.api_key, *url_secrets(options.endpoint)]
         self._answered_at = self.clock.now()
@@ -587,7 +564,7 @@ class Engine:
         async def attempt() -> Outcome:
             nonlocal attempts
             if self._stopping:
-                raise _Stopped
+                raise Stopped
             if self._no_turns() and self.limit.take_free():
                 # No pause, rate or pacer, and a free slot: nothing to wait for (and so no
                 # moment a stop could cancel), as _acquire would find after two awaits.
@@ -620,7 +597,7 @@ class Engine:
                     if self.pause.pause(delay) and (before <= 0 or delay >= before + 1.0):
                         self._emit(PoolPaused(delay, outcome.cause))
                 if self._stopping:
-                    raise _Stopped
+                    raise Stopped
                 self._between.add(worker)  # until the next attempt's request starts
                 raise RetryableError(outcome)
             if outcome.verdict is Verdict.ABORT:
@@ -634,12 +611,8 @@ class Engine:
                 free=self._paced,
             )  # fmt: skip
         except GiveUp as give_up:
-            last = give_up.error.outcome
-            outcome = Outcome(
-                Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})",
-                request_id=last.request_id,
-            )  # fmt: skip
-        except _Stopped:
+            outcome = give_up.outcome
+        except Stopped:
             self._work_left = True
             return
         finally:
@@ -853,7 +826,7 @@ class Engine:
         if cloud.is_cloud_uri(item.source):
             try:
                 data, headers = await self._cloud_sender().request(item, model=params.model)
-            except cloud.CloudError as exc:
+            except ItemError as exc:  # cloud.CloudError
                 return exc.outcome
         elif item.is_url:
             data = orjson.dumps({"url": item.source})
@@ -889,17 +862,13 @@ class Engine:
             )
         except FileNotFoundError:
             return Outcome(Verdict.FAIL, None, "missing", "file disappeared before upload")
-        except FileChanged:
-            return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
-        except cloud.CloudError as exc:  # the bucket failed while its object was streamed
+        except ItemError as exc:  # FileChanged; CloudError: the bucket failed mid-stream
             return exc.outcome
         except aiohttp.ClientPayloadError:
             return Outcome(Verdict.RETRY, None, "network", "response body cut short")
         except aiohttp.ClientError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, FileChanged):
-                return Outcome(Verdict.RETRY, None, "file_changed", "file changed during upload")
-            if isinstance(cause, cloud.CloudError):
+            if isinstance(cause, ItemError):  # raised by the body while aiohttp sent it
                 return cause.outcome
             if not answered and _REUSED.get() and isinstance(exc, aiohttp.ServerDisconnectedError):
                 return _STALE

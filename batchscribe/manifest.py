@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 
 from batchscribe import cloud
+from batchscribe.errors import ManifestError
 from batchscribe.ids import MASK64, DigestSet, id_key
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
@@ -73,10 +74,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.message}"
-
-
-class ManifestError(Exception):
-    """A source that cannot be read at all (missing, unreadable, or not a file or directory)."""
 
 
 Kind = Literal["jsonl", "csv", "text", "sniff"]
@@ -126,10 +123,7 @@ def check_sources(sources: Sequence[str]) -> None:
             stdin_seen = True
             continue
         if cloud.is_cloud_uri(source):
-            try:
-                cloud.check_source(source)  # lists one key: fails before any request is sent
-            except cloud.CloudConfigError as exc:
-                raise ManifestError(str(exc)) from None
+            cloud.check_source(source)  # lists one key: fails before any request is sent
             continue
         name = _printable(source)
         try:
@@ -656,15 +650,13 @@ def _csv_header_problem(names: list[str]) -> str | None:
 
 def _read_bucket(uri: str, seen: DigestSet) -> Iterator[Item | Problem]:
     """The audio objects under a cloud prefix, streamed; ids are keys relative to the prefix."""
-    try:
-        for found in cloud.iter_objects(uri):
-            if not seen.add(seen.key(found.rel)):
-                message = f"duplicate id {_quote(found.rel)} (first seen earlier)"
-                yield Problem(found.uri, 0, message)
-                continue
-            yield Item(found.rel, found.uri, False, {}, None, found.uri, found.size, found.version)
-    except cloud.CloudConfigError as exc:
-        raise ManifestError(str(exc)) from None
+    # A bucket that cannot be listed raises CloudConfigError, a ManifestError.
+    for found in cloud.iter_objects(uri):
+        if not seen.add(seen.key(found.rel)):
+            message = f"duplicate id {_quote(found.rel)} (first seen earlier)"
+            yield Problem(found.uri, 0, message)
+            continue
+        yield Item(found.rel, found.uri, False, {}, None, found.uri, found.size, found.version)
 
 
 def _read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from batchscribe.clock import Clock
-from batchscribe.errors import RetryableError
+from batchscribe.errors import GiveUp, RetryableError
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -44,15 +44,6 @@ class RetryPolicy:
     initial: float = 1.0
     maximum: float = 60.0
     max_retry_wait: float = 300.0
-
-
-class GiveUp(Exception):
-    """The item is not retried any more; ``error`` is the last retryable failure."""
-
-    def __init__(self, error: RetryableError, reason: str) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.reason = reason
 
 
 def backoff(policy: RetryPolicy, failures: int, rng: random.Random) -> float:

@@ -24,6 +24,7 @@ from itertools import repeat
 from operator import methodcaller
 from typing import Literal
 
+from batchscribe.errors import ShardError
 from batchscribe.ids import id_digest
 from batchscribe.manifest import Item, Problem
 from batchscribe.results import Skipped
@@ -39,10 +40,6 @@ __all__ = [
     "parse_shard",
     "shard_of",
 ]
-
-
-class ShardError(ValueError):
-    """A ``--shard`` value or scheduler environment that names no valid shard."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import (
     AdaptiveConcurrency,
     AdaptiveRate,
@@ -27,6 +26,7 @@ from batchscribe.control import (
     PoolPause,
 )
 from batchscribe.emulator.limits import SlidingWindow
+from batchscribe.testing import FakeClock, settle
 
 
 @dataclass

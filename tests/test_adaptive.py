@@ -16,11 +16,11 @@ import pytest
 from conftest import read_results
 
 from batchscribe.cli import build_parser, main
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import AdaptiveConcurrency, Pacer
 from batchscribe.engine import Engine, RunOptions, run_batch_async
 from batchscribe.events import Event, LimitChanged
 from batchscribe.pulse import Outcome, Verdict
+from batchscribe.testing import FakeClock, settle
 
 RTT = 0.3
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import ratesim
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import (
     AdaptiveConcurrency,
     AdaptiveRate,
@@ -16,6 +15,7 @@ from batchscribe.control import (
     Pacer,
     PoolPause,
 )
+from batchscribe.testing import FakeClock, settle
 
 
 async def test_limit_is_never_exceeded_and_waiters_run_in_order() -> None:

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from conftest import REPO, read_results, wait_until
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.control import AdaptiveRate
 from batchscribe.errors import ConfigError
 from batchscribe.ratestore import (
@@ -33,6 +32,7 @@ from batchscribe.ratestore import (
     store_key,
     window_for,
 )
+from batchscribe.testing import FakeClock, settle
 
 # --------------------------------------------------------------------------- pure helpers
 

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.errors import RetryableError
 from batchscribe.pulse import Outcome, Verdict
 from batchscribe.retry import GiveUp, RetryPolicy, backoff, call_with_retry
+from batchscribe.testing import FakeClock, settle
 
 
 def _retry(delay: float | None = None) -> RetryableError:

@@ -2,7 +2,9 @@
 
 ``config`` holds the behaviour (fault profiles, plans, the ``batchscribe emulate`` flags),
 ``limits`` the request-rate limiters, ``transcripts`` what the emulator hears (the audio decoded,
-speech found by energy, words placed on it), ``server`` the application and the ways to run it.
+speech found by energy, words placed on it), ``requests`` what a request asks (parameters,
+body), ``answers`` the answer shapes per endpoint and model, ``stats`` what the server saw,
+``server`` the application and the ways to run it.
 The names below are the emulator's public surface, used by the tests and the benchmarks.
 """
 

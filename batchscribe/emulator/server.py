@@ -3,8 +3,10 @@
 It serves the unified path (``/waves/v1/stt/``: ``model`` required, errors ``{error,
 request_id, details}``) and both legacy paths (``/api/v1/pulse/get_text`` and
 ``/waves/v1/pulse/get_text``: errors ``{errors, status, message}``, oversize as 400 "Audio data
-too large"), checks the key and every parameter the way the service does, decodes the audio
-(:mod:`~batchscribe.emulator.transcripts`) and answers in the shape of the model asked: Pulse
+too large"), checks the key and every parameter the way the service does
+(:mod:`~batchscribe.emulator.requests`), decodes the audio
+(:mod:`~batchscribe.emulator.transcripts`) and answers in the shape of the model asked
+(:mod:`~batchscribe.emulator.answers`): Pulse
 (``words``, ``utterances``, ``metadata {duration, fileSize}``, no ``request_id`` in the body) or
 Pulse Pro (``language``, ``request_id``, ``totalBytes``, timing metadata, no utterances). Every
 answer carries an ``x-request-id`` header. It never fetches a URL and never calls a webhook.
@@ -26,51 +28,61 @@ more than one channel, longer than the session (400), then the plan's limit (429
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import email.utils
 import hashlib
 import hmac
-import io
 import itertools
 import math
 import secrets
 import socket
-import struct
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import IO, Any, NamedTuple, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import orjson
 from aiohttp import web
 
+from batchscribe.emulator.answers import (
+    DELAY_HEADER_KINDS,
+    RATE_LIMIT_MESSAGE,
+    answer_body,
+    delay_headers,
+    error_response,
+    refuse,
+    reset_connection,
+    too_large,
+    truncated,
+)
 from batchscribe.emulator.config import LEGACY_PATHS, PATHS, UNIFIED_PATH, EmulatorConfig
 from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
+from batchscribe.emulator.requests import (
+    JSON_BODY_LIMIT,
+    PREFIX_LIMIT,
+    Body,
+    Job,
+    analyse_body,
+    is_audio_type,
+    parse_params,
+    read_body,
+    url_from_json,
+)
+from batchscribe.emulator.stats import Stats
 from batchscribe.emulator.transcripts import (
     AudioError,
     Signal,
-    Transcript,
     canonical_url,
-    num_chunks,
     sample_for,
     sample_for_url,
-    signal_of,
     transcribe,
     url_audio,
     url_regions,
 )
-from batchscribe.pulse import (
-    BOOL_PARAMS,
-    PARAM_NAMES,
-    PulseParams,
-    check_combination,
-    coerce_param,
-)
+from batchscribe.pulse import PulseParams
 
 __all__ = [
     "DELAY_HEADER_KINDS",
+    "RATE_LIMIT_MESSAGE",
     "EmulatorThread",
     "RunningEmulator",
     "create_app",
@@ -80,222 +92,11 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: Bytes of each body kept in memory for sniffing and header parsing; the rest is spooled.
-PREFIX_LIMIT = 1 << 20
-#: A URL-mode JSON body larger than this is refused (it only carries a URL).
-JSON_BODY_LIMIT = 64 * 1024
-#: The delay-header forms a fault 429 rotates through (per content, by request number).
-DELAY_HEADER_KINDS = (
-    "retry-after",  # Retry-After: <whole seconds>
-    "retry-after-date",  # Retry-After: <HTTP date>
-    "retry-after-ms",  # retry-after-ms: <milliseconds>
-    "x-ratelimit-reset",  # X-RateLimit-Reset: <whole seconds from now>
-    "x-ratelimit-reset-epoch",  # X-RateLimit-Reset: <epoch seconds>
-)
-#: The documented body of a rate-limit 429.
-RATE_LIMIT_MESSAGE = "Rate limit exceeded. Please retry after a short backoff."
 _EXAMPLES_KEPT = 20
-_GROUP_LANGUAGES = {
-    "multi-eu": ("en", "de", "fr", "es", "it"),
-    "multi-asian": ("zh", "ja", "ko"),
-    "multi-indic": ("hi",),
-}
-_EMOTIONS = ("happiness", "sadness", "disgust", "fear", "anger")
-
-
-# --------------------------------------------------------------------------------------------
-# Requests: parameters and body
-
-
-def _parse_params(
-    items: Iterable[tuple[str, str]], *, url_input: bool, legacy: bool
-) -> PulseParams | str:
-    """Validate the query string as the service does; a problem comes back as a message.
-
-    ``model`` is required on the unified path; the legacy paths default it to ``pulse`` and the
-    language to ``multi-eu``. ``word_timestamps`` defaults to false (the service's default).
-    """
-    values: dict[str, Any] = {}
-    for name, value in items:
-        if name not in PARAM_NAMES:
-            continue  # the service ignores parameters it does not know (e.g. age_detection)
-        if name in values:
-            return f"parameter {name} given more than once"
-        if name in BOOL_PARAMS:
-            if value not in ("true", "false"):
-                return f"{name} must be true or false, not {value!r}"
-            values[name] = value == "true"
-            continue
-        try:
-            values[name] = coerce_param(name, value)
-        except ValueError as exc:
-            return str(exc)
-    if legacy:
-        values.setdefault("model", "pulse")
-        values.setdefault("language", "multi-eu")
-    if "model" not in values:
-        return "model is required (pulse or pulse-pro)"
-    if ("webhook_method" in values or "webhook_extra" in values) and "webhook_url" not in values:
-        return "webhook_method and webhook_extra need webhook_url"
-    values.setdefault("word_timestamps", False)
-    params = PulseParams(**values)
-    # Pulse Pro has no diarization: the service answers without speakers rather than refusing
-    # (the client refuses the combination before sending, which is its own choice).
-    checked = dataclasses.replace(params, diarize=False) if params.model == "pulse-pro" else params
-    return check_combination(checked, url_input=url_input) or params
-
-
-def _is_audio_type(content_type: str) -> bool:
-    return content_type.startswith(("audio/", "video/")) or content_type in (
-        "application/octet-stream",
-        "binary/octet-stream",
-    )
-
-
-def _url_from_json(body: bytes) -> str:
-    """The ``url`` of a URL-mode body; raises ValueError with the 400 message."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError("the JSON body is not valid JSON") from None
-    url = doc.get("url") if isinstance(doc, dict) else None
-    if not isinstance(url, str):
-        raise ValueError('the JSON body must be an object with a "url" string')
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"url must be an http(s) URL, not {url[:200]!r}")
-    return url
-
-
-class _Body(NamedTuple):
-    head: bytes  # the first PREFIX_LIMIT bytes
-    size: int
-    digest: bytes  # sha256 of the whole body
-    spool: IO[bytes] | None  # the whole body when larger than the head (closed by the caller)
-
-    def source(self) -> IO[bytes]:
-        """The whole body as a seekable file, at its start."""
-        if self.spool is None:
-            return io.BytesIO(self.head)
-        self.spool.seek(0)
-        return self.spool
-
-
-async def _read_body(request: web.Request, limit: int) -> _Body | None:
-    """Stream the body, hashing as it goes; past PREFIX_LIMIT it is spooled to a temporary
-    file (in memory up to 8 MiB), so a 250 MB upload is never held in memory. None past
-    ``limit``."""
-    length = request.content_length
-    if length is not None and length <= PREFIX_LIMIT:
-        data = await request.read()
-        if len(data) > limit:
-            return None
-        return _Body(data, len(data), hashlib.sha256(data).digest(), None)
-    hasher = hashlib.sha256()
-    head = bytearray()
-    size = 0
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
-    try:
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                spool.close()
-                return None
-            hasher.update(chunk)
-            spool.write(chunk)
-            if len(head) < PREFIX_LIMIT:
-                head += chunk[: PREFIX_LIMIT - len(head)]
-    except BaseException:
-        spool.close()
-        raise
-    if size <= PREFIX_LIMIT:
-        spool.close()
-        return _Body(bytes(head), size, hasher.digest(), None)
-    return _Body(bytes(head), size, hasher.digest(), spool)
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-
-
-class _Stats:
-    """What the emulator saw since start or the last reset."""
-
-    def __init__(self, now: float) -> None:
-        self.started = now
-        self.requests = 0
-        self.statuses: dict[int, int] = {}
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.rate_limited = {"fault": 0, "rate_limit": 0, "concurrency": 0, "plan": 0}
-        self.server_errors = 0
-        self.resets = 0
-        self.truncations = 0
-        self.stalls = 0
-        self.cancelled = 0
-        self.early_retries = 0
-        self.early_examples: list[dict[str, Any]] = []
-        self.by_path = {"legacy": 0, "current": 0}  # both legacy paths count as legacy
-        self.by_endpoint: dict[str, int] = {}  # path -> requests
-        self.by_model: dict[str, int] = {}  # requests with valid parameters, by model asked
-        self.by_language: dict[str, int] = {}  # ... and by language asked
-        self.per_second: list[int] = []
-
-    def arrive(self, now: float) -> None:
-        self.requests += 1
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        second = int(now - self.started)
-        per_second = self.per_second
-        if second >= len(per_second):
-            per_second.extend([0] * (second + 1 - len(per_second)))
-        per_second[second] += 1
-
-    def answered(self, status: int) -> None:
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-
-    def snapshot(self, now: float, by_content: Mapping[str, int]) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "rate_limited": sum(self.rate_limited.values()),
-            "rate_limited_by": dict(self.rate_limited),
-            "server_errors": self.server_errors,
-            "resets": self.resets,
-            "truncations": self.truncations,
-            "stalls": self.stalls,
-            "cancelled": self.cancelled,
-            "early_retries": self.early_retries,
-            "early_retry_examples": list(self.early_examples),
-            "by_content": dict(by_content),
-            "by_path": dict(self.by_path),
-            "by_endpoint": dict(self.by_endpoint),
-            "by_model": dict(self.by_model),
-            "by_language": dict(self.by_language),
-            "requests_per_second": list(self.per_second),
-            "uptime_s": round(now - self.started, 3),
-        }
 
 
 # --------------------------------------------------------------------------------------------
 # The server
-
-
-class _Request(NamedTuple):
-    """What one endpoint request is about, once its body is read and decoded."""
-
-    params: PulseParams
-    digest: bytes
-    short: str
-    n: int  # requests with this content before this one
-    duration: float
-    size: int
-    transcript: Transcript
-    language: str | None  # a sample clip's language
-    filename: str | None  # URL input only
 
 
 class _Emulator:
@@ -304,7 +105,7 @@ class _Emulator:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._clock = time.monotonic  # replaced by the loop's clock on startup
-        self.stats = _Stats(self._clock())
+        self.stats = Stats(self._clock())
         self._seen: dict[str, int] = {}  # short content key -> requests so far
         self._due: dict[str, tuple[float, float]] = {}  # short key -> (retry not before, asked)
         self._tokens = 0.0
@@ -318,13 +119,13 @@ class _Emulator:
     async def on_startup(self, app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         self._clock = loop.time
-        self.stats = _Stats(loop.time())
+        self.stats = Stats(loop.time())
 
     def reset(self) -> None:
         """Forget everything seen: counters, per-content sequences (so faults repeat), delays.
         Requests still in flight stay counted in ``in_flight`` until they end."""
         in_flight = self.stats.in_flight
-        self.stats = _Stats(self._clock())
+        self.stats = Stats(self._clock())
         self.stats.in_flight = self.stats.max_in_flight = in_flight
         self._seen.clear()
         self._due.clear()
@@ -336,45 +137,6 @@ class _Emulator:
 
     def _request_id(self) -> str:
         return f"emu-{self._id_prefix}-{next(self._ids):08d}"
-
-    def _error(
-        self,
-        status: int,
-        message: str,
-        request_id: str,
-        *,
-        headers: dict[str, str] | None = None,
-        legacy: bool = False,
-        details: Mapping[str, Any] | None = None,
-    ) -> web.Response:
-        """An error answer in the shape of its endpoint: unified ``{error, request_id,
-        details}``; legacy ``{errors, status: "error", message}`` for a 400, ``{message}`` for
-        a 401, ``{error, request_id}`` otherwise; a 429 is ``{error, request_id}`` everywhere
-        (the rate limit's documented body)."""
-        doc: dict[str, Any]
-        if status == 429:  # the documented rate-limit body, on every path
-            doc = {"error": message, "request_id": request_id}
-        elif not legacy:
-            doc = {"error": message, "request_id": request_id, "details": dict(details or {})}
-        elif status == 400:
-            doc = {"errors": message, "status": "error", "message": message}
-        elif status == 401:
-            doc = {"message": message}
-        else:
-            doc = {"error": message, "request_id": request_id}
-        response = web.Response(
-            status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
-        )
-        response.headers["X-Request-Id"] = request_id
-        return response
-
-    def _too_large(self, request_id: str, *, legacy: bool) -> web.Response:
-        """The oversize answer: 413 on the unified path, 400 "Audio data too large" on legacy."""
-        limit = self.config.max_payload
-        if legacy:
-            return self._error(400, "Audio data too large", request_id, legacy=True)
-        message = f"Audio data too large: payload over {limit} bytes"
-        return self._error(413, message, request_id, details={"max_bytes": limit})
 
     def _authorized(self, request: web.Request) -> bool:
         key = self.config.key
@@ -412,28 +174,12 @@ class _Emulator:
             return self._buckets.admit(model, now, per_minute / config.plan_window_s, burst)
         return self._window.admit(model, now, per_minute, config.plan_window_s)
 
-    def _delay_headers(self, kind: str, delay: float) -> tuple[dict[str, str], float]:
-        """The header asking for ``delay`` seconds in one form, and the delay it truly asks
-        (whole-second forms round up, so a client honouring them is never early)."""
-        if kind == "retry-after-ms":
-            ms = max(1, math.ceil(delay * 1000))
-            return {"retry-after-ms": str(ms)}, ms / 1000
-        if kind in ("retry-after-date", "x-ratelimit-reset-epoch"):
-            wall = time.time()
-            when = math.ceil(wall + delay)
-            if kind == "retry-after-date":
-                return {"Retry-After": email.utils.formatdate(when, usegmt=True)}, when - wall
-            return {"X-RateLimit-Reset": str(when)}, when - wall
-        seconds = max(1, math.ceil(delay))
-        name = "Retry-After" if kind == "retry-after" else "X-RateLimit-Reset"
-        return {name: str(seconds)}, float(seconds)
-
     def _ask_delay(
         self, status: int, message: str, request_id: str, short: str, kind: str, delay: float
     ) -> web.Response:
-        headers, asked = self._delay_headers(kind, delay)
+        headers, asked = delay_headers(kind, delay)
         self._due[short] = (self._clock() + asked, asked)
-        return self._error(status, message, request_id, headers=headers)
+        return error_response(status, message, request_id, headers=headers)
 
     def _rate_limited(
         self, message: str, request_id: str, short: str, delay: float, *, plan: bool
@@ -441,7 +187,7 @@ class _Emulator:
         """A rate-limit 429: with ``retry-after-ms`` (and, for the plan, ``Retry-After`` in
         whole seconds) when ``rate_headers`` is on; with no delay header at all when off."""
         if not self.config.rate_headers:
-            return self._error(429, message, request_id)
+            return error_response(429, message, request_id)
         response = self._ask_delay(429, message, request_id, short, "retry-after-ms", delay)
         if plan:
             response.headers["Retry-After"] = str(max(1, math.ceil(delay)))
@@ -473,14 +219,14 @@ class _Emulator:
         legacy = request.path in LEGACY_PATHS
         response = None
         if not self._authorized(request):
-            response = self._error(401, "missing or invalid API key", self._request_id(),
+            response = error_response(401, "missing or invalid API key", self._request_id(),
                                    legacy=legacy)  # fmt: skip
         elif (request.content_length or 0) > self.config.max_payload:
-            response = self._too_large(self._request_id(), legacy=legacy)
+            response = too_large(self.config.max_payload, self._request_id(), legacy=legacy)
         if response is not None:
             self.stats.requests += 1
             self.stats.answered(response.status)
-            return await _refuse(request, response)
+            return await refuse(request, response)
         if request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
@@ -491,7 +237,7 @@ class _Emulator:
         if request.method != "POST":
             self.stats.requests += 1
             self.stats.answered(405)
-            return self._error(405, "use POST", self._request_id(), headers={"Allow": "POST"},
+            return error_response(405, "use POST", self._request_id(), headers={"Allow": "POST"},
                                legacy=request.path in LEGACY_PATHS)  # fmt: skip
         arrived = self._clock()
         self.stats.arrive(arrived)
@@ -515,37 +261,37 @@ class _Emulator:
 
     async def _accept(
         self, request: web.Request, request_id: str, arrived: float
-    ) -> _Request | web.Response:
+    ) -> Job | web.Response:
         """Validate a request up to its decoded audio: what it asks, or the refusal."""
         legacy = request.path in LEGACY_PATHS
         if not self._authorized(request):
             detail = "missing" if "Authorization" not in request.headers else "invalid"
             message = f"{detail} API key (Authorization: Bearer <key>)"
-            return self._error(401, message, request_id, legacy=legacy)
+            return error_response(401, message, request_id, legacy=legacy)
         url_input = request.content_type == "application/json"
-        params = _parse_params(request.query.items(), url_input=url_input, legacy=legacy)
+        params = parse_params(request.query.items(), url_input=url_input, legacy=legacy)
         if isinstance(params, str):
-            return self._error(400, params, request_id, legacy=legacy)
+            return error_response(400, params, request_id, legacy=legacy)
         # What reached the service: Pulse answers do not echo the language, so tests read it here.
         stats = self.stats
         stats.by_model[params.model] = stats.by_model.get(params.model, 0) + 1
         stats.by_language[params.language] = stats.by_language.get(params.language, 0) + 1
-        if not url_input and not _is_audio_type(request.content_type):
+        if not url_input and not is_audio_type(request.content_type):
             message = (
                 f"unsupported Content-Type {request.content_type!r}: send audio/* or "
                 "application/octet-stream, or application/json with a url"
             )
-            return self._error(400, message, request_id, legacy=legacy)
+            return error_response(400, message, request_id, legacy=legacy)
         limit = JSON_BODY_LIMIT if url_input else self.config.max_payload
         body = None
         if (request.content_length or 0) <= limit:
-            body = await _read_body(request, limit)
+            body = await read_body(request, limit)
         if body is None:
             if url_input:
-                refusal = self._error(413, f"JSON body over {limit} bytes", request_id)
+                refusal = error_response(413, f"JSON body over {limit} bytes", request_id)
             else:
-                refusal = self._too_large(request_id, legacy=legacy)
-            return await _refuse(request, refusal)
+                refusal = too_large(self.config.max_payload, request_id, legacy=legacy)
+            return await refuse(request, refusal)
         try:
             return await self._decode(request, body, params, url_input, arrived, request_id)
         finally:
@@ -555,21 +301,21 @@ class _Emulator:
     async def _decode(
         self,
         request: web.Request,
-        body: _Body,
+        body: Body,
         params: PulseParams,
         url_input: bool,
         arrived: float,
         request_id: str,
-    ) -> _Request | web.Response:
+    ) -> Job | web.Response:
         legacy = request.path in LEGACY_PATHS
         if body.size == 0:
-            return self._error(400, "empty body: no audio", request_id, legacy=legacy)
+            return error_response(400, "empty body: no audio", request_id, legacy=legacy)
         url = None
         if url_input:
             try:
-                url = _url_from_json(body.head)
+                url = url_from_json(body.head)
             except ValueError as exc:
-                return self._error(400, str(exc), request_id, legacy=legacy)
+                return error_response(400, str(exc), request_id, legacy=legacy)
             digest = hashlib.sha256(canonical_url(url).encode()).digest()
         else:
             digest = body.digest
@@ -582,20 +328,20 @@ class _Emulator:
             sample = sample_for_url(url)
             filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) or "audio"
             transcript = transcribe(url_regions(duration), text)
-            return _Request(params, digest, short, n, duration, round(duration * 16000),
+            return Job(params, digest, short, n, duration, round(duration * 16000),
                             transcript, sample.language if sample else None, filename)  # fmt: skip
         max_seconds = self.config.max_audio_seconds()
         try:
-            signal = await _analyse(body, max_seconds)
+            signal = await analyse_body(body, max_seconds)
         except AudioError as exc:
-            return self._error(400, str(exc), request_id, legacy=legacy)
+            return error_response(400, str(exc), request_id, legacy=legacy)
         refusal = self._check_signal(signal, request_id, legacy=legacy)
         if refusal is not None:
             return refusal
         sample = sample_for(digest)
         transcript = transcribe(signal.regions, sample.sentence if sample else None)
         duration = sample.duration if sample else signal.duration
-        return _Request(params, digest, short, n, duration, body.size, transcript,
+        return Job(params, digest, short, n, duration, body.size, transcript,
                         sample.language if sample else None, None)  # fmt: skip
 
     def _check_signal(
@@ -605,17 +351,17 @@ class _Emulator:
         if signal.channels != 1:
             message = "Only single channel (mono) audio is supported"
             details: dict[str, Any] = {"channels": signal.channels}
-            return self._error(400, message, request_id, legacy=legacy, details=details)
+            return error_response(400, message, request_id, legacy=legacy, details=details)
         if signal.longer_than is not None:
             minutes = signal.longer_than / 60
             message = (
                 f"Audio longer than the {minutes:g}-minute session limit: split it into chunks"
             )
             details = {"max_seconds": signal.longer_than}
-            return self._error(400, message, request_id, legacy=legacy, details=details)
+            return error_response(400, message, request_id, legacy=legacy, details=details)
         return None
 
-    def _gateway(self, job: _Request, request_id: str) -> web.Response | None:
+    def _gateway(self, job: Job, request_id: str) -> web.Response | None:
         """The limits that depend on timing only: the plan, the rate limit, the cap."""
         config = self.config
         now = self._clock()
@@ -686,17 +432,17 @@ class _Emulator:
             self.stats.server_errors += 1
             return self._server_error(roll, request_id, job.short), ""
         if fault == "reset":
-            _reset(request)
+            reset_connection(request)
             return web.Response(status=200), "reset"
 
         if params.webhook_url:
             answer: dict[str, Any] = {"status": "processing", "request_id": request_id}
         else:
             elapsed = max(self._clock() - arrived, 0.001)
-            answer = _answer(job, request_id, elapsed)
+            answer = answer_body(job, request_id, elapsed)
         payload = orjson.dumps(answer)
         if fault == "truncate":
-            return await _truncated(request, payload, roll, request_id), "truncated"
+            return await truncated(request, payload, roll, request_id), "truncated"
         response = web.Response(body=payload, content_type="application/json")
         response.headers["X-Request-Id"] = request_id
         return response, ""
@@ -717,7 +463,7 @@ class _Emulator:
         if status == 503:
             # An empty body, as load balancers send.
             return web.Response(status=503, headers={"X-Request-Id": request_id})
-        return self._error(500, "internal server error", request_id)
+        return error_response(500, "internal server error", request_id)
 
     async def stats_handler(self, request: web.Request) -> web.Response:
         """GET /_emulator/stats."""
@@ -733,127 +479,7 @@ class _Emulator:
         self.stats.requests += 1
         self.stats.answered(404)
         message = f"no endpoint at {request.path}; Pulse paths are {', '.join(PATHS.values())}"
-        return self._error(404, message, self._request_id())
-
-
-async def _analyse(body: _Body, max_seconds: float | None) -> Signal:
-    """Decode a body off the event loop (a small one inline: a thread costs more than it)."""
-    if body.spool is None and body.size < 64 * 1024:
-        return signal_of(body.source(), body.digest, body.head, max_seconds=max_seconds)
-    return await asyncio.to_thread(
-        signal_of, body.source(), body.digest, body.head, max_seconds=max_seconds
-    )
-
-
-def _words(transcript: Transcript, *, diarize: bool) -> list[dict[str, Any]]:
-    words: list[dict[str, Any]] = []
-    for word in transcript.words:
-        entry: dict[str, Any] = {
-            "start": word.start,
-            "end": word.end,
-            "word": word.text,
-            "confidence": word.confidence,
-        }
-        if diarize:
-            entry["speaker"] = word.utterance % 2
-            entry["speaker_confidence"] = round(min(1.0, word.confidence + 0.05), 2)
-        words.append(entry)
-    return words
-
-
-def _extras(job: _Request) -> dict[str, Any]:
-    """The gender / emotions blocks their flags ask for (derived from the content hash)."""
-    digest = job.digest
-    extras: dict[str, Any] = {}
-    if job.params.gender_detection:
-        extras["gender"] = "female" if digest[20] % 2 else "male"
-    if job.params.emotion_detection:
-        raw = [1 + b for b in digest[21:26]]
-        extras["emotions"] = {
-            name: round(value / sum(raw), 2) for name, value in zip(_EMOTIONS, raw, strict=True)
-        }
-    return extras
-
-
-def _answer(job: _Request, request_id: str, elapsed: float) -> dict[str, Any]:
-    """The 200 body in the shape of the model asked (see shared/pulse-api.md, Response)."""
-    params = job.params
-    timed = params.word_timestamps
-    transcript = job.transcript
-    duration = round(job.duration, 3)
-    answer: dict[str, Any] = {"status": "success", "transcription": transcript.text}
-    if params.model == "pulse-pro":  # no utterances, no diarization; ids and timing in the body
-        answer["words"] = _words(transcript, diarize=False) if timed else []
-        language = params.language
-        if language in _GROUP_LANGUAGES:
-            group = _GROUP_LANGUAGES[language]
-            language = job.language or group[job.digest[30] % len(group)]
-        answer["language"] = language
-        answer["request_id"] = request_id
-        answer["totalBytes"] = job.size
-        answer["metadata"] = {
-            "duration": duration,
-            "fileSize": job.size,
-            "processing_time_ms": round(elapsed * 1000),
-            "rtfx": round(job.duration / elapsed, 1),
-            "num_chunks": num_chunks(job.duration),
-        }
-    else:
-        answer["words"] = _words(transcript, diarize=params.diarize) if timed else []
-        utterances = []
-        for start, end, text, index in transcript.utterances() if timed else ():
-            utterance: dict[str, Any] = {"start": start, "end": end, "text": text}
-            if params.diarize:
-                utterance["speaker"] = index % 2
-            utterances.append(utterance)
-        answer["utterances"] = utterances
-        answer["metadata"] = {"duration": duration, "fileSize": job.size}
-        if job.filename is not None:
-            answer["metadata"]["filename"] = job.filename
-    answer.update(_extras(job))
-    return answer
-
-
-async def _refuse(request: web.Request, response: web.Response) -> web.Response:
-    """Send ``response`` and close the connection without reading the rest of the body
-    (aiohttp would otherwise drain up to 10 s of it to keep the connection alive)."""
-    response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()  # closes after the response is flushed; no draining
-    return response
-
-
-def _reset(request: web.Request) -> None:
-    """Drop the connection with a TCP RST and no response."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # SO_LINGER with a zero timeout turns close() into a reset.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-async def _truncated(
-    request: web.Request, payload: bytes, roll: bytes, request_id: str
-) -> web.StreamResponse:
-    """A 200 whose body is cut short: either the full Content-Length is declared and the
-    connection closes mid-body, or a complete HTTP body carries only half of the JSON."""
-    cut = max(1, len(payload) // 2)
-    if roll[15] % 2:
-        response = web.Response(body=payload[:cut], content_type="application/json")
-        response.headers["X-Request-Id"] = request_id
-        return response
-    stream = web.StreamResponse(status=200, headers={"X-Request-Id": request_id})
-    stream.content_type = "application/json"
-    stream.content_length = len(payload)
-    await stream.prepare(request)
-    await stream.write(payload[:cut])
-    if request.transport is not None:
-        request.transport.close()  # close, not abort: the half body is flushed first
-    return stream
+        return error_response(404, message, self._request_id())
 
 
 _STATE = web.AppKey("batchscribe_emulator", _Emulator)

@@ -119,10 +119,7 @@ def dry_run(
     with ``params`` (the run's Pulse parameters), an item whose own fields do not fit with them
     is a bad line, as in a run.
     """
-    try:
-        manifest.check_sources(sources)
-    except manifest.ManifestError as exc:
-        raise ConfigError(str(exc)) from None
+    manifest.check_sources(sources)  # ManifestError is a ConfigError
     resume = read_resume_state(out, fingerprints=rescan_changed)
     plan = Plan()
     # The run's warning, word for word: a damaged line is not counted, so its item is sent.
