@@ -134,7 +134,9 @@ def decide(found: Probe, policy: PrepPolicy) -> Decision:
             cannot.append("split channels")
         cannot.append("stereo" if found.channels == 2 else "multichannel")
     if found.duration is None:
-        if policy.transcode != "off":  # prepare measures it; off sends it and lets the service judge
+        if (
+            policy.transcode != "off"
+        ):  # prepare measures it; off sends it and lets the service judge
             cannot.append("unknown length")
     elif found.duration > policy.max_chunk:
         cannot.append("long")
