@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import random
+import select
 import signal
 import socket
 import time
@@ -1232,6 +1233,10 @@ def _closed_by_peer(transport: asyncio.Transport | None) -> bool:
     """True if the server closed (or reset) this idle connection; False if open or unknown."""
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
+        return False
+    # Nothing to read (no data, no end of stream, no reset pending) is the common case: one
+    # select(2) (~0.5 us) tells it without the dup, socket object and close (~3.3 us).
+    if not select.select((sock.fileno(),), (), (), 0)[0]:
         return False
     try:
         # asyncio's socket wrapper has no recv(): peek through a duplicate descriptor.

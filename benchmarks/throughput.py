@@ -9,8 +9,15 @@ latency, canned answer), three clients, each a child process measured from spawn
   overhead: no retry, resume or progress);
 - **sdk**: ``sdk_client.py``, the ``smallestai`` SDK's async client driven by a semaphore.
 
-Cases: latency 0 ms at concurrency 64 (CPU-bound), 50 ms at 16 and at 64 (latency-bound).
-Each client runs ``--repeat`` times per case, interleaved; the best wall time counts.
+Cases: latency 0 ms at concurrency 64 (CPU-bound), 50 ms at 16 and at 64 (latency-bound), and
+**web**: the independent check's set-up (2,000 clips, 64 in flight, no latency, a plain
+``aiohttp.web`` server with a canned answer: ``aiohttp_server.py``), where batchscribe is the
+installed console script (``.venv/bin/batchscribe run ...``) and both clients start as the
+environment makes them (no shared bytecode cache: an editable install under
+``PYTHONDONTWRITEBYTECODE=1`` compiles batchscribe at every start, as the check's runs did).
+Each client runs ``--repeat`` times per case, interleaved; the best wall time counts. The CPU
+ratio (client CPU seconds, spawn to exit) is printed beside the wall ratios: on a loaded
+machine it moves least.
 
 Where a request slot's time goes: the server reports, per client run, its mean *hold* (request
 arrived to response sent: the latency plus its own lateness) and the clients' mean *turnaround*
@@ -27,7 +34,8 @@ before anything is timed: a user's installed package is compiled once, at instal
 9,500 lines at every start (+55 ms a run here). ``--no-bytecode-cache`` measures that way.
 
     python benchmarks/throughput.py [--n 3000] [--quick] [--repeat 3] [--no-sdk]
-        [--case 50/16] [--baseline DIR] [--server PATH] [--no-bytecode-cache]
+        [--case 50/16] [--case web] [--web-n 2000] [--baseline DIR] [--server PATH]
+        [--no-bytecode-cache]
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -57,9 +66,31 @@ from _bench import (
     workdir,
 )
 
-CASES = [(0.0, 64), (50.0, 16), (50.0, 64)]
 BS = "batchscribe"
 BASE = "batchscribe@base"
+WEB_SERVER = HERE / "aiohttp_server.py"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One server set-up the clients run against, side by side."""
+
+    latency: float  # ms
+    concurrency: int
+    web: bool = False  # the independent check's set-up (see the module's docstring)
+
+    @property
+    def name(self) -> str:
+        return f"{'web, ' if self.web else ''}{self.latency:g} ms, c={self.concurrency}"
+
+
+CASES = [Case(0.0, 64), Case(50.0, 16), Case(50.0, 64), Case(0.0, 64, web=True)]
+
+
+def installed_batchscribe() -> list[str]:
+    """The console script pip installed next to this interpreter (``python -m`` if none)."""
+    script = Path(PYTHON).parent / "batchscribe"
+    return [str(script)] if script.exists() else [PYTHON, "-m", "batchscribe"]
 
 
 def count_lines(path: Path) -> int:
@@ -92,7 +123,10 @@ def run_client(
     out: Path,
     baseline: Path | None = None,
     bytecode_cache: Path | None = None,
+    installed: bool = False,
 ) -> ChildResult:
+    """Run one client to the end (SystemExit if it fails); ``installed``: batchscribe as the
+    console script, not ``python -m``."""
     env = {"SMALLEST_API_KEY": BENCH_KEY}
     # ``python -m`` puts the working folder first on sys.path: run each checkout from its own.
     cwd = REPO
@@ -105,6 +139,8 @@ def run_client(
             "run", manifest, "--out", out, "--endpoint", server.endpoint, "--no-progress",
             "--concurrency", concurrency,
         )  # fmt: skip
+        if installed:
+            argv[:3] = installed_batchscribe()
     elif kind == "lean":
         argv = [PYTHON, str(HERE / "lean_client.py"), str(manifest), "--endpoint",
                 server.endpoint, "-j", str(concurrency), "--out", str(out)]  # fmt: skip
@@ -126,8 +162,9 @@ def main() -> None:
     parser.add_argument("--no-sdk", action="store_true", help="skip the SDK client")
     parser.add_argument("--only", choices=[BS, "lean", "sdk"], action="append")
     parser.add_argument(
-        "--case", action="append", metavar="MS/C", help="only these cases, e.g. 0/64"
+        "--case", action="append", metavar="MS/C", help="only these cases, e.g. 0/64, web"
     )
+    parser.add_argument("--web-n", type=int, default=2000, help="items in the web case")
     parser.add_argument(
         "--baseline", type=Path, metavar="DIR", help="also run batchscribe from this checkout"
     )
@@ -138,21 +175,22 @@ def main() -> None:
         "--no-bytecode-cache", action="store_true", help="let children compile as the env says"
     )
     ns = parser.parse_args()
-    n = 600 if ns.quick else ns.n
+    n = n_default = 600 if ns.quick else ns.n
     repeat = 1 if ns.quick else ns.repeat
     kinds = ns.only or [BS, "lean"] + ([] if ns.no_sdk else ["sdk"])
     if ns.baseline is not None:
         kinds.insert(kinds.index(BS) + 1 if BS in kinds else 0, BASE)
-    print(f"# throughput  {machine()}  n={n} repeat={repeat}  server={ns.server.name}")
+    print(
+        f"# throughput  {machine()}  n={n} (web: {ns.web_n}) repeat={repeat}  "
+        f"server={ns.server.name} (web: {WEB_SERVER.name})"
+    )
     rows = []
     ratios = []
     loads = [os.getloadavg()[0]]
     with workdir("bench-throughput-") as root:
-        manifest = make_clips(root, n)
         cache = None if ns.no_bytecode_cache else root / "pycache"
         # Warm-up, not timed: each client once (fills the bytecode cache and the page cache).
-        small = root / "warm-up.jsonl"
-        small.write_bytes(b"".join(manifest.read_bytes().splitlines(keepends=True)[:20]))
+        small = make_clips(root, 20)
         with LoopbackServer(0, script=ns.server) as server:
             for kind in kinds:
                 out = root / f"warm-up-{kind}.jsonl"
@@ -160,15 +198,26 @@ def main() -> None:
                 out.unlink()
         cases = CASES
         if ns.case:
-            cases = [(float(c.split("/")[0]), int(c.split("/")[1])) for c in ns.case]
-        for latency, concurrency in cases:
+            cases = [
+                Case(0.0, 64, web=True) if c == "web"
+                else Case(float(c.split("/")[0]), int(c.split("/")[1]))
+                for c in ns.case
+            ]  # fmt: skip
+        for case in cases:
+            latency, concurrency = case.latency, case.concurrency
+            n = ns.web_n if case.web else n_default
+            manifest = make_clips(root, n)
+            # The web case: the environment's own start-up (no shared cache), as a user's.
+            cache_here = None if case.web else cache
             best: dict[str, ChildResult] = {}
             inrun: dict[str, float] = {}
             server_cpu: dict[str, float] = {}
             held: dict[str, dict[str, float]] = {}
             walls: dict[str, list[float]] = {}
             inruns: dict[str, list[float]] = {}
-            with LoopbackServer(latency, script=ns.server) as server:
+            cpus: dict[str, list[float]] = {}
+            script = WEB_SERVER if case.web else ns.server
+            with LoopbackServer(latency, script=script) as server:
                 rtt = measure_rtt(server)
                 for r in range(repeat):
                     for kind in kinds:
@@ -176,8 +225,9 @@ def main() -> None:
                         before = server.cpu()
                         server.stats(reset=True)
                         result = run_client(
-                            kind, manifest, server, concurrency, out, ns.baseline, cache
-                        )
+                            kind, manifest, server, concurrency, out, ns.baseline, cache_here,
+                            installed=case.web,
+                        )  # fmt: skip
                         stats = server.stats(reset=True)
                         done = count_lines(out)
                         if done != n:
@@ -191,13 +241,15 @@ def main() -> None:
                         inrun[kind] = min(inrun.get(kind, seconds), seconds)
                         walls.setdefault(kind, []).append(result.wall)
                         inruns.setdefault(kind, []).append(seconds)
+                        cpus.setdefault(kind, []).append(result.cpu)
                         loads.append(os.getloadavg()[0])
             ideal = n * latency / 1000 / concurrency
             for kind, result in best.items():
                 hold = held[kind].get("hold_ms")
                 turnaround = held[kind].get("turnaround_ms")
                 rows.append([
-                    f"{latency:g} ms", concurrency, kind, f"{result.wall:.2f}",
+                    f"{'web ' if case.web else ''}{latency:g} ms", concurrency, kind,
+                    f"{result.wall:.2f}",
                     f"{inrun[kind]:.2f}", f"{n / result.wall:.0f}", f"{n / inrun[kind]:.0f}",
                     f"{inrun[kind] * concurrency / n * 1000:.2f}",
                     "-" if hold is None else f"{hold:.2f}",
@@ -205,15 +257,15 @@ def main() -> None:
                     f"{result.cpu / n * 1e6:.0f}", f"{server_cpu[kind] / n * 1e6:.0f}",
                     f"{result.maxrss_mb:.0f}",
                 ])  # fmt: skip
-            case = f"{latency:g} ms, c={concurrency}"
             med = {kind: statistics.median(v) for kind, v in walls.items()}
+            med_cpu = {kind: statistics.median(v) for kind, v in cpus.items()}
             med_inrun = {kind: statistics.median(v) for kind, v in inruns.items()}
             for mine in (BS, BASE):
                 bs = best.get(mine)
                 if bs is None:
                     continue
-                # (name, other's best process and in-run, their medians, target)
-                compare: list[tuple[str, float, float, float, float, str]] = []
+                # (name, other's best process and in-run, their medians, CPU median, target)
+                compare: list[tuple[str, float, float, float, float, float, str]] = []
                 for other, name, target in (
                     (BASE, f"{BS}/{BASE}", "(change)"),
                     ("lean", f"{mine}/lean", ">= 0.90 (aim 0.95)"),
@@ -221,20 +273,21 @@ def main() -> None:
                 ):
                     if other in best and other != mine and (other != BASE or mine == BS):
                         compare.append((name, best[other].wall, inrun[other], med[other],
-                                        med_inrun[other], target))  # fmt: skip
+                                        med_inrun[other], med_cpu[other], target))  # fmt: skip
                 if latency > 0:
                     target = f">= 0.95 (ideal {ideal:.2f} s)"
-                    compare.append((f"{mine}/ideal", ideal, ideal, ideal, ideal, target))
+                    compare.append((f"{mine}/ideal", ideal, ideal, ideal, ideal, 0.0, target))
                     # The same with the server's real round trip (its timer and HTTP on top of
                     # the nominal latency), measured one request at a time.
                     real = n * rtt / concurrency
                     compare.append((f"{mine}/ideal at RTT {rtt * 1000:.2f} ms", real, real,
-                                    real, real, f"(info: ideal {real:.2f} s)"))  # fmt: skip
-                for name, other_wall, other_inrun, other_med, other_med_inrun, target in compare:
+                                    real, real, 0.0, f"(info: ideal {real:.2f} s)"))  # fmt: skip
+                for name, o_wall, o_inrun, o_med, o_med_inrun, o_cpu, target in compare:
                     ratios.append([
-                        case, name, f"{other_wall / bs.wall:.3f}",
-                        f"{other_inrun / inrun[mine]:.3f}", f"{other_med / med[mine]:.3f}",
-                        f"{other_med_inrun / med_inrun[mine]:.3f}", target,
+                        case.name, name, f"{o_wall / bs.wall:.3f}",
+                        f"{o_inrun / inrun[mine]:.3f}", f"{o_med / med[mine]:.3f}",
+                        f"{o_med_inrun / med_inrun[mine]:.3f}",
+                        f"{o_cpu / med_cpu[mine]:.3f}" if o_cpu else "-", target,
                     ])  # fmt: skip
     print()
     print(table(rows, ["latency", "conc", "client", "process wall s", "in-run wall s",
@@ -243,13 +296,15 @@ def main() -> None:
                        "server CPU us/item", "peak RSS MB"]))  # fmt: skip
     print()
     print(table(ratios, ["case", "ratio (throughput)", "process (best)", "in-run (best)",
-                         "process (median)", "in-run (median)", "target"]))  # fmt: skip
+                         "process (median)", "in-run (median)", "CPU (median)",
+                         "target"]))  # fmt: skip
     print(
         f"\nload average (1 min) during the runs: {min(loads):.2f} to {max(loads):.2f}\n"
         "process: spawn to exit, start-up included (what a user waits for); in-run: the "
         "client's own timing of its work (batchscribe: the run record's wall_seconds).\n"
         "The first table is each client's fastest run (CPU, hold and turnaround of that run); "
-        "the ratios are of the fastest runs and of the medians of all runs."
+        "the ratios are of the fastest runs and of the medians of all runs; CPU: the other's "
+        "median CPU seconds (spawn to exit) over this one's."
     )
 
 
