@@ -21,6 +21,9 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from batchscribe.errors import ItemError
+from batchscribe.pulse import Outcome, Verdict
+
 __all__ = [
     "DEMUXERS",
     "Decision",
@@ -55,8 +58,14 @@ _TAKES: dict[str, tuple[str, ...]] = {
 }
 
 
-class Unreadable(ValueError):
-    """PyAV cannot open the file, or it holds no audio stream; the message says which."""
+class Unreadable(ItemError):
+    """PyAV cannot open the file, or it holds no audio stream; the message says which. The
+    item fails (cause ``invalid``) without a request. Picklable: it crosses the preparation's
+    process pool."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Outcome(Verdict.FAIL, None, "invalid", message))
+        self.args = (message,)
 
 
 @dataclass(frozen=True)

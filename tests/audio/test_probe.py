@@ -125,12 +125,12 @@ def test_stereo_vorbis(tmp_path: Path) -> None:
     ],
 )
 def test_what_pyav_cannot_open_is_unreadable(tmp_path: Path, content: bytes, cause: str) -> None:
-    """Garbage, an empty or a text file: Unreadable (a ValueError), one line naming the cause."""
+    """Garbage, an empty or a text file: Unreadable (an ItemError: the item fails, cause invalid), one line naming the cause."""
     path = tmp_path / "x.wav"
     path.write_bytes(content)
     with pytest.raises(Unreadable, match=f"^unreadable audio: {cause}") as caught:
         probe(str(path))
-    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)
+    assert caught.value.outcome.cause == "invalid" and "\n" not in str(caught.value)
     assert str(tmp_path) not in str(caught.value)
 
 
