@@ -9,7 +9,6 @@ The public API (the CLI is a thin shell over it)::
 
 __version__ = "0.1.0"
 
-from batchscribe.engine import RunOptions, run_batch, run_batch_async
 from batchscribe.errors import (
     BatchscribeError,
     ConfigError,
@@ -18,6 +17,8 @@ from batchscribe.errors import (
 )
 from batchscribe.events import Summary
 from batchscribe.pulse import PulseParams
+from batchscribe.run.engine import run_batch, run_batch_async
+from batchscribe.run.options import RunOptions
 
 __all__ = [
     "BatchscribeError",

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from batchscribe import __version__
-from batchscribe.engine import RunOptions, run_batch
 from batchscribe.errors import (
     EXIT_ABORTED,
     EXIT_FAILED,
@@ -43,6 +42,8 @@ from batchscribe.pulse import (
     url_secrets,
 )
 from batchscribe.results import ReadCounts
+from batchscribe.run.engine import run_batch
+from batchscribe.run.options import RunOptions
 from batchscribe.shard import Shard, ShardError, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -696,7 +697,7 @@ def _warn_unreadable(console: Console, counts: ReadCounts) -> None:
 def _cmd_report(ns: argparse.Namespace, console: Console) -> int:
     import orjson
 
-    from batchscribe.engine import utc_now
+    from batchscribe.clock import utc_now
     from batchscribe.export import write_if_changed
     from batchscribe.report import build_report, render_html
 

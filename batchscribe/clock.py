@@ -24,6 +24,22 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
 
 
+def utc_now() -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T00:00:00.000Z``."""
+    global _utc_second
+    now = time.time()
+    second = int(now)
+    cached, prefix = _utc_second
+    if second != cached:
+        # Formatting the date is most of the cost; it changes once a second, not per record.
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _utc_second = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1000):03d}Z"
+
+
+_utc_second = (-1, "")
+
+
 class LoopClock:
     """The real clock: the running event loop's ``time()`` and ``asyncio.sleep``."""
 

@@ -18,9 +18,13 @@ from conftest import read_results
 from batchscribe.cli import build_parser, main
 from batchscribe.clock import FakeClock, settle
 from batchscribe.control import AdaptiveConcurrency, Pacer
-from batchscribe.engine import Engine, RunOptions, run_batch_async
 from batchscribe.events import Event, LimitChanged
 from batchscribe.pulse import Outcome, Verdict
+from batchscribe.run.admission import Admission
+from batchscribe.run.engine import Engine, run_batch_async
+from batchscribe.run.options import RunOptions
+from batchscribe.run.send import Sender, SmallReads
+from batchscribe.run.work import RequestPlan
 
 RTT = 0.3
 
@@ -222,24 +226,33 @@ def options(**kwargs: Any) -> RunOptions:
     return RunOptions(sources=["unused.jsonl"], out="unused.results.jsonl", api_key="k", **kwargs)
 
 
+def admission(run: RunOptions, clock: Any = None, events: list[Event] | None = None) -> Admission:
+    """The admission a run with these options makes (its summary and events kept)."""
+    from batchscribe.events import Summary
+
+    sink = events if events is not None else []
+    summary = Summary(run_id="t", concurrency=run.concurrency)
+    return Admission(run, clock or FakeClock(), summary, sink.append)
+
+
 async def test_rate_lets_one_start_through_then_spaces_the_rest() -> None:
     """--rate spaces starts evenly: of five ready starts one goes now (a server bucket of one
     refuses two at once)."""
-    engine = Engine(options(concurrency=8, rate=0.001))  # one start per 1000 s
-    tasks = [asyncio.create_task(engine._acquire()) for _ in range(5)]
+    gate = admission(options(concurrency=8, rate=0.001))  # one start per 1000 s
+    tasks = [asyncio.create_task(gate.acquire()) for _ in range(5)]
     await settle()
     assert sum(task.done() for task in tasks) == 1
-    assert engine.limit.in_flight == 5  # slots are held while waiting for the turn
+    assert gate.limit.in_flight == 5  # slots are held while waiting for the turn
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert engine.limit.in_flight == 1  # a cancelled wait gives its slot back
+    assert gate.limit.in_flight == 1  # a cancelled wait gives its slot back
 
 
 async def test_without_rate_only_the_concurrency_limit_holds_starts() -> None:
     """No --rate: as many starts go at once as there are slots."""
-    engine = Engine(options(concurrency=3))
-    tasks = [asyncio.create_task(engine._acquire()) for _ in range(5)]
+    gate = admission(options(concurrency=3))
+    tasks = [asyncio.create_task(gate.acquire()) for _ in range(5)]
     await settle()
     assert sum(task.done() for task in tasks) == 3
     for task in tasks:
@@ -251,20 +264,20 @@ async def test_engine_applies_the_controllers_limit_and_pacing() -> None:
     """An overload answer cuts the engine's live limit, arms the pacer and emits LimitChanged."""
     clock = FakeClock()
     events: list[Event] = []
-    engine = Engine(options(concurrency=64, adaptive=True), clock=clock)
-    engine.bus.subscribe(events.append)
-    assert engine.limit.limit == 8
-    assert engine.summary.adaptive
-    engine._sending = 15  # fifteen others sending: the window is in use
+    gate = admission(options(concurrency=64, adaptive=True), clock, events)
+    assert gate.limit.limit == 8
+    assert gate.summary.adaptive
+    gate.sending = 15  # fifteen others sending: the window is in use
     for _ in range(8):
-        engine._adapt(clock.now() - RTT, Outcome(Verdict.OK, 200, "ok"))
-    assert engine.limit.limit == 16
-    engine._adapt(clock.now(), Outcome(Verdict.RETRY, 429, "429", "HTTP 429"))
-    assert engine.limit.limit == int(15 * engine.controller.beta) + 1  # type: ignore[union-attr]
-    assert engine.pacer.rate is not None
-    assert engine.summary.overload_cuts == 1
-    assert engine.summary.concurrency == engine.limit.limit
-    assert isinstance(events[-1], LimitChanged) and events[-1].limit == engine.limit.limit
+        gate.adapt(clock.now() - RTT, Outcome(Verdict.OK, 200, "ok"))
+    assert gate.limit.limit == 16
+    gate.adapt(clock.now(), Outcome(Verdict.RETRY, 429, "429", "HTTP 429"))
+    assert gate.controller is not None
+    assert gate.limit.limit == int(15 * gate.controller.beta) + 1
+    assert gate.pacer.rate is not None
+    assert gate.summary.overload_cuts == 1
+    assert gate.summary.concurrency == gate.limit.limit
+    assert isinstance(events[-1], LimitChanged) and events[-1].limit == gate.limit.limit
 
 
 async def test_auto_run_against_a_capped_server_finishes_every_item(
@@ -327,32 +340,39 @@ async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_star
 ) -> None:
     """After a retry's backoff the item's next request starts without waiting (a free slot),
     and from then on a stop lets it finish instead of cancelling it as a waiting worker."""
-    from batchscribe.manifest import Item
-    from batchscribe.results import ResultsStore
-
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF" + bytes(100))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(orjson.dumps({"id": "a", "path": str(audio)}).decode() + "\n")
     clock = FakeClock()
-    engine = Engine(options(concurrency=2, max_retry_wait=60.0), clock=clock)
-    store = ResultsStore(str(tmp_path / "r.jsonl"))
-    store.open()
-    engine._store = store
     between: list[bool] = []
+    workers: list[asyncio.Task[Any]] = []
 
-    async def send(item: Any, params: Any, size: int) -> Outcome:
-        between.append(asyncio.current_task() in engine._between)
-        if len(between) == 1:
-            return Outcome(Verdict.RETRY, 503, "5xx", "HTTP 503")
-        return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi"})
+    class Answers(Sender):
+        """A 503 first, then a transcript (the transport seam: nothing is sent)."""
 
-    engine._send = send  # type: ignore[method-assign]
-    task = asyncio.create_task(engine._process(Item("a", str(audio), False, {}, None, "m:1")))
+        async def send(self, plan: RequestPlan) -> Outcome:
+            workers.append(asyncio.current_task())  # type: ignore[arg-type]
+            between.append(workers[-1] in engine.stop.waiting)
+            if len(between) == 1:
+                return Outcome(Verdict.RETRY, 503, "5xx", "HTTP 503")
+            return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi"})
+
+    run = RunOptions(
+        sources=[str(manifest)], out=str(tmp_path / "r.jsonl"), api_key="k",
+        concurrency=2, max_retry_wait=60.0,
+    )  # fmt: skip
+    engine = Engine(run, clock=clock, sender=Answers(run, clock))
+    task = asyncio.create_task(engine.run())
+    for _ in range(5000):  # (the manifest is read in a thread: wait for its item to arrive)
+        if between:
+            break
+        await asyncio.sleep(0.001)
     await settle()
-    assert between == [False] and task in engine._between  # backing off: a stop may cancel it
+    assert between == [False] and workers[0] in engine.stop.waiting  # a stop may cancel it
     await clock.advance(120)
     await task
-    store.close()
-    assert between == [False, False] and not engine._between
+    assert between == [False, False] and not engine.stop.waiting
     assert engine.summary.ok == 1 and engine.summary.retries == 1
 
 
@@ -362,18 +382,16 @@ async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_star
 async def test_small_reads_leave_the_event_loop_while_storage_is_slow(tmp_path: Path) -> None:
     """Small files are read inline while reads are quick, in a thread while their average is
     slow (a network mount), and inline again once it recovers; the bytes are the same."""
-    from batchscribe.engine import _SmallReads
-
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF" + bytes(100))
-    reads = _SmallReads()
+    reads = SmallReads()
     assert reads.inline
     assert await reads.read(str(audio), 104) == audio.read_bytes()
-    reads._note(0.05)  # one read of 50 ms
+    reads.note(0.05)  # one read of 50 ms
     assert not reads.inline
     assert await reads.read(str(audio), 104) == audio.read_bytes()  # (in a thread)
     for _ in range(60):
-        reads._note(0.00001)
+        reads.note(0.00001)
     assert reads.inline
 
 
