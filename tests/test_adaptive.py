@@ -18,13 +18,8 @@ from conftest import read_results
 from batchscribe.cli import build_parser, main
 from batchscribe.clock import FakeClock, settle
 from batchscribe.control import AdaptiveConcurrency, Pacer
-from batchscribe.events import Event, LimitChanged
-from batchscribe.pulse import Outcome, Verdict
-from batchscribe.run.admission import Admission
-from batchscribe.run.engine import Engine, run_batch_async
+from batchscribe.run.engine import run_batch_async
 from batchscribe.run.options import RunOptions
-from batchscribe.run.send import Sender, SmallReads
-from batchscribe.run.work import RequestPlan
 
 RTT = 0.3
 
@@ -219,65 +214,7 @@ async def test_pacer_without_a_rate_never_waits() -> None:
         await pacer.wait()
 
 
-# ------------------------------------------------------------------------------ engine wiring
-
-
-def options(**kwargs: Any) -> RunOptions:
-    return RunOptions(sources=["unused.jsonl"], out="unused.results.jsonl", api_key="k", **kwargs)
-
-
-def admission(run: RunOptions, clock: Any = None, events: list[Event] | None = None) -> Admission:
-    """The admission a run with these options makes (its summary and events kept)."""
-    from batchscribe.events import Summary
-
-    sink = events if events is not None else []
-    summary = Summary(run_id="t", concurrency=run.concurrency)
-    return Admission(run, clock or FakeClock(), summary, sink.append)
-
-
-async def test_rate_lets_one_start_through_then_spaces_the_rest() -> None:
-    """--rate spaces starts evenly: of five ready starts one goes now (a server bucket of one
-    refuses two at once)."""
-    gate = admission(options(concurrency=8, rate=0.001))  # one start per 1000 s
-    tasks = [asyncio.create_task(gate.acquire()) for _ in range(5)]
-    await settle()
-    assert sum(task.done() for task in tasks) == 1
-    assert gate.limit.in_flight == 5  # slots are held while waiting for the turn
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert gate.limit.in_flight == 1  # a cancelled wait gives its slot back
-
-
-async def test_without_rate_only_the_concurrency_limit_holds_starts() -> None:
-    """No --rate: as many starts go at once as there are slots."""
-    gate = admission(options(concurrency=3))
-    tasks = [asyncio.create_task(gate.acquire()) for _ in range(5)]
-    await settle()
-    assert sum(task.done() for task in tasks) == 3
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def test_engine_applies_the_controllers_limit_and_pacing() -> None:
-    """An overload answer cuts the engine's live limit, arms the pacer and emits LimitChanged."""
-    clock = FakeClock()
-    events: list[Event] = []
-    gate = admission(options(concurrency=64, adaptive=True), clock, events)
-    assert gate.limit.limit == 8
-    assert gate.summary.adaptive
-    gate.sending = 15  # fifteen others sending: the window is in use
-    for _ in range(8):
-        gate.adapt(clock.now() - RTT, Outcome(Verdict.OK, 200, "ok"))
-    assert gate.limit.limit == 16
-    gate.adapt(clock.now(), Outcome(Verdict.RETRY, 429, "429", "HTTP 429"))
-    assert gate.controller is not None
-    assert gate.limit.limit == int(15 * gate.controller.beta) + 1
-    assert gate.pacer.rate is not None
-    assert gate.summary.overload_cuts == 1
-    assert gate.summary.concurrency == gate.limit.limit
-    assert isinstance(events[-1], LimitChanged) and events[-1].limit == gate.limit.limit
+# ------------------------------------------------------------------------------ a whole run
 
 
 async def test_auto_run_against_a_capped_server_finishes_every_item(
@@ -333,66 +270,6 @@ def test_cli_refuses_a_bad_pace(
         raise SystemExit(main(argv))
     assert exited.value.code == 2
     assert needle in capsys.readouterr().err
-
-
-async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_starts(
-    tmp_path: Path,
-) -> None:
-    """After a retry's backoff the item's next request starts without waiting (a free slot),
-    and from then on a stop lets it finish instead of cancelling it as a waiting worker."""
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(100))
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text(orjson.dumps({"id": "a", "path": str(audio)}).decode() + "\n")
-    clock = FakeClock()
-    between: list[bool] = []
-    workers: list[asyncio.Task[Any]] = []
-
-    class Answers(Sender):
-        """A 503 first, then a transcript (the transport seam: nothing is sent)."""
-
-        async def send(self, plan: RequestPlan) -> Outcome:
-            workers.append(asyncio.current_task())  # type: ignore[arg-type]
-            between.append(workers[-1] in engine.stop.waiting)
-            if len(between) == 1:
-                return Outcome(Verdict.RETRY, 503, "5xx", "HTTP 503")
-            return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi"})
-
-    run = RunOptions(
-        sources=[str(manifest)], out=str(tmp_path / "r.jsonl"), api_key="k",
-        concurrency=2, max_retry_wait=60.0,
-    )  # fmt: skip
-    engine = Engine(run, clock=clock, sender=Answers(run, clock))
-    task = asyncio.create_task(engine.run())
-    for _ in range(5000):  # (the manifest is read in a thread: wait for its item to arrive)
-        if between:
-            break
-        await asyncio.sleep(0.001)
-    await settle()
-    assert between == [False] and workers[0] in engine.stop.waiting  # a stop may cancel it
-    await clock.advance(120)
-    await task
-    assert between == [False, False] and not engine.stop.waiting
-    assert engine.summary.ok == 1 and engine.summary.retries == 1
-
-
-# ------------------------------------------------------------------------------ small reads
-
-
-async def test_small_reads_leave_the_event_loop_while_storage_is_slow(tmp_path: Path) -> None:
-    """Small files are read inline while reads are quick, in a thread while their average is
-    slow (a network mount), and inline again once it recovers; the bytes are the same."""
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(100))
-    reads = SmallReads()
-    assert reads.inline
-    assert await reads.read(str(audio), 104) == audio.read_bytes()
-    reads.note(0.05)  # one read of 50 ms
-    assert not reads.inline
-    assert await reads.read(str(audio), 104) == audio.read_bytes()  # (in a thread)
-    for _ in range(60):
-        reads.note(0.00001)
-    assert reads.inline
 
 
 # ------------------------------------------------------------------- an unknown rate limit
