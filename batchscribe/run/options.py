@@ -100,8 +100,9 @@ class RunOptions:
             raise ConfigError("--timeout must be a positive, finite number of seconds")
         if not 0 <= self.max_retry_wait < math.inf:
             raise ConfigError("--max-retry-wait must be a finite number of seconds >= 0")
-        if self.max_items is not None and self.max_items < 0:
-            raise ConfigError("--max-items must not be negative")
+        problem = max_items_problem(self.max_items)
+        if problem:
+            raise ConfigError(f"--max-items {problem}")
         if self.max_runtime is not None and not 0 < self.max_runtime < math.inf:
             raise ConfigError("--max-runtime must be positive and finite")
         if not self.emulate:
@@ -115,6 +116,14 @@ class RunOptions:
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
+
+
+def max_items_problem(max_items: int | None) -> str | None:
+    """Why ``max_items`` cannot be a budget, or None: the one rule, read by :meth:`validate`
+    and by the ``--max-items`` flag (a usage error like every other count)."""
+    if max_items is not None and max_items < 0:
+        return "must not be negative"
+    return None
 
 
 def _check_endpoint(endpoint: str) -> None:
