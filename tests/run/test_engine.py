@@ -56,3 +56,43 @@ async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_star
     await task
     assert between == [False, False] and not engine.stop.waiting
     assert engine.summary.ok == 1 and engine.summary.retries == 1
+
+
+async def test_max_runtime_and_wall_time_read_the_runs_clock(tmp_path: Path) -> None:
+    """--max-runtime, the stop's grace and the summary's wall time all read the injected clock:
+    at 15 s of it the run stops taking items, lets the one in flight finish, and reports 20 s
+    (real time: none of it)."""
+    manifest = tmp_path / "m.jsonl"
+    lines = []
+    for name in "abc":
+        audio = tmp_path / f"{name}.wav"
+        audio.write_bytes(b"RIFF" + bytes(100))
+        lines.append(orjson.dumps({"id": name, "path": str(audio)}).decode())
+    manifest.write_text("\n".join(lines) + "\n")
+    clock = FakeClock()
+    sent: list[str] = []
+
+    class TenSeconds(Sender):
+        """Every answer takes 10 s of the run's clock."""
+
+        async def send(self, plan: RequestPlan) -> Outcome:
+            sent.append(plan.item.id)
+            await self.clock.sleep(10)
+            return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi", "duration": 1})
+
+    run = RunOptions(
+        sources=[str(manifest)], out=str(tmp_path / "r.jsonl"), api_key="k",
+        concurrency=1, max_runtime=15.0,
+    )  # fmt: skip
+    engine = Engine(run, clock=clock, sender=TenSeconds(run, clock))
+    task = asyncio.create_task(engine.run())
+    for _ in range(5000):  # (the manifest is read in a thread: wait for its first item)
+        if sent:
+            break
+        await asyncio.sleep(0.001)
+    for _ in range(4):
+        await clock.advance(5)
+    summary = await asyncio.wait_for(task, 30)
+    assert sent == ["a", "b"]
+    assert (summary.ok, summary.budget_reached, summary.exit_code) == (2, True, 4)
+    assert summary.wall_seconds == 20.0
