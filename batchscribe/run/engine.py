@@ -50,7 +50,7 @@ from batchscribe.events import (
     TotalKnown,
 )
 from batchscribe.ids import DigestSet, id_key
-from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, Item, Problem
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem
 from batchscribe.plan import SEND_ACTIONS, check_file, decide, reader_settles
 from batchscribe.pulse import (
     Outcome,
@@ -107,16 +107,8 @@ class StopState:
         return self.by_runtime and (self.work_left or not self.sources_done)
 
 
-class _Tries:
-    """One request plan's attempts so far: how many, and the last one's round trip."""
-
-    __slots__ = ("count", "elapsed", "plan", "worker")
-
-    def __init__(self, plan: RequestPlan, worker: asyncio.Task[Any]) -> None:
-        self.plan = plan
-        self.worker = worker
-        self.count = 0
-        self.elapsed = 0.0  # seconds: the record's elapsed_ms
+#: An answer's outcome until its plan's first attempt ends (never recorded: replaced by it).
+_UNSENT = Outcome(Verdict.RETRY, None, "network", "not sent yet")
 
 
 _RESERVED = frozenset({"transcription", "words", "utterances", "request_id"})
@@ -444,7 +436,10 @@ class Engine:
             # File names that are not UTF-8 arrive with surrogate escapes JSON cannot hold.
             source = source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         record: dict[str, Any] = {"id": item.id, "status": "failed", "source": source}
-        size = await self._prepare(item, params, record)
+        if item.kind is CLOUD_OBJECT:
+            size = await self._prepare_object(item, params, record)
+        else:
+            size = self._prepare(item, params, record)
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
         worker = asyncio.current_task()
@@ -459,7 +454,8 @@ class Engine:
             if answer.outcome.verdict is Verdict.ABORT:
                 return  # not this item's fault; the next run sends it again
             answers.append(answer)
-        outcome, attempts, elapsed = assemble(item, answers)
+        answer = assemble(item, answers)
+        outcome, attempts, elapsed = answer.outcome, answer.attempts, answer.elapsed
         if outcome.cause == "language" and "language" not in item.params:
             # The run's own language is not offered in the account's region: every item left
             # would fail the same way (slowly, at a rate limit). An item's own language
@@ -480,23 +476,15 @@ class Engine:
                 raise
         self._finish(item, record, attempts, outcome, header_duration, elapsed=elapsed)
 
-    async def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
-        """Check the item can be sent (its parameters, its file or object) and note what the
+    def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
+        """Check a file or URL item can be sent (its parameters, its file) and note what the
         record keeps of it; the body's size, or None once the item is finished (unfit)."""
-        problem = check_combination(params, url_input=item.is_url)
+        problem = check_combination(params, url_input=item.kind is URL)
         if problem:
             self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
             return None
         size = 0
-        if item.kind is CLOUD_OBJECT:
-            unfit = await self.sender.cloud().prepare(item, record, model=params.model)
-            if unfit is not None:
-                if unfit.verdict is Verdict.ABORT:
-                    self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
-                else:
-                    self._finish(item, record, 0, unfit)
-                return None
-        elif item.kind is LOCAL_FILE:
+        if item.kind is LOCAL_FILE:
             st, unfit = check_file(item.source)  # the dry run's decision too
             if st is not None:
                 size = st.st_size
@@ -507,29 +495,48 @@ class Engine:
                 return None
         return size
 
+    async def _prepare_object(
+        self, item: Item, params: PulseParams, record: dict[str, Any]
+    ) -> int | None:
+        """:meth:`_prepare` for a cloud object: its parameters, then the bucket's word on it
+        (the record gets its size and version); 0, or None once finished or aborted."""
+        if self._prepare(item, params, record) is None:
+            return None
+        unfit = await self.sender.cloud().prepare(item, record, model=params.model)
+        if unfit is None:
+            return 0
+        if unfit.verdict is Verdict.ABORT:
+            self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
+        else:
+            self._finish(item, record, 0, unfit)
+        return None
+
     async def _request(self, plan: RequestPlan, worker: asyncio.Task[Any]) -> Answer:
         """Send one request plan with retries; its answer (a FAIL once attempts run out)."""
-        tries = _Tries(plan, worker)
+        answer = Answer(_UNSENT, 0, 0.0)  # (its attempts and elapsed kept by _attempt)
         item = plan.item
         try:
-            outcome = await call_with_retry(
-                partial(self._attempt, tries), self.policy, self.clock, rng=self._rng,
-                on_retry=lambda n, err, delay: self._on_retry(item, n, err, delay),
+            answer.outcome = await call_with_retry(
+                partial(self._attempt, plan, worker, answer), self.policy, self.clock,
+                rng=self._rng, on_retry=lambda n, err, delay: self._on_retry(item, n, err, delay),
                 free=self.admission.paced,
             )  # fmt: skip
         except GiveUp as give_up:
             last = give_up.error.outcome
-            outcome = Outcome(
+            answer.outcome = Outcome(
                 Verdict.FAIL, last.http_status, last.cause, f"{last.error} ({give_up.reason})",
                 request_id=last.request_id,
             )  # fmt: skip
         finally:
             self.stop.waiting.discard(worker)
-        return Answer(outcome, tries.count, tries.elapsed)
+        return answer
 
-    async def _attempt(self, tries: _Tries) -> Outcome:
-        """One attempt: wait for admission, send, adapt; RetryableError asks for another."""
-        stop, admission, worker = self.stop, self.admission, tries.worker
+    async def _attempt(
+        self, plan: RequestPlan, worker: asyncio.Task[Any], answer: Answer
+    ) -> Outcome:
+        """One attempt at ``plan``: wait for admission, send, adapt (counted in ``answer``);
+        RetryableError asks for another."""
+        stop, admission = self.stop, self.admission
         if stop.stopping:
             raise _Stopped
         if admission.take_free():
@@ -545,9 +552,9 @@ class Engine:
                 stop.waiting.discard(worker)
         admission.started(started)
         try:
-            tries.count += 1
-            outcome = await self.sender.send(tries.plan)
-            tries.elapsed = self.clock.now() - started
+            answer.attempts += 1
+            outcome = await self.sender.send(plan)
+            answer.elapsed = self.clock.now() - started
         finally:
             admission.release()
         admission.adapt(started, outcome)
@@ -560,7 +567,7 @@ class Engine:
             stop.waiting.add(worker)  # until the next attempt's request starts
             raise RetryableError(outcome)
         if outcome.verdict is Verdict.ABORT:
-            self._abort_run(RunAborted(f"{tries.plan.item.id}: {outcome.error}"))
+            self._abort_run(RunAborted(f"{plan.item.id}: {outcome.error}"))
         return outcome
 
     def _on_retry(self, item: Item, attempt: int, error: RetryableError, delay: float) -> None:
