@@ -18,7 +18,6 @@ __version__ = "0.1.0"
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from batchscribe.engine import RunOptions, run_batch, run_batch_async
 from batchscribe.errors import (
     BatchscribeError,
     ConfigError,
@@ -27,6 +26,8 @@ from batchscribe.errors import (
 )
 from batchscribe.events import Summary
 from batchscribe.pulse import PulseParams
+from batchscribe.run.engine import run_batch, run_batch_async
+from batchscribe.run.options import RunOptions
 
 if TYPE_CHECKING:
     from batchscribe.export import export as export_transcripts

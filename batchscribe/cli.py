@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from batchscribe import __version__
 from batchscribe.console import Console, EventLog, Progress, Redactor, TerminalStream
-from batchscribe.engine import RunOptions, run_batch
 from batchscribe.errors import (
     EXIT_ABORTED,
     EXIT_FAILED,
@@ -43,6 +42,8 @@ from batchscribe.pulse import (
 )
 from batchscribe.results import ReadCounts
 from batchscribe.run.dry_run import dry_run
+from batchscribe.run.engine import run_batch
+from batchscribe.run.options import RunOptions, max_items_problem
 from batchscribe.shard import Shard, expand_path, parse_shard
 
 KEY_ENV = "SMALLEST_API_KEY"
@@ -60,11 +61,15 @@ exit codes:
 """
 
 
-def _whole(text: str, least: int) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _whole(text: str, least: int) -> int:
+    value = _integer(text)
     if value < least:
         need = "must not be negative" if least == 0 else f"must be at least {least}"
         raise argparse.ArgumentTypeError(f"{need}, not {value}")
@@ -76,8 +81,17 @@ def _positive_int(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    """A whole number that may be 0 (``--runs``, ``--max-items``), refused like the others."""
+    """A whole number that may be 0 (``--runs``), refused like the others."""
     return _whole(text, 0)
+
+
+def _max_items(text: str) -> int:
+    """``--max-items``: refused, like the other counts, by the rule RunOptions checks."""
+    value = _integer(text)
+    problem = max_items_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, not {value}")
+    return value
 
 
 def _finite(text: str, expected: str) -> float:
@@ -239,6 +253,17 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--out", "-o", required=True, metavar="RESULTS",
         help="results JSONL file; {shard} and {shards} expand to the --shard index and count",
     )  # fmt: skip
+    _add_connection_flags(run)
+    _add_pulse_flags(run)
+    _add_pace_flags(run)
+    _add_jobs_flags(run)
+    _add_output_flags(run)
+    _add_fleet_flags(run)
+    run.set_defaults(handler=_cmd_run)
+
+
+def _add_connection_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: where requests go and with what key."""
     conn = run.add_argument_group("connection")
     conn.add_argument(
         "--endpoint", default=os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT), metavar="URL",
@@ -264,6 +289,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="stream s3:// and gs:// objects through this machine instead of sending the API "
         "presigned URLs (always so for pulse-pro)",
     )  # fmt: skip
+
+
+def _add_pulse_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: the Pulse parameters sent with every item."""
     pulse = run.add_argument_group("Pulse parameters (manifest fields override them per item)")
     pulse.add_argument("--model", type=_param("model"), default="pulse", help="pulse | pulse-pro")
     pulse.add_argument(
@@ -278,6 +307,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name != "word_timestamps":
             flag = "--" + name.replace("_", "-")
             pulse.add_argument(flag, action="store_true", help=f"send {name}=true")
+
+
+def _add_pace_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: how fast requests start and how failures are retried."""
     pace = run.add_argument_group("pace and retries")
     pace.add_argument(
         "--concurrency", "-j", type=_concurrency, default=8, metavar="N|auto",
@@ -310,13 +343,17 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--retry-failed", action="store_true",
         help="also re-attempt items whose last record is failed",
     )  # fmt: skip
+
+
+def _add_jobs_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: what a scheduled job may skip, spend and preview."""
     jobs = run.add_argument_group("nightly jobs and budgets")
     jobs.add_argument(
         "--rescan-changed", action="store_true",
         help="re-transcribe ok files whose size or mtime changed since their record",
     )  # fmt: skip
     jobs.add_argument(
-        "--max-items", type=_count, metavar="N",
+        "--max-items", type=_max_items, metavar="N",
         help="send at most N items, then stop (exit 4 when work is left)",
     )  # fmt: skip
     jobs.add_argument(
@@ -332,6 +369,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--price-per-hour", type=_price, metavar="X",
         help="with --dry-run: the price of one audio hour, for a cost estimate",
     )  # fmt: skip
+
+
+def _add_output_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: what the run prints and logs."""
     out = run.add_argument_group("output")
     out.add_argument(
         "--no-progress", action="store_true",
@@ -345,6 +386,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--log-format", choices=("text", "json"), default="text",
         help="log line format for --log-file (default: text); json: one object per line",
     )  # fmt: skip
+
+
+def _add_fleet_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: shards and a rate shared between processes."""
     fleet = run.add_argument_group("beyond one machine")
     fleet.add_argument(
         "--shard", metavar="K/N",
@@ -358,7 +403,6 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "using this Redis (redis://HOST[:PORT][/DB]), API key, endpoint and model; with "
         "--rate R, R starts per second for all of them together; needs the redis extra",
     )  # fmt: skip
-    run.set_defaults(handler=_cmd_run)
 
 
 def _add_emulate(
@@ -478,8 +522,7 @@ def _cmd_run(ns: argparse.Namespace, console: Console) -> int:
             shard=shard,
             rate_store=ns.rate_store,
             via_client=ns.via_client,
-        )
-        options.validate()
+        )  # (validated by the run, before anything is opened)
         progress = Progress(console, bar=False if ns.no_progress else None)
         if ns.no_progress:
             progress.interval = float("inf")

@@ -22,7 +22,6 @@ import re
 import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 import orjson
@@ -30,6 +29,7 @@ import orjson
 from batchscribe import cloud
 from batchscribe.errors import ManifestError
 from batchscribe.ids import MASK64, DigestSet, id_key
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
     PARAM_NAMES,
@@ -40,40 +40,6 @@ from batchscribe.pulse import (
 from batchscribe.results.resume import HAND_ON_EVERY, Settler, Skipped
 
 __all__ = ["Item", "ManifestError", "Problem", "check_sources", "iter_sources"]
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One piece of audio to transcribe.
-
-    ``source`` is an absolute file path (relative manifest paths resolved against the manifest's
-    folder) or the URL; ``params`` holds the item's validated Pulse parameter overrides (empty
-    when none); ``metadata`` every other manifest field (None when none); ``origin`` says where
-    the item came from (``FILE:LINE``, or the file's path for directory items). A cloud object
-    (``s3://``, ``gs://``; ``is_url`` False) from a bucket listing also has its ``size`` and
-    ``version`` (ETag or GCS generation); None when unknown.
-    """
-
-    id: str
-    source: str
-    is_url: bool
-    params: Mapping[str, Any]
-    metadata: Mapping[str, Any] | None
-    origin: str
-    size: int | None = None
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A manifest entry that cannot become an item; ``line`` is 1-based (0 for directories)."""
-
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
 
 
 Kind = Literal["jsonl", "csv", "text", "sniff"]
@@ -458,7 +424,9 @@ def _parse_jsonl(
                                 if skipped is not None:
                                     yield skipped
                             continue
-                    yield Item(item_id, _resolve(base, path), False, {}, None, f"{file}:{lineno}")
+                    yield Item(
+                        item_id, _resolve(base, path), LOCAL_FILE, {}, None, f"{file}:{lineno}"
+                    )
                 else:
                     yield _problem(
                         file, lineno, f"duplicate id {_quote(item_id)} (first seen earlier)"
@@ -656,7 +624,9 @@ def _read_bucket(uri: str, seen: DigestSet) -> Iterator[Item | Problem]:
             message = f"duplicate id {_quote(found.rel)} (first seen earlier)"
             yield Problem(found.uri, 0, message)
             continue
-        yield Item(found.rel, found.uri, False, {}, None, found.uri, found.size, found.version)
+        yield Item(
+            found.rel, found.uri, CLOUD_OBJECT, {}, None, found.uri, found.size, found.version
+        )
 
 
 def _read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:
@@ -795,8 +765,8 @@ def _make_item(
             return '"path" is empty'
         if "\x00" in path:
             return f'"path" contains a NUL character: {_quote(path)}'
-        source = path if cloud.is_cloud_uri(path) else _resolve(base, path)
-        is_url = False
+        kind = CLOUD_OBJECT if cloud.is_cloud_uri(path) else LOCAL_FILE
+        source = path if kind is CLOUD_OBJECT else _resolve(base, path)
         if item_id is None:
             item_id = path
     else:
@@ -808,19 +778,19 @@ def _make_item(
         if url_problem is not None:
             return url_problem
         source = url
-        is_url = True
+        kind = URL
         if item_id is None:
             item_id = url
     if not item_id:
         return '"id" is empty'
     if "model" in params:
         # Only what the item sets itself; the engine re-checks against the run's defaults.
-        combination = check_combination(PulseParams().with_overrides(params), url_input=is_url)
+        combination = check_combination(PulseParams().with_overrides(params), url_input=kind is URL)
         if combination is not None:
             return combination
     if not seen.add(seen.key(item_id)):
         return f"duplicate id {_quote(item_id)} (first seen earlier)"
-    return Item(item_id, source, is_url, params, metadata, origin)
+    return Item(item_id, source, kind, params, metadata, origin)
 
 
 def _resolve(base: str, path: str) -> str:

@@ -293,8 +293,11 @@ def main() -> None:
     parser.add_argument("--only-25", action="store_true", help="only the 25/min cases")
     parser.add_argument("--short", action="store_true",
                         help="only the short jobs: 15 s, the whole run counted")  # fmt: skip
-    parser.add_argument("--window", action="store_true",
-                        help="only the 25/min cases against --plan standard (window, bucket)")
+    parser.add_argument(
+        "--window",
+        action="store_true",
+        help="only the 25/min cases against --plan standard (window, bucket)",
+    )
     parser.add_argument("--real-time", action="store_true",
                         help="the 25/min cases at 25/min (10 min each), not scaled")  # fmt: skip
     ns = parser.parse_args()

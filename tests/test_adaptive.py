@@ -17,9 +17,8 @@ from conftest import read_results
 
 from batchscribe.cli import build_parser, main
 from batchscribe.control import AdaptiveConcurrency, Pacer
-from batchscribe.engine import Engine, RunOptions, run_batch_async
-from batchscribe.events import Event, LimitChanged
-from batchscribe.pulse import Outcome, Verdict
+from batchscribe.run.engine import run_batch_async
+from batchscribe.run.options import RunOptions
 from batchscribe.testing import FakeClock, settle
 
 RTT = 0.3
@@ -215,56 +214,7 @@ async def test_pacer_without_a_rate_never_waits() -> None:
         await pacer.wait()
 
 
-# ------------------------------------------------------------------------------ engine wiring
-
-
-def options(**kwargs: Any) -> RunOptions:
-    return RunOptions(sources=["unused.jsonl"], out="unused.results.jsonl", api_key="k", **kwargs)
-
-
-async def test_rate_lets_one_start_through_then_spaces_the_rest() -> None:
-    """--rate spaces starts evenly: of five ready starts one goes now (a server bucket of one
-    refuses two at once)."""
-    engine = Engine(options(concurrency=8, rate=0.001))  # one start per 1000 s
-    tasks = [asyncio.create_task(engine._acquire()) for _ in range(5)]
-    await settle()
-    assert sum(task.done() for task in tasks) == 1
-    assert engine.limit.in_flight == 5  # slots are held while waiting for the turn
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    assert engine.limit.in_flight == 1  # a cancelled wait gives its slot back
-
-
-async def test_without_rate_only_the_concurrency_limit_holds_starts() -> None:
-    """No --rate: as many starts go at once as there are slots."""
-    engine = Engine(options(concurrency=3))
-    tasks = [asyncio.create_task(engine._acquire()) for _ in range(5)]
-    await settle()
-    assert sum(task.done() for task in tasks) == 3
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def test_engine_applies_the_controllers_limit_and_pacing() -> None:
-    """An overload answer cuts the engine's live limit, arms the pacer and emits LimitChanged."""
-    clock = FakeClock()
-    events: list[Event] = []
-    engine = Engine(options(concurrency=64, adaptive=True), clock=clock)
-    engine.bus.subscribe(events.append)
-    assert engine.limit.limit == 8
-    assert engine.summary.adaptive
-    engine._sending = 15  # fifteen others sending: the window is in use
-    for _ in range(8):
-        engine._adapt(clock.now() - RTT, Outcome(Verdict.OK, 200, "ok"))
-    assert engine.limit.limit == 16
-    engine._adapt(clock.now(), Outcome(Verdict.RETRY, 429, "429", "HTTP 429"))
-    assert engine.limit.limit == int(15 * engine.controller.beta) + 1  # type: ignore[union-attr]
-    assert engine.pacer.rate is not None
-    assert engine.summary.overload_cuts == 1
-    assert engine.summary.concurrency == engine.limit.limit
-    assert isinstance(events[-1], LimitChanged) and events[-1].limit == engine.limit.limit
+# ------------------------------------------------------------------------------ a whole run
 
 
 async def test_auto_run_against_a_capped_server_finishes_every_item(
@@ -320,61 +270,6 @@ def test_cli_refuses_a_bad_pace(
         raise SystemExit(main(argv))
     assert exited.value.code == 2
     assert needle in capsys.readouterr().err
-
-
-async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_starts(
-    tmp_path: Path,
-) -> None:
-    """After a retry's backoff the item's next request starts without waiting (a free slot),
-    and from then on a stop lets it finish instead of cancelling it as a waiting worker."""
-    from batchscribe.manifest import Item
-    from batchscribe.results import ResultsStore
-
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(100))
-    clock = FakeClock()
-    engine = Engine(options(concurrency=2, max_retry_wait=60.0), clock=clock)
-    store = ResultsStore(str(tmp_path / "r.jsonl"))
-    store.open()
-    engine._store = store
-    between: list[bool] = []
-
-    async def send(item: Any, params: Any, size: int) -> Outcome:
-        between.append(asyncio.current_task() in engine._between)
-        if len(between) == 1:
-            return Outcome(Verdict.RETRY, 503, "5xx", "HTTP 503")
-        return Outcome(Verdict.OK, 200, "ok", None, {"transcription": "hi"})
-
-    engine._send = send  # type: ignore[method-assign]
-    task = asyncio.create_task(engine._process(Item("a", str(audio), False, {}, None, "m:1")))
-    await settle()
-    assert between == [False] and task in engine._between  # backing off: a stop may cancel it
-    await clock.advance(120)
-    await task
-    store.close()
-    assert between == [False, False] and not engine._between
-    assert engine.summary.ok == 1 and engine.summary.retries == 1
-
-
-# ------------------------------------------------------------------------------ small reads
-
-
-async def test_small_reads_leave_the_event_loop_while_storage_is_slow(tmp_path: Path) -> None:
-    """Small files are read inline while reads are quick, in a thread while their average is
-    slow (a network mount), and inline again once it recovers; the bytes are the same."""
-    from batchscribe.engine import _SmallReads
-
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(100))
-    reads = _SmallReads()
-    assert reads.inline
-    assert await reads.read(str(audio), 104) == audio.read_bytes()
-    reads._note(0.05)  # one read of 50 ms
-    assert not reads.inline
-    assert await reads.read(str(audio), 104) == audio.read_bytes()  # (in a thread)
-    for _ in range(60):
-        reads._note(0.00001)
-    assert reads.inline
 
 
 # ------------------------------------------------------------------- an unknown rate limit

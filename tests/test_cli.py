@@ -22,8 +22,8 @@ from audio_fixtures import make_wav, wav_bytes
 from conftest import SAMPLES, TEST_KEY, cli_env, read_results, wait_until
 
 from batchscribe.emulator import FaultRates, content_key, transcript_for, transcript_for_url
-from batchscribe.engine import RunOptions
 from batchscribe.errors import ConfigError
+from batchscribe.run.options import RunOptions
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 OK_FIELDS = ["transcription", "words", "utterances", "duration", "request_id", "response"]

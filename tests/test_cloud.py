@@ -508,7 +508,7 @@ def test_signatures_are_scrubbed_from_outcomes_and_output_lines() -> None:
 def test_base_install_never_imports_the_cloud_libraries() -> None:
     """Importing the CLI, the engine and the manifest reader loads no cloud library."""
     code = (
-        "import sys, batchscribe.cli, batchscribe.engine, batchscribe.manifest\n"
+        "import sys, batchscribe.cli, batchscribe.run.engine, batchscribe.manifest\n"
         "import batchscribe.run.plan\n"
         "libs = ('aiobotocore', 'botocore', 'gcloud')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in libs]\n"

@@ -137,7 +137,7 @@ def test_unreadable_source_is_a_config_error_from_the_api(tmp_path: object) -> N
 def test_fake_clock_is_not_loaded_by_a_run() -> None:
     """FakeClock lives in batchscribe.testing, which no run-time module imports."""
     code = (
-        "import sys, batchscribe.cli, batchscribe.engine, batchscribe.run.plan;"
+        "import sys, batchscribe.cli, batchscribe.run.engine, batchscribe.run.plan;"
         "print('batchscribe.testing' in sys.modules)"
     )
     done = subprocess.run(

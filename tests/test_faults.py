@@ -25,9 +25,10 @@ from audio_fixtures import make_wav, wav_bytes
 from conftest import REPO, TEST_KEY, cli_env, complete_lines, read_results, wait_until
 
 from batchscribe.emulator import FaultRates, content_key
-from batchscribe.engine import RunOptions, run_batch
 from batchscribe.errors import RunAborted
 from batchscribe.results import ResultsStore
+from batchscribe.run.engine import run_batch
+from batchscribe.run.options import RunOptions
 
 
 def by_id(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

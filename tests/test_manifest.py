@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from batchscribe import manifest as manifest_module
 from batchscribe.ids import DigestSet, id_digest, id_key
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL
 from batchscribe.manifest import (
     Item,
     ManifestError,
@@ -75,7 +76,7 @@ def test_jsonl_item_carries_id_source_params_metadata_and_origin(tmp_path: Path)
     assert item == Item(
         id="a",
         source=str(tmp_path / "audio" / "a.wav"),
-        is_url=False,
+        kind=LOCAL_FILE,
         params={"language": "de", "diarize": True},
         metadata={"speaker": "Ada"},
         origin=f"{manifest}:1",
@@ -87,6 +88,20 @@ def test_other_jsonl_extensions_read_as_jsonl(tmp_path: Path, suffix: str) -> No
     """.ndjson, .json and upper-case extensions are read as JSON Lines."""
     manifest = jsonl(tmp_path / f"m{suffix}", {"path": "a.wav"})
     assert [i.id for i in items(read(manifest))] == ["a.wav"]
+
+
+def test_each_entry_says_its_source_kind(tmp_path: Path) -> None:
+    """A path is a local file, a url a URL and an s3:// / gs:// path a cloud object: the kind is
+    read once, from the manifest, never guessed again from the string."""
+    manifest = jsonl(
+        tmp_path / "m.jsonl",
+        {"id": "f", "path": "a.wav"},
+        {"id": "u", "url": "https://h/a.wav"},
+        {"id": "s", "path": "s3://bucket/a.wav"},
+        {"id": "g", "path": "gs://bucket/a.wav"},
+    )
+    kinds = {item.id: item.kind for item in items(read(manifest))}
+    assert kinds == {"f": LOCAL_FILE, "u": URL, "s": CLOUD_OBJECT, "g": CLOUD_OBJECT}
 
 
 def test_item_without_extra_fields_has_empty_params_and_no_metadata(tmp_path: Path) -> None:
@@ -487,10 +502,11 @@ def test_csv_rows_become_items(tmp_path: Path) -> None:
         "c,,https://h/c.wav,,,\n"
     )
     assert read(manifest) == [
-        Item("a", str(tmp_path / "audio/a.wav"), False, {"language": "de", "diarize": True},
+        Item("a", str(tmp_path / "audio/a.wav"), LOCAL_FILE, {"language": "de", "diarize": True},
              {"speaker": "Ada"}, f"{manifest}:2"),
-        Item("b.wav", str(tmp_path / "b.wav"), False, {"diarize": False}, None, f"{manifest}:3"),
-        Item("c", "https://h/c.wav", True, {}, None, f"{manifest}:4"),
+        Item("b.wav", str(tmp_path / "b.wav"), LOCAL_FILE, {"diarize": False}, None,
+             f"{manifest}:3"),
+        Item("c", "https://h/c.wav", URL, {}, None, f"{manifest}:4"),
     ]  # fmt: skip
 
 

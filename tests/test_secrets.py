@@ -203,11 +203,11 @@ def test_key_never_leaks_on_any_error_path(tmp_path, emulator, make_archive, req
 
 _CRASH = """
 import sys
-from batchscribe import engine
+from batchscribe.run.send import Sender
 def crash(self, *args, **kwargs):
     # A bug whose message carries the request's headers, as some library errors do.
-    raise RuntimeError(f"unexpected state; headers were {dict(self._session.headers)!r}")
-engine.Engine._send = crash
+    raise RuntimeError(f"unexpected state; headers were {dict(self.session.headers)!r}")
+Sender.send = crash
 from batchscribe.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """

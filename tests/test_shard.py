@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from batchscribe.cli import build_parser
 from batchscribe.emulator import content_key
-from batchscribe.manifest import Item, Problem
+from batchscribe.items import LOCAL_FILE, Item, Problem
 from batchscribe.run.dry_run import dry_run
 from batchscribe.shard import (
     Shard,
@@ -209,7 +209,7 @@ def test_partition_is_balanced() -> None:
 
 
 def _item(item_id: str) -> Item:
-    return Item(item_id, f"/a/{item_id}.wav", False, {}, None, "m.jsonl:1")
+    return Item(item_id, f"/a/{item_id}.wav", LOCAL_FILE, {}, None, "m.jsonl:1")
 
 
 def test_filter_reports_bad_lines_in_shard_zero_only() -> None:

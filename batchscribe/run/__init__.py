@@ -1,1 +1,2 @@
-"""A run, along its pipeline: the plan (what to skip), the feed (the reader), the dry run."""
+"""One run, along its pipeline: options -> feed (manifest, skip plan) -> request plans ->
+admission -> send -> record. :mod:`batchscribe.run.engine` holds the pool that drives it."""

@@ -125,7 +125,7 @@ def test_stereo_vorbis(tmp_path: Path) -> None:
     ],
 )
 def test_what_pyav_cannot_open_is_unreadable(tmp_path: Path, content: bytes, cause: str) -> None:
-    """Garbage, an empty or a text file: Unreadable (an ItemError: the item fails, cause invalid), one line naming the cause."""
+    """Garbage, an empty or a text file: Unreadable (an ItemError, cause invalid), one line."""
     path = tmp_path / "x.wav"
     path.write_bytes(content)
     with pytest.raises(Unreadable, match=f"^unreadable audio: {cause}") as caught:

@@ -1,0 +1,159 @@
+"""What a run is asked to do: :class:`RunOptions`, checked in one place (``validate``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+from batchscribe.errors import ConfigError
+from batchscribe.pulse import (
+    DEFAULT_ENDPOINT,
+    PulseParams,
+    check_combination,
+    clean_api_key,
+    endpoint_problem,
+    public_url,
+)
+from batchscribe.shard import Shard
+
+MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run needs. The CLI builds one from its flags; Python callers may too.
+
+    Args:
+        sources: manifests (JSONL, CSV, text list), directories, or ``-`` for stdin.
+        out: the results JSONL file (created if missing; resumed if present).
+        api_key: the Pulse API key (not needed with ``emulate``).
+        endpoint: the Pulse URL (either documented endpoint shape).
+        params: Pulse parameters for every item (manifest fields override them per item).
+        concurrency: requests in flight never exceed this (with ``adaptive``: the ceiling).
+        adaptive: ``--concurrency auto``: learn the in-flight limit (and a start rate) from the
+            server's answers, growing while they are healthy and cutting on 429/503.
+        rate: at most this many request starts per second (``--rate``).
+        max_attempts: attempts per item, the first included.
+        timeout: seconds per request (connect, upload and response).
+        max_retry_wait: a server-requested delay longer than this fails the item.
+        retry_failed: also re-attempt items whose last record is ``failed``.
+        emulate: run against the bundled emulator, in-process on a free loopback port.
+        emulate_plan: the emulator's plan (``unlimited`` or ``standard``: 25 requests/min per
+            model, no delay header), with ``emulate``.
+        grace: seconds requests in flight may take to finish after a stop request.
+        sync_interval: seconds between fsyncs of the results file.
+        rescan_changed: re-send ok items whose file's size or mtime changed since.
+        max_items: send at most this many items, then stop (exit 4 if work is left).
+        max_runtime: stop taking items after this many seconds (exit 4 if work is left).
+        shard: take only the items of this shard (``--shard K/N``); bad manifest lines are
+            reported by shard 0 only.
+        rate_store: ``redis://HOST[:PORT][/DB]``: every process using this Redis, API key,
+            endpoint and model holds one learned rate and one start schedule, under ``rate``
+            for all of them together when given (``--rate-store``).
+        via_client: stream ``s3://``/``gs://`` objects through this machine even for
+            ``model=pulse`` (default: send them as presigned URLs; ``--via-client``).
+    """
+
+    sources: Sequence[str]
+    out: str
+    api_key: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    params: PulseParams = field(default_factory=PulseParams)
+    concurrency: int = 8
+    adaptive: bool = False
+    rate: float | None = None
+    max_attempts: int = 6
+    timeout: float = 900.0
+    max_retry_wait: float = 300.0
+    retry_failed: bool = False
+    emulate: bool = False
+    emulate_plan: str = "unlimited"
+    grace: float = 10.0
+    sync_interval: float = 1.0
+    rescan_changed: bool = False
+    max_items: int | None = None
+    max_runtime: float | None = None
+    shard: Shard | None = None
+    rate_store: str | None = None
+    via_client: bool = False
+
+    def validate(self) -> None:
+        """Raise ConfigError for options that cannot work, before anything is opened."""
+        if not self.sources:
+            raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            # (a worker task each: a billion would exhaust memory before the first request)
+            flag = "--max-concurrency" if self.adaptive else "--concurrency"
+            raise ConfigError(f"{flag} must be from 1 to {MAX_CONCURRENCY:,}")
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError("--rate must be a positive number of requests per second")
+        if self.rate_store is not None:
+            from batchscribe.ratestore import check_url
+
+            check_url(self.rate_store)
+        if self.max_attempts < 1:
+            raise ConfigError("--max-attempts must be at least 1")
+        if not 0 < self.timeout < math.inf:
+            raise ConfigError("--timeout must be a positive, finite number of seconds")
+        if not 0 <= self.max_retry_wait < math.inf:
+            raise ConfigError("--max-retry-wait must be a finite number of seconds >= 0")
+        problem = max_items_problem(self.max_items)
+        if problem:
+            raise ConfigError(f"--max-items {problem}")
+        if self.max_runtime is not None and not 0 < self.max_runtime < math.inf:
+            raise ConfigError("--max-runtime must be positive and finite")
+        if not self.emulate:
+            _check_endpoint(self.endpoint)
+            if not self.api_key:
+                raise ConfigError(
+                    "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
+                    "use --emulate to try batchscribe without one"
+                )
+            _check_key(self.api_key)
+        problem = check_combination(self.params, url_input=False)
+        if problem:
+            raise ConfigError(problem)
+
+
+def max_items_problem(max_items: int | None) -> str | None:
+    """Why ``max_items`` cannot be a budget, or None: the one rule, read by :meth:`validate`
+    and by the ``--max-items`` flag (a usage error like every other count)."""
+    if max_items is not None and max_items < 0:
+        return "must not be negative"
+    return None
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """ConfigError unless ``endpoint`` is an http(s) URL with a host (and a valid port) and
+    without credentials; the message shows it without its query (it may hold a token)."""
+    shown = public_url(endpoint)
+    if not endpoint.startswith(("http://", "https://")) or not endpoint.isprintable():
+        raise ConfigError(f"--endpoint must be an http(s) URL, not {shown!r}")
+    try:
+        parts = URL(endpoint)
+        parts.port  # noqa: B018 (parsed lazily: an out-of-range port raises here)
+    except ValueError as exc:
+        raise ConfigError(f"--endpoint {shown!r} is not a valid URL: {exc}") from None
+    if parts.user is not None or parts.password is not None:
+        raise ConfigError(
+            f"--endpoint {shown!r} must not carry a user name or password (user:password@): "
+            "the API key goes in SMALLEST_API_KEY or --api-key-file"
+        )
+    if not parts.host:
+        raise ConfigError(f"--endpoint {shown!r} has no host name")
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_key(key: str) -> None:
+    """ConfigError unless ``key`` can go in a header as it is (the CLI cleans it first)."""
+    try:
+        clean = clean_api_key(key)
+    except ValueError as exc:
+        raise ConfigError(f"the API key {exc}") from None
+    if clean != key:
+        raise ConfigError("the API key has surrounding whitespace or a BOM: strip it")
