@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscribe import manifest as manifest_module
 from batchscribe.ids import DigestSet, id_digest, id_key
 from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL
 from batchscribe.manifest import (
@@ -28,6 +27,7 @@ from batchscribe.manifest import (
     check_sources,
     iter_sources,
 )
+from batchscribe.manifest import lines as manifest_lines
 from batchscribe.pulse import PulseParams
 from batchscribe.results import ResumeState, Settler, Skipped
 from batchscribe.results import resume as results_module
@@ -1009,8 +1009,8 @@ class _Trickle(io.RawIOBase):
 
 def _readline_lines(data: bytes, limit: int) -> list[tuple[int, bytes | None]]:
     """The lines as ``readline(limit)`` reads them (the reader this one replaced)."""
-    if data.startswith(manifest_module._BOM):
-        data = data[len(manifest_module._BOM) :]
+    if data.startswith(manifest_lines.BOM):
+        data = data[len(manifest_lines.BOM) :]
     stream = io.BytesIO(data)
     lineno, out = 0, list[tuple[int, bytes | None]]()
     while raw := stream.readline(limit):
@@ -1038,9 +1038,9 @@ def test_chunked_lines_match_readline(data: bytes, sizes: list[int], limit: int)
     sizes = [
         min(size, limit - 1) for size in sizes
     ]  # as in use: a read is shorter than a line may be
-    with patch.object(manifest_module, "_READ_LIMIT", limit):
-        chunks = list(manifest_module._read_chunks(_Trickle(data, sizes)))  # type: ignore[arg-type]
-        got = list(manifest_module._chunk_lines(iter(chunks)))
+    with patch.object(manifest_lines, "READ_LIMIT", limit):
+        chunks = list(manifest_lines.read_chunks(_Trickle(data, sizes)))  # type: ignore[arg-type]
+        got = list(manifest_lines.chunk_lines(iter(chunks)))
     assert got == _readline_lines(data, limit)
     for lineno, chunk in chunks:  # runs of whole lines: only the last may lack its newline
         assert chunk is None or chunk.endswith(b"\n") or (lineno, chunk) == chunks[-1]
@@ -1102,7 +1102,7 @@ def test_resumed_reading_settles_runs_as_lines_would(
     outcomes = []
     with (
         tempfile.TemporaryDirectory() as folder,
-        patch.object(manifest_module, "_CHUNK", chunk),
+        patch.object(manifest_lines, "CHUNK", chunk),
         patch.object(results_module, "BLOCK_SETTLE_FROM", 0),  # runs settle from the first id
     ):
         manifest = Path(folder) / "m.jsonl"
@@ -1144,7 +1144,7 @@ def test_a_settled_id_read_again_is_a_duplicate(tmp_path: Path) -> None:
     seen = state.seen_ids()
     with patch.object(results_module, "BLOCK_SETTLE_FROM", 0):
         settler = Settler(state, skip_done=True, skip_failed=True, seen=seen)
-    with patch.object(manifest_module, "_CHUNK", len(head)):  # the 50 lines are one run
+    with patch.object(manifest_lines, "CHUNK", len(head)):  # the 50 lines are one run
         entries = list(iter_sources([str(manifest)], seen=seen, settler=settler))
     assert entries[0] == Skipped(50, 0)  # the hand-off of a run settled at once
     assert problems(e for e in entries if not isinstance(e, Skipped)) == [

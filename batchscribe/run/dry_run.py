@@ -13,6 +13,7 @@ from typing import BinaryIO
 from batchscribe import cloud, manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL
 from batchscribe.manifest import Item, Problem
 from batchscribe.pulse import Outcome, PulseParams
 from batchscribe.results import ResumeState, Skipped, damaged_lines, scan
@@ -125,7 +126,7 @@ def dry_run(
     # The run's warning, word for word: a damaged line is not counted, so its item is sent.
     where = [(out, n) for n in resume.damaged]
     plan.problems += damaged_lines(where, resume.corrupt_lines, "not counted")
-    to_measure: list[str] = []
+    to_measure: list[Item] = []
 
     def items() -> Iterator[Item]:
         settler = reader_settles(
@@ -151,7 +152,7 @@ def dry_run(
     try:
         for item in items():
             action = decide(resume, item, retry_failed=retry_failed, rescan_changed=rescan_changed)
-            if action in SEND_ACTIONS and not item.is_url and not cloud.is_cloud_uri(item.source):
+            if action in SEND_ACTIONS and item.kind is LOCAL_FILE:
                 st, unfit = check_file(item.source)  # as the run decides, from a stat alone
                 if unfit is not None:
                     plan.unfit[_unfit_label(unfit)] += 1
@@ -161,11 +162,11 @@ def dry_run(
             plan.actions[action] = plan.actions.get(action, 0) + 1
             if action not in SEND_ACTIONS:
                 continue
-            if item.is_url:
+            if item.kind is URL:
                 plan.url_items += 1
                 plan.unknown_duration += 1
                 continue
-            to_measure.append(item.source)
+            to_measure.append(item)
             if len(to_measure) >= 1024:
                 _measure(pool, to_measure, plan)
         _measure(pool, to_measure, plan)
@@ -190,18 +191,18 @@ def _unfit_label(unfit: Outcome) -> str:
     return unfit.error or unfit.cause or "cannot be sent"
 
 
-def _size_and_duration(source: str) -> tuple[int, float | None]:
+def _size_and_duration(item: Item) -> tuple[int, float | None]:
     """(bytes not yet counted, audio seconds): a cloud object's from a ranged GET of its head."""
-    if cloud.is_cloud_uri(source):
-        return cloud.header_duration(source)
-    return 0, audio_duration(source)
+    if item.kind is CLOUD_OBJECT:
+        return cloud.header_duration(item.source)
+    return 0, audio_duration(item.source)
 
 
-def _measure(pool: ThreadPoolExecutor, paths: list[str], plan: Plan) -> None:
-    for size, duration in pool.map(_size_and_duration, paths):
+def _measure(pool: ThreadPoolExecutor, batch: list[Item], plan: Plan) -> None:
+    for size, duration in pool.map(_size_and_duration, batch):
         plan.bytes_to_send += size
         if duration is None:
             plan.unknown_duration += 1
         else:
             plan.audio_seconds += duration
-    paths.clear()
+    batch.clear()

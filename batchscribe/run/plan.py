@@ -16,6 +16,7 @@ from itertools import compress
 
 from batchscribe import cloud
 from batchscribe.ids import MASK64
+from batchscribe.items import CLOUD_OBJECT, URL
 from batchscribe.manifest import Item
 from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
 from batchscribe.results import ResumeState, SeenIds, Settler, fingerprint
@@ -39,9 +40,9 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
         return "retry" if retry_failed else "failed"
     if not rescan_changed or state == "submitted":
         return "done"  # (a submitted item's transcript is on its way: never paid for twice)
-    if rescan_changed and not item.is_url:
+    if rescan_changed and item.kind is not URL:
         stored = resume.ok_fingerprint(key)
-        if stored is not None and cloud.is_cloud_uri(item.source):
+        if stored is not None and item.kind is CLOUD_OBJECT:
             # The listing's size and ETag/generation (or a HEAD for a manifest-named object).
             live = cloud.live_fingerprint(item.source, item.size, item.version)
             return "changed" if live is not None and live != stored else "done"
