@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.events import Event, LimitChanged, Summary
 from batchscribe.pulse import Outcome, Verdict
 from batchscribe.run.admission import Admission
 from batchscribe.run.options import RunOptions
+from batchscribe.testing import FakeClock, settle
 
 RTT = 0.3
 

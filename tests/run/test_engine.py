@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 
-from batchscribe.clock import FakeClock, settle
 from batchscribe.pulse import Outcome, Verdict
 from batchscribe.run.engine import Engine
 from batchscribe.run.options import RunOptions
 from batchscribe.run.send import Sender
 from batchscribe.run.work import RequestPlan
+from batchscribe.testing import FakeClock, settle
 
 
 async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_starts(
