@@ -15,19 +15,30 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import gc
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from batchscribe.errors import (
-    BatchscribeError,
-    ConfigError,
-    ResultsBusy,
-    RunAborted,
-)
-from batchscribe.events import Summary
-from batchscribe.pulse import PulseParams
-from batchscribe.run.engine import run_batch, run_batch_async
-from batchscribe.run.options import RunOptions
+# Importing the run (aiohttp, asyncio and most of this package) makes ~100,000 objects that
+# live until exit and next to no garbage, and the collector's ~70 passes meanwhile were pure
+# cost: 8 ms of every start (measured, benchmarks/README.md). Collection is off during these
+# imports and back as it was after them.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from batchscribe.errors import (
+        BatchscribeError,
+        ConfigError,
+        ResultsBusy,
+        RunAborted,
+    )
+    from batchscribe.events import Summary
+    from batchscribe.pulse import PulseParams
+    from batchscribe.run.engine import run_batch, run_batch_async
+    from batchscribe.run.options import RunOptions
+finally:
+    if _collecting:
+        gc.enable()
 
 if TYPE_CHECKING:
     from batchscribe.export import export as export_transcripts

@@ -25,8 +25,19 @@ class Clock(Protocol):
 class LoopClock:
     """The real clock: the running event loop's ``time()`` and ``asyncio.sleep``."""
 
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        # The loop is looked up once per loop, not per reading: on Python 3.11 each
+        # get_running_loop() is a getpid() system call, and a run reads the clock a few
+        # times per request.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     def wall(self) -> float:
         return time.time()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import batchscribe
 
 
@@ -19,6 +21,22 @@ def test_export_transcripts_survives_importing_the_export_module() -> None:
     import batchscribe.export
 
     assert batchscribe.export_transcripts is batchscribe.export.export
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_importing_the_package_leaves_the_collector_as_it_was(collecting: bool) -> None:
+    """The collector, paused while the package imports the run, is on or off afterwards as it
+    was before."""
+    code = (
+        "import gc\n"
+        f"{'gc.enable()' if collecting else 'gc.disable()'}\n"
+        "import batchscribe\n"
+        "print(gc.isenabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str(collecting)
 
 
 def test_importing_the_package_does_not_load_the_readers() -> None:

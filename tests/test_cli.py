@@ -954,6 +954,28 @@ def test_the_run_path_imports_nothing_it_may_not_need() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+def test_a_plain_run_imports_neither_msgspec_nor_the_rate_store(
+    tmp_path, emulator, make_archive
+) -> None:
+    """A whole ``batchscribe run`` (a new results file, no rate hint) starts and ends without
+    msgspec (big results files' block scans) or the rate store (``--rate-store``, a hint)."""
+    emu = emulator()
+    archive = make_archive(tmp_path, 2)
+    argv = ["run", str(archive.manifest), "--out", str(tmp_path / "r.jsonl"), "--endpoint",
+            emu.endpoint(), "--no-progress"]  # fmt: skip
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print([m for m in ('msgspec', 'batchscribe.ratestore') "
+        "if m in sys.modules]))\n"
+        f"from batchscribe.cli import main\nsys.exit(main({argv!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_main_called_from_python_leaves_the_callers_collector_alone(tmp_path) -> None:
     """Only the command's own process freezes what it imported; main(argv) does not."""
     import gc

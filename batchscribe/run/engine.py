@@ -322,6 +322,8 @@ class Engine:
     async def _work(self) -> None:
         queue = self._queue
         stop = self.stop
+        worker = asyncio.current_task()  # (once per worker, not per item)
+        assert worker is not None
         while True:
             item = await queue.get()
             if item is None:
@@ -331,12 +333,13 @@ class Engine:
                 continue
             self._in_process += 1
             try:
-                await self._process(item)
+                await self._process(item, worker)
             finally:
                 self._in_process -= 1
 
-    async def _process(self, item: Item) -> None:
-        """Send one item (its request plans, each with retries) and write its record."""
+    async def _process(self, item: Item, worker: asyncio.Task[Any]) -> None:
+        """Send one item (its request plans, each with retries) and write its record;
+        ``worker``: the task doing it (a stop cancels it while it waits)."""
         params = self.options.params.with_overrides(item.params)
         source = item.source
         if not source.isascii():
@@ -349,8 +352,6 @@ class Engine:
             size = self._prepare(item, params, record)
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
-        worker = asyncio.current_task()
-        assert worker is not None
         answers: list[Answer] = []
         for plan in plan_requests(item, params, size):
             try:

@@ -52,13 +52,19 @@ def _request_url(endpoint: str, params: PulseParams) -> URL:
 
 
 @lru_cache(maxsize=64)
-def _mime_of(extension: str) -> str:
-    return content_type_for(extension)
+def _small_file_headers(extension: str) -> dict[str, str]:
+    """The headers of a file body sent whole, by extension: one dict per type, shared by every
+    request and never changed (aiohttp copies it; Content-Length it sets from the bytes)."""
+    return {"Content-Type": content_type_for("x" + extension)}
 
 
-def _content_type(path: str) -> str:
-    """``content_type_for`` by the file's extension (os.path is far cheaper than PurePath)."""
-    return _mime_of("x" + os.path.splitext(path)[1])
+def _file_headers(path: str, size: int) -> dict[str, str]:
+    """The headers of a file body: its Content-Type, by extension (os.path is far cheaper than
+    PurePath), and for a streamed one its Content-Length (else it would go chunked)."""
+    shared = _small_file_headers(os.path.splitext(path)[1])
+    if size <= UPLOAD_CHUNK:
+        return shared
+    return {**shared, "Content-Length": str(size)}
 
 
 class Sender:
@@ -159,8 +165,7 @@ class Sender:
             headers = {"Content-Type": "application/json"}
         else:
             data = None  # read inside the try below: a file that vanished is an outcome
-            # (Content-Length: a streamed body would otherwise go chunked.)
-            headers = {"Content-Type": _content_type(item.source), "Content-Length": str(size)}
+            headers = _file_headers(item.source, size)
         try:
             if data is None:
                 data = await self._small_reads.read(item.source, size)
