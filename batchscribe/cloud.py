@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import dataclasses
 import os
-import re
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -39,10 +37,20 @@ from typing import Any, TypeVar
 import orjson
 
 from batchscribe.errors import CloudConfigError, CloudError
-from batchscribe.pulse import AUDIO_EXTENSIONS, MAX_PAYLOAD, Outcome, Verdict, content_type_for
-from batchscribe.results import fingerprint
+from batchscribe.items import SCHEMES, is_cloud_uri
+from batchscribe.pulse import (
+    AUDIO_EXTENSIONS,
+    MAX_PAYLOAD,
+    Outcome,
+    Verdict,
+    content_type_for,
+    scrub,
+    scrub_outcome,
+)
+from batchscribe.results.record import fingerprint
 
 __all__ = [
+    "SCHEMES",
     "CloudConfigError",
     "CloudError",
     "CloudSender",
@@ -53,10 +61,10 @@ __all__ = [
     "iter_objects",
     "live_fingerprint",
     "scrub",
+    "scrub_outcome",
     "stat",
 ]
 
-SCHEMES = ("s3://", "gs://")
 #: Seconds a signed URL stays valid beyond ``--timeout``: the service may fetch the audio at
 #: any point of the request, and clocks differ (AWS allows 15 min of skew; 5 min is plenty).
 SIGN_MARGIN = 300.0
@@ -70,11 +78,6 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------- names
-
-
-def is_cloud_uri(text: str) -> bool:
-    """Whether ``text`` names an object or prefix in S3 (``s3://``) or GCS (``gs://``)."""
-    return text[:5] in SCHEMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,45 +121,6 @@ class ObjectInfo:
 def version_field(uri: str) -> str:
     """The record field holding an object's version: ``etag`` (S3) or ``generation`` (GCS)."""
     return "generation" if uri.startswith("gs://") else "etag"
-
-
-# ------------------------------------------------------------------------------- secrets
-
-#: The credential-bearing query parameters of presigned URLs (S3 SigV4 and SigV2, GCS V4 and
-#: V2). Their values are replaced; the rest of a URL stays readable.
-_SIGNED_QUERY = re.compile(
-    r"((?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
-    r"|Signature|AWSAccessKeyId|GoogleAccessId|x-amz-security-token)=)[^&\s\"'<>]+",
-    re.IGNORECASE,
-)
-
-
-def scrub(text: str) -> str:
-    """``text`` with the signature parts of any presigned URL replaced by ``***``."""
-    if "=" not in text:
-        return text
-    return _SIGNED_QUERY.sub(r"\1***", text)
-
-
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(v) for v in value]
-    return value
-
-
-def scrub_outcome(outcome: Outcome) -> Outcome:
-    """An outcome whose error text and payload can no longer carry a URL signature."""
-    error = scrub(outcome.error) if outcome.error else outcome.error
-    payload = outcome.payload
-    if payload is not None and _SIGNED_QUERY.search(orjson.dumps(payload).decode()):
-        payload = _scrub_value(payload)
-    if error is outcome.error and payload is outcome.payload:
-        return outcome
-    return dataclasses.replace(outcome, error=error, payload=payload)
 
 
 # ------------------------------------------------------------------------------- errors

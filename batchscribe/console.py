@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO, cast
 
-from batchscribe.cloud import scrub as scrub_signed_urls
 from batchscribe.events import (
     Event,
     InvalidLine,
@@ -29,6 +28,7 @@ from batchscribe.events import (
     TotalKnown,
     learned_text,
 )
+from batchscribe.pulse import scrub as scrub_signed_urls
 
 
 class Redactor:

@@ -68,3 +68,12 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.message}"
+
+
+#: The URI schemes of cloud objects and prefixes (S3, GCS).
+SCHEMES = ("s3://", "gs://")
+
+
+def is_cloud_uri(text: str) -> bool:
+    """Whether ``text`` names an object or prefix in S3 (``s3://``) or GCS (``gs://``)."""
+    return text[:5] in SCHEMES

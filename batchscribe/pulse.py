@@ -558,3 +558,42 @@ def _parse_seconds(value: str) -> float | None:
     except ValueError:
         return None
     return seconds if math.isfinite(seconds) else None
+
+
+# ------------------------------------------------------------- presigned URL signatures
+
+#: The credential-bearing query parameters of presigned URLs (S3 SigV4 and SigV2, GCS V4 and
+#: V2). Their values are replaced; the rest of a URL stays readable.
+_SIGNED_QUERY = re.compile(
+    r"((?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
+    r"|Signature|AWSAccessKeyId|GoogleAccessId|x-amz-security-token)=)[^&\s\"'<>]+",
+    re.IGNORECASE,
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with the signature parts of any presigned URL replaced by ``***``."""
+    if "=" not in text:
+        return text
+    return _SIGNED_QUERY.sub(r"\1***", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v) for v in value]
+    return value
+
+
+def scrub_outcome(outcome: Outcome) -> Outcome:
+    """An outcome whose error text and payload can no longer carry a URL signature."""
+    error = scrub(outcome.error) if outcome.error else outcome.error
+    payload = outcome.payload
+    if payload is not None and _SIGNED_QUERY.search(orjson.dumps(payload).decode()):
+        payload = _scrub_value(payload)
+    if error is outcome.error and payload is outcome.payload:
+        return outcome
+    return dataclasses.replace(outcome, error=error, payload=payload)

@@ -957,15 +957,17 @@ def test_the_run_path_imports_nothing_it_may_not_need() -> None:
 def test_a_plain_run_imports_neither_msgspec_nor_the_rate_store(
     tmp_path, emulator, make_archive
 ) -> None:
-    """A whole ``batchscribe run`` (a new results file, no rate hint) starts and ends without
-    msgspec (big results files' block scans) or the rate store (``--rate-store``, a hint)."""
+    """A whole ``batchscribe run`` of local files (a new results file, no rate hint) starts
+    and ends without msgspec (big results files' block scans), the rate store (``--rate-store``,
+    a hint), the cloud module (buckets) or the results readers (report, merge)."""
     emu = emulator()
     archive = make_archive(tmp_path, 2)
     argv = ["run", str(archive.manifest), "--out", str(tmp_path / "r.jsonl"), "--endpoint",
             emu.endpoint(), "--no-progress"]  # fmt: skip
     code = (
         "import atexit, sys\n"
-        "atexit.register(lambda: print([m for m in ('msgspec', 'batchscribe.ratestore') "
+        "atexit.register(lambda: print([m for m in ('msgspec', 'batchscribe.ratestore', "
+        "'batchscribe.cloud', 'batchscribe.results.read', 'batchscribe.results.merge') "
         "if m in sys.modules]))\n"
         f"from batchscribe.cli import main\nsys.exit(main({argv!r}))\n"
     )

@@ -15,7 +15,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from batchscribe import RunOptions, dry_run, run_batch
 from batchscribe.console import Console, EventLog, Progress, TerminalStream
@@ -29,8 +29,10 @@ from batchscribe.pulse import (
     endpoint_problem,
     url_secrets,
 )
-from batchscribe.results import ReadCounts
 from batchscribe.shard import Shard, expand_path, parse_shard
+
+if TYPE_CHECKING:
+    from batchscribe.results import ReadCounts
 
 KEY_ENV = "SMALLEST_API_KEY"
 #: ``--max-concurrency``'s default: the ceiling of ``--concurrency auto``.
@@ -303,6 +305,7 @@ def cmd_failed(ns: argparse.Namespace, console: Console) -> int:
 
     from batchscribe import failed_items
     from batchscribe.report import parse_causes, write_lines
+    from batchscribe.results import ReadCounts
 
     paths = _expand(ns.results)
     causes = parse_causes(ns.cause)

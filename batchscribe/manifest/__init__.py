@@ -27,10 +27,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from batchscribe import cloud
 from batchscribe.errors import ManifestError
 from batchscribe.ids import DigestSet, id_key
-from batchscribe.items import URL, Item, Problem
+from batchscribe.items import URL, Item, Problem, is_cloud_uri
 from batchscribe.manifest.fields import printable, problem_at, reason
 from batchscribe.manifest.reading import read_file, read_stream
 from batchscribe.manifest.walk import read_bucket, read_directory
@@ -56,7 +55,9 @@ def check_sources(sources: Sequence[str]) -> None:
                 raise ManifestError("- (stdin) is given more than once")
             stdin_seen = True
             continue
-        if cloud.is_cloud_uri(source):
+        if is_cloud_uri(source):
+            from batchscribe import cloud  # (only for buckets: a run of files never loads it)
+
             cloud.check_source(source)  # lists one key: fails before any request is sent
             continue
         name = printable(source)
@@ -151,7 +152,7 @@ def _iter_sources(
                 yield from read_stream(stream, STDIN_NAME, os.getcwd(), "sniff", seen, settler)
             except OSError as exc:
                 raise ManifestError(f"{STDIN_NAME}: read failed: {reason(exc)}") from exc
-        elif cloud.is_cloud_uri(source):
+        elif is_cloud_uri(source):
             yield from read_bucket(source, seen)
         elif os.path.isdir(source):
             try:

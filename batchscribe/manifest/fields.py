@@ -8,9 +8,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from batchscribe import cloud
 from batchscribe.ids import DigestSet
-from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem, is_cloud_uri
 from batchscribe.pulse import PARAM_NAMES, PulseParams, check_combination, coerce_param
 
 _QUOTE_MAX = 200  # characters of user content quoted in a message
@@ -73,7 +72,7 @@ def make_item(
             return '"path" is empty'
         if "\x00" in path:
             return f'"path" contains a NUL character: {quote(path)}'
-        kind = CLOUD_OBJECT if cloud.is_cloud_uri(path) else LOCAL_FILE
+        kind = CLOUD_OBJECT if is_cloud_uri(path) else LOCAL_FILE
         source = path if kind is CLOUD_OBJECT else resolve(base, path)
         if item_id is None:
             item_id = path

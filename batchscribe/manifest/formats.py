@@ -9,9 +9,8 @@ from collections.abc import Iterator
 
 import orjson
 
-from batchscribe import cloud
 from batchscribe.ids import MASK64, DigestSet, id_key
-from batchscribe.items import LOCAL_FILE, Item, Problem
+from batchscribe.items import LOCAL_FILE, Item, Problem, is_cloud_uri
 from batchscribe.manifest.fields import (
     item_from_fields,
     json_type,
@@ -36,7 +35,7 @@ def parse_jsonl(
     decode_error = orjson.JSONDecodeError
     add = seen.add
     key_of = None if seen.key is id_key else seen.key
-    is_cloud = cloud.is_cloud_uri
+    is_cloud = is_cloud_uri
     settle = None if settler is None else settler.settle
     for lineno, raw in lines:
         if raw is None:
@@ -171,7 +170,7 @@ def parse_text(
             continue
         if not text or text[0] == "#":
             continue
-        if looks_like_url(text) and not cloud.is_cloud_uri(text):
+        if looks_like_url(text) and not is_cloud_uri(text):
             result = make_item(None, text, None, {}, None, base, f"{file}:{lineno}", seen)
         else:
             result = make_item(text, None, None, {}, None, base, f"{file}:{lineno}", seen)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from batchscribe import cloud
 from batchscribe.errors import ManifestError
 from batchscribe.ids import DigestSet
 from batchscribe.items import CLOUD_OBJECT, Item, Problem
@@ -98,6 +97,8 @@ def _list_level(path: str, rel: str) -> list[tuple[str, str, bool]] | Problem:
 def read_bucket(uri: str, seen: DigestSet) -> Iterator[Item | Problem]:
     """The audio objects under a cloud prefix, streamed; ids are keys relative to the prefix."""
     # A bucket that cannot be listed raises CloudConfigError, a ManifestError.
+    from batchscribe import cloud  # (only for buckets: a run of files never loads it)
+
     for found in cloud.iter_objects(uri):
         if not seen.add(seen.key(found.rel)):
             message = f"duplicate id {quote(found.rel)} (first seen earlier)"

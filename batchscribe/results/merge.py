@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchscribe.errors import ConfigError
-from batchscribe.results.read import FINAL, RUN, ReadCounts, _shown, index_final
+from batchscribe.results.read import FINAL, RUN, ReadCounts, index_final
 from batchscribe.results.record import READ_CHUNK, load_event
+from batchscribe.results.resume import shown as _shown
 from batchscribe.results.store import ResultsStore
 
 

@@ -33,7 +33,14 @@ from batchscribe.results.record import (
     newlines,
     parse_head,
 )
-from batchscribe.results.resume import DAMAGED_KEPT, VECTOR_FROM
+from batchscribe.results.resume import (
+    DAMAGED_KEPT,
+    VECTOR_FROM,
+    damaged_lines,
+)
+from batchscribe.results.resume import (
+    shown as _shown,
+)
 
 #: Line kinds in a :class:`FinalIndex`.
 SKIP, FINAL, SUPERSEDED, RUN = 0, 1, 2, 3
@@ -68,24 +75,6 @@ class ReadCounts:
         lines += [f"{_shown(path)}: unfinished last line skipped (a run writing it, or killed)"
                   for path in self.torn]  # fmt: skip
         return lines
-
-
-#: Damaged lines named one by one in a warning; the rest are counted in one more line.
-DAMAGED_SHOWN = 20
-
-
-def damaged_lines(where: Sequence[tuple[str, int]], total: int, what: str) -> list[str]:
-    """``FILE:LINE: damaged record (WHAT)`` for the first :data:`DAMAGED_SHOWN` of ``where``,
-    and ``... and N more`` for the rest of ``total``."""
-    lines = [f"{_shown(path)}:{n}: damaged record ({what})" for path, n in where[:DAMAGED_SHOWN]]
-    hidden = total - len(lines)
-    if hidden > 0:
-        lines.append(f"... and {hidden:,} more damaged record(s) ({what})")
-    return lines
-
-
-def _shown(name: str) -> str:
-    return name if name.isprintable() else repr(name)
 
 
 def expand_paths(patterns: Sequence[str]) -> list[str]:

@@ -21,7 +21,7 @@ import io
 import operator
 import os
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, BinaryIO
@@ -525,3 +525,21 @@ def _scan_line(state: ResumeState, line: bytes, lineno: int, fingerprints: bool)
         state.add(*head)
     elif load_event(line) is None:
         state.note_damaged(lineno)
+
+
+#: Damaged lines named one by one in a warning; the rest are counted in one more line.
+DAMAGED_SHOWN = 20
+
+
+def damaged_lines(where: Sequence[tuple[str, int]], total: int, what: str) -> list[str]:
+    """``FILE:LINE: damaged record (WHAT)`` for the first :data:`DAMAGED_SHOWN` of ``where``,
+    and ``... and N more`` for the rest of ``total``."""
+    lines = [f"{shown(path)}:{n}: damaged record ({what})" for path, n in where[:DAMAGED_SHOWN]]
+    hidden = total - len(lines)
+    if hidden > 0:
+        lines.append(f"... and {hidden:,} more damaged record(s) ({what})")
+    return lines
+
+
+def shown(name: str) -> str:
+    return name if name.isprintable() else repr(name)

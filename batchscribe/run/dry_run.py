@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from batchscribe import cloud, manifest
+from batchscribe import manifest
 from batchscribe.audio import audio_duration
 from batchscribe.errors import ConfigError
 from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL
@@ -194,6 +194,8 @@ def _unfit_label(unfit: Outcome) -> str:
 def _size_and_duration(item: Item) -> tuple[int, float | None]:
     """(bytes not yet counted, audio seconds): a cloud object's from a ranged GET of its head."""
     if item.kind is CLOUD_OBJECT:
+        from batchscribe import cloud
+
         return cloud.header_duration(item.source)
     return 0, audio_duration(item.source)
 

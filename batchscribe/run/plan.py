@@ -14,7 +14,6 @@ import stat
 from collections import deque
 from itertools import compress
 
-from batchscribe import cloud
 from batchscribe.ids import MASK64
 from batchscribe.items import CLOUD_OBJECT, URL
 from batchscribe.manifest import Item
@@ -44,6 +43,8 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
         stored = resume.ok_fingerprint(key)
         if stored is not None and item.kind is CLOUD_OBJECT:
             # The listing's size and ETag/generation (or a HEAD for a manifest-named object).
+            from batchscribe import cloud
+
             live = cloud.live_fingerprint(item.source, item.size, item.version)
             return "changed" if live is not None and live != stored else "done"
         if stored is not None:

@@ -28,14 +28,22 @@ import orjson
 from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
-from batchscribe import cloud
 from batchscribe.clock import Clock
 from batchscribe.errors import FileChanged, ItemError
 from batchscribe.items import CLOUD_OBJECT
 from batchscribe.items import URL as URL_SOURCE
-from batchscribe.pulse import Outcome, PulseParams, Verdict, build_query, classify, content_type_for
+from batchscribe.pulse import (
+    Outcome,
+    PulseParams,
+    Verdict,
+    build_query,
+    classify,
+    content_type_for,
+    scrub_outcome,
+)
 
 if TYPE_CHECKING:
+    from batchscribe import cloud
     from batchscribe.run.options import RunOptions
     from batchscribe.run.work import RequestPlan
 
@@ -121,6 +129,8 @@ class Sender:
     def cloud(self) -> cloud.CloudSender:
         """The sender of ``s3://``/``gs://`` objects (made on first use)."""
         if self._cloud is None:
+            from batchscribe import cloud  # (a run of local files never loads it)
+
             options = self.options
             self._cloud = cloud.CloudSender(timeout=options.timeout, via_client=options.via_client)
         return self._cloud
@@ -137,7 +147,7 @@ class Sender:
         if outcome is _STALE:
             outcome = await self._exchange(self._fresh_session(), plan)
         if plan.item.kind is CLOUD_OBJECT:  # a signed URL must never reach a record or a log
-            outcome = cloud.scrub_outcome(outcome)
+            outcome = scrub_outcome(outcome)
         return outcome
 
     def _fresh_session(self) -> aiohttp.ClientSession:
