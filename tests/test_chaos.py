@@ -236,6 +236,7 @@ def print_figures(title: str, figures: Figures) -> None:
         print(line)
 
 
+@pytest.mark.timeout(300)  # ~30 s alone; a loaded 2-core machine has taken over 120 s
 def test_kill_9_at_random_moments_under_hostile_faults_loses_nothing(
     tmp_path, emulator, make_archive, spawn_cli
 ):
