@@ -278,15 +278,16 @@ def test_a_word_goes_by_its_midpoint_and_gap_words_to_the_nearest_clip() -> None
             _w("c", 2.2, 2.8),  # midpoint 2.5: a tie, the earlier clip
             _w("d", 5.9, 6.3),  # midpoint 6.1: clip 2
             _w("e", 8.5, 9.0),  # after the last clip: clip 2
+            _w("f", 1.9, 3.9),  # starts in clip 0, midpoint 2.9 nearer clip 1: clip 1
         ],
     }
     out = unpack(payload, SPANS)
     assert [[(w["word"], w["start"], w["end"]) for w in a["words"]] for a in out] == [
         [("a", 1.8, 2.0), ("c", 2.0, 2.0)],
-        [("b", 0.0, 0.2)],
+        [("b", 0.0, 0.2), ("f", 0.0, 0.9)],
         [("d", 0.0, 0.3), ("e", 2.0, 2.0)],
     ]
-    assert [a["transcription"] for a in out] == ["a c", "b", "d e"]
+    assert [a["transcription"] for a in out] == ["a c", "b f", "d e"]
 
 
 def test_offsets_are_exact_samples() -> None:
