@@ -46,6 +46,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from batchscribe.audio.probe import Unreadable
+from batchscribe.errors import RetryableError
+from batchscribe.pulse import Cause, Outcome, Verdict
 
 __all__ = [
     "ALIGN_S",
@@ -197,11 +199,15 @@ class Packer:
 # Audio
 
 
-class TooLong(Exception):
-    """The audio goes on past ``max_seconds`` (its headers said it was shorter): send it alone."""
+class TooLong(RetryableError):
+    """The audio goes on past ``max_seconds`` (its headers said it was shorter): the item is
+    not packed but tried again alone (cause ``too_large``). Picklable: it crosses a process
+    pool."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"audio longer than {seconds:g} s")
+        message = f"audio longer than {seconds:g} s: sent alone, not packed"
+        super().__init__(Outcome(Verdict.RETRY, None, Cause.TOO_LARGE.value, message))
+        self.args = (seconds,)
         self.seconds = seconds
 
 
@@ -338,9 +344,14 @@ def encode_flac(pcm: np.ndarray[Any, Any], path: str, *, rate: int = RATE) -> in
 # Splitting
 
 
-class Unsplittable(ValueError):
-    """The answer has text but no timed words, so it cannot be split by time (the request did
-    not ask for ``word_timestamps``, or the service ignored it): send the items alone."""
+class Unsplittable(RetryableError):
+    """The answer has text but no timed words, so it cannot be split by time (the service
+    ignored ``word_timestamps``): the pack's items are tried again alone (cause ``5xx``, an
+    answer the client cannot use, as one cut short)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Outcome(Verdict.RETRY, None, Cause.SERVER.value, message))
+        self.args = (message,)
 
 
 def _seconds(value: object) -> float | None:

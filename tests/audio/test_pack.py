@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import pickle
 import random
 import wave
 from collections.abc import AsyncIterator, Hashable
@@ -38,6 +39,7 @@ from batchscribe.emulator import EmulatorConfig
 from batchscribe.emulator.answers import words as answer_words
 from batchscribe.emulator.server import RunningEmulator, start_emulator
 from batchscribe.emulator.transcripts import analyse, transcribe
+from batchscribe.pulse import Verdict
 
 RATE = 16000
 #: Pitches of the scale (A3 .. A5): the emulator picks a region's words by its semitone.
@@ -362,8 +364,9 @@ def test_request_fields_and_other_fields() -> None:
 def test_an_answer_without_timed_words_cannot_be_split() -> None:
     """Text without word times cannot be attributed: Unsplittable (send the items alone);
     an empty answer splits into empty answers; bad spans are refused."""
-    with pytest.raises(Unsplittable):
+    with pytest.raises(Unsplittable) as caught:
         unpack({"transcription": "hello there", "words": []}, SPANS)
+    assert caught.value.outcome.verdict is Verdict.RETRY
     with pytest.raises(Unsplittable):
         unpack({"transcription": "hello", "words": [{"word": "hello", "start": "x"}]}, SPANS)
     out = unpack({"transcription": "", "words": [], "utterances": []}, SPANS)
@@ -411,8 +414,10 @@ def test_load_pcm_downmixes_resamples_and_bounds_the_length(tmp_path: Path) -> N
     assert abs(pcm.size - 2.5 * RATE) <= 16
     assert np.abs(pcm[round(0.5 * RATE) : round(0.7 * RATE)]).max() > 2000
     assert np.abs(pcm[round(1.5 * RATE) : round(1.7 * RATE)]).max() > 2000
-    with pytest.raises(TooLong):
+    with pytest.raises(TooLong) as caught:
         load_pcm(str(wav), max_seconds=2.0)
+    assert caught.value.outcome.verdict is Verdict.RETRY
+    assert pickle.loads(pickle.dumps(caught.value)).seconds == 2.0
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all" * 100)
     with pytest.raises(Unreadable, match="unreadable audio"):
