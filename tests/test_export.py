@@ -32,8 +32,8 @@ from batchscribe.export import (
     render_srt,
     render_vtt,
     speaker_label,
-    voice_label,
     timing_problem,
+    voice_label,
     wrap,
 )
 
