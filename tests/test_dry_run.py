@@ -61,7 +61,7 @@ def test_dry_run_reports_requests_bytes_and_cost_per_source(
     assert "to fail without a request: 1 (unreadable audio: 1)" in lines
     clip = (calls / "clip.wav").stat().st_size
     prepared = round(1500 * FLAC_BYTES_PER_S)
-    assert f"requests: 6 for 4 item(s); 1 file(s) to prepare (stereo: 1, long: 1)" in lines
+    assert "requests: 6 for 4 item(s); 1 file(s) to prepare (stereo: 1, long: 1)" in lines
     assert (
         f"upload: about {(prepared + 2 * clip) / 1e6:.1f} MB after preparation "
         f"(as is: {(96_000_044 + 2 * clip) / 1e6:.1f} MB)"
