@@ -32,6 +32,7 @@ __all__ = [
     "Unreadable",
     "decide",
     "probe",
+    "probe_head",
     "service_takes",
 ]
 
@@ -208,6 +209,13 @@ def probe(path: str) -> Probe:
         head = handle.read(4096)
     found = _wav(head, info.st_size)
     return found if found is not None else _pyav(path, info.st_size)
+
+
+def probe_head(head: bytes, size: int) -> Probe | None:
+    """The probe of a plain PCM WAV from bytes already read (its first 4 KiB or more) and the
+    file's size; None when the bytes are not one (then :func:`probe` the path). A small file
+    the run reads whole anyway is probed without opening it a second time (13 us a clip)."""
+    return _wav(head, size)
 
 
 def _open_nonblocking(path: str, flags: int) -> int:
