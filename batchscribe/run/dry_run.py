@@ -248,8 +248,9 @@ def dry_run(
                 )
                 size = 0
                 if action in SEND_ACTIONS and item.kind is LOCAL_FILE:
-                    st, unfit = check_file(item.source)  # as the run decides, from a stat alone
-                    if unfit is not None and not _oversize_prepared(unfit, policy):
+                    # as the run decides, from a stat alone (a big file is made smaller)
+                    st, unfit = check_file(item.source, oversize_ok=policy.transcode != "off")
+                    if unfit is not None:
                         plan.unfit[_unfit_label(unfit)] += 1
                         continue
                     assert st is not None
@@ -292,11 +293,6 @@ def _items(
             plan.problems.append(str(entry))
         else:
             yield entry
-
-
-def _oversize_prepared(unfit: Outcome, policy: PrepPolicy) -> bool:
-    """A file over 250 MB is prepared (made smaller), not refused, unless ``--transcode off``."""
-    return unfit.cause == "too_large" and policy.transcode != "off"
 
 
 def _count_skipped(plan: Plan, skipped: Skipped | None) -> None:
