@@ -137,3 +137,24 @@ def test_estimate_of_a_file_of_unknown_length_and_one_sent_as_is() -> None:
     wav = Probe("wav", "pcm_s16le", 1, 16000, 30.0, 960_044, 256000)
     got = estimate(wav, decide(wav, PrepPolicy()), PrepPolicy())
     assert got == (1, 960_044, 30.0, 30.0, (), None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli/commands.py _dry_run does not pass the audio flags to dry_run(policy=...) yet",
+)
+def test_dry_run_through_the_cli_follows_the_audio_flags(tmp_path: Path, run_cli: RunCli) -> None:
+    """`--dry-run --channels split --transcode opus` counts a request per channel and chunk
+    and Opus's bytes, as the run with those flags would send."""
+    silent_wav(tmp_path / "calls" / "call.wav", 1500, 16000, 2)
+    proc = run_cli("run", "calls", "--out", "r.jsonl", "--dry-run", "--channels", "split",
+                   "--transcode", "opus", "--opus-bitrate", "24k")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    why = "split channels: 1, stereo: 1, long: 1, transcode opus: 1"
+    assert f"requests: 6 for 1 item(s); 1 file(s) to prepare ({why})" in lines
+    opus = 2 * 1500 * 3000 / 1e6
+    assert (
+        f"upload: about {opus:.1f} MB after preparation (as is: 96.0 MB); "
+        "billed audio 0.833 h (channels apart)"
+    ) in lines
