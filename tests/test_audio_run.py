@@ -82,7 +82,7 @@ def test_a_long_stereo_recording_comes_back_as_one_record_at_the_true_times(
     prepared = record["prepared"]
     assert prepared["chunks"] == 3 and prepared["channels"] == 1
     assert prepared["transcoded_to"] == ("opus" if transcode == "opus" else "flac")
-    assert prepared["bytes_sent"] < long_wav.stat().st_size / (40 if transcode == "auto" else 200)
+    assert prepared["bytes_sent"] < long_wav.stat().st_size / (20 if transcode == "auto" else 40)
     assert record["duration"] == pytest.approx(LONG_S, abs=0.01)
     _assert_words(record["words"], _truth(LONG_BURSTS))
     assert record["transcription"] == " ".join(w["word"] for w in record["words"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from batchscribe.errors import ItemError
-from batchscribe.pulse import Outcome, Verdict
+from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
 
 __all__ = [
     "DEMUXERS",
@@ -103,7 +103,7 @@ class PrepPolicy:
     transcode: Literal["auto", "flac", "opus", "off"] = "auto"
     channels: Literal["mix", "split"] = "mix"
     opus_bitrate: int = 32000
-    max_bytes: int = 250 * 2**20
+    max_bytes: int = MAX_PAYLOAD  # the run's own reading of "250 MB" (decimal, the stricter)
 
 
 @dataclass(frozen=True)
