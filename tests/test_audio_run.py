@@ -139,13 +139,16 @@ def test_a_rerun_after_kill_9_sends_only_the_missing_chunks(
 def test_odd_files_fail_or_pass_with_a_clear_cause(
     tmp_path: Path, run_cli: Run, checked_emulator: Any
 ) -> None:
-    """Unreadable -> failed "unreadable audio" without a request; a video file, a 0.2 s
-    stereo clip, an all-silence file and a WAV whose header lies are prepared and answered."""
+    """Unreadable -> failed "unreadable audio" without a request; video files (mp4, mkv) and
+    AIFF (found by the folder scan), a 0.2 s stereo clip, an all-silence file and a WAV whose
+    header lies are prepared and answered."""
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "junk.mp3").write_bytes(bytes(range(256)) * 40)
     speech = _speech(12, 3)
     encode(folder / "clip.mp4", [speech], 12, 16000, codec="aac", video=True)
+    encode(folder / "film.mkv", [speech], 12, 16000, codec="libopus", video=True)
+    encode(folder / "take.aiff", [speech, speech], 12, 44100, codec="pcm_s16be")
     write_wav(folder / "short.wav", [[(0.0, 0.2, 440.0)], [(0.0, 0.2, 440.0)]], 0.2, 44100)
     write_wav(folder / "silence.wav", [[], []], 30, 44100)
     write_wav(folder / "liar.wav", [speech, speech], 12, 22050, data_size=2**31)
@@ -157,11 +160,12 @@ def test_odd_files_fail_or_pass_with_a_clear_cause(
     junk = records["junk.mp3"]
     assert (junk["status"], junk["cause"]) == ("failed", "invalid")
     assert junk["error"].startswith("unreadable audio: ") and junk["attempts"] == 0
-    assert emu.stats()["requests"] == 4  # none for the junk
-    for name in ("clip.mp4", "short.wav", "silence.wav", "liar.wav"):
+    assert emu.stats()["requests"] == 6  # none for the junk
+    for name in ("clip.mp4", "film.mkv", "take.aiff", "short.wav", "silence.wav", "liar.wav"):
         assert records[name]["status"] == "ok", records[name]
         assert records[name]["prepared"]["chunks"] == 1
-    _assert_words(records["clip.mp4"]["words"], _truth(speech))
+    for name in ("clip.mp4", "film.mkv", "take.aiff"):  # video and formats the service lacks
+        _assert_words(records[name]["words"], _truth(speech))
     _assert_words(records["liar.wav"]["words"], _truth(speech))
     assert records["liar.wav"]["duration"] == pytest.approx(12, abs=0.01)  # decoded, not claimed
     assert records["silence.wav"]["transcription"] == ""
