@@ -111,29 +111,37 @@ def test_a_rerun_after_kill_9_sends_only_the_missing_chunks(
     tmp_path: Path, run_cli: Run, spawn_cli: Callable[..., subprocess.Popen[str]],
     emulator: Any,
 ) -> None:  # fmt: skip
-    """SIGKILL while a recording's chunks are in flight; the rerun sends only the chunks whose
-    answers were not kept, and the record is whole (every word at its true time)."""
+    """SIGKILL while a recording's chunks are in flight: its pool workers end and delete its
+    temp folder; the rerun sends only the chunks whose answers were not kept, and the record
+    is whole (every word at its true time)."""
     bursts = _speech(180, 9)
     wav = write_wav(tmp_path / "in" / "talk.wav", [bursts, bursts], 180, 16000)
     emu = emulator(latency_ms=1500)
     out = tmp_path / "r.jsonl"
     flags = ("--endpoint", emu.endpoint(), "--max-chunk", "40s", "-j", "1", "--no-progress")
-    proc = spawn_cli("run", wav.parent, "--out", out, *flags)
+    scratch = tmp_path / "tmp"  # the run's temp folder goes here
+    scratch.mkdir()
+    proc = spawn_cli("run", wav.parent, "--out", out, *flags, env={"TMPDIR": str(scratch)})
     parts = tmp_path / "r.parts.jsonl"
     wait_until(lambda: complete_lines(parts) >= 2, timeout=60, what="two chunk answers kept")
     wait_until(lambda: emu.stats()["in_flight"] >= 1, what="a chunk in flight")
+    assert list(scratch.iterdir())  # chunk files of the run being killed
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # its workers notice and go, deleting the temp folder (nothing left behind)
+    wait_until(lambda: not list(scratch.iterdir()), timeout=10, what="the temp folder gone")
     kept = complete_lines(parts)
     first = emu.stats()["requests"]
     assert not out.exists() or not read_results(out)[0]  # no record yet
-    proc2 = run_cli("run", wav.parent, "--out", out, *flags, timeout=120)
+    proc2 = run_cli("run", wav.parent, "--out", out, *flags, timeout=120,
+                    env={"TMPDIR": str(scratch)})  # fmt: skip
     assert proc2.returncode == 0, proc2.stderr
     (record,), _ = read_results(out)
     chunks = record["prepared"]["chunks"]
     assert chunks >= 5 and 2 <= kept < chunks
     assert emu.stats()["requests"] - first == chunks - kept  # only the missing ones
     _assert_words(record["words"], _truth(bursts))
+    assert not list(scratch.iterdir())  # a run that ends deletes its temp folder
 
 
 def test_odd_files_fail_or_pass_with_a_clear_cause(
