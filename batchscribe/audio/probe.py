@@ -103,8 +103,7 @@ class PrepPolicy:
     transcode: Literal["auto", "flac", "opus", "off"] = "auto"
     channels: Literal["mix", "split"] = "mix"
     opus_bitrate: int = 32000
-    #: the service's request limit: the run's (and the emulator's) decimal 250 MB
-    max_bytes: int = MAX_PAYLOAD
+    max_bytes: int = MAX_PAYLOAD  # the run's own reading of "250 MB" (decimal, the stricter)
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def decide(found: Probe, policy: PrepPolicy) -> Decision:
     """Send ``found`` as is, prepare it (with the reasons), or refuse it (pure).
 
     The service cannot take: more than one channel, longer than ``max_chunk``, a container or
-    codec it does not read, more than ``max_bytes``. ``auto`` also prepares what it would send
+    codec it does not read, ``max_bytes`` or more. ``auto`` also prepares what it would send
     bigger than needed: PCM over 16 kHz or over 16 bits. ``flac``/``opus`` prepare everything;
     ``off`` sends originals and refuses what the service cannot take.
     """
@@ -153,7 +152,7 @@ def decide(found: Probe, policy: PrepPolicy) -> Decision:
         cannot.append("long")
     if not service_takes(found):
         cannot.append("format")
-    if found.size > policy.max_bytes:
+    if found.size >= policy.max_bytes:
         cannot.append("oversize")
     if policy.transcode == "off":
         if cannot:
@@ -181,7 +180,7 @@ def _refusal(found: Probe, cannot: list[str], policy: PrepPolicy) -> str:
         "format": f"{found.container}/{found.codec}"
         + (" with video" if found.video else "")
         + " (the service takes WAV, MP3, FLAC, OGG, M4A, WebM)",
-        "oversize": f"{found.size} bytes (the service takes at most {policy.max_bytes})",
+        "oversize": f"{found.size} bytes (the service takes under {policy.max_bytes})",
     }
     causes = "; ".join(said[reason] for reason in cannot)
     return f"the service cannot take it as it is: {causes}; use --transcode auto"

@@ -16,14 +16,12 @@ import random
 import signal
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchscribe import manifest
 from batchscribe.audio import audio_duration
-from batchscribe.audio.probe import Probe, Unreadable, decide, probe, probe_head
 from batchscribe.clock import Clock, LoopClock, utc_now
 from batchscribe.errors import (
     EXIT_ABORTED,
@@ -32,7 +30,6 @@ from batchscribe.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     GiveUp,
-    ItemError,
     RetryableError,
     RunAborted,
     Stopped,
@@ -68,14 +65,13 @@ from batchscribe.results import (
     damaged_lines,
     payload_duration,
 )
-from batchscribe.results.parts import PartsFile, part_key, parts_path
 from batchscribe.retry import RetryPolicy, call_with_retry
 from batchscribe.run.admission import Admission
 from batchscribe.run.feed import Feed
 from batchscribe.run.options import RunOptions
 from batchscribe.run.plan import check_file
-from batchscribe.run.prep import PrepStage
-from batchscribe.run.send import UPLOAD_CHUNK, Sender
+from batchscribe.run.prep import ChunkAnswers, PrepStage, examine
+from batchscribe.run.send import Sender
 from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
 
 if TYPE_CHECKING:
@@ -158,7 +154,7 @@ class Engine:
         self.prep_policy = options.prep_policy
         self._oversize_ok = options.transcode != "off"  # the audio stage makes it smaller
         self.prep = PrepStage(self.prep_policy, options.prep_workers)
-        self._parts: PartsFile | None = None  # chunk answers, opened with the first chunked item
+        self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
 
     # ----------------------------------------------------------------------------- running
     async def run(self) -> Summary:
@@ -425,55 +421,28 @@ class Engine:
     async def _audio(
         self, item: Item, size: int, record: dict[str, Any], worker: asyncio.Task[Any]
     ) -> tuple[bytes | None, Prepared | None, str] | None:
-        """Probe a local file and decide: send it as is (with its bytes when it is small and
-        they were read for the probe), prepare it (its chunks and their folder), or finish it
-        (unreadable, refused: None, as when a stop came while it was prepared)."""
-        body: bytes | None = None
-        found: Probe | None = None
-        try:
-            if size <= UPLOAD_CHUNK:
-                try:
-                    body = await self.sender.read_small(item.source, size)
-                except (ItemError, OSError):
-                    return None, None, ""  # the request's own read says what went wrong
-                found = probe_head(body, size)
-            if found is None:
-                loop = asyncio.get_running_loop()
-                found = await loop.run_in_executor(None, probe, item.source)
-        except Unreadable as exc:
-            self._finish(item, record, 0, exc.outcome)
+        """Probe a local file and decide (:func:`~batchscribe.run.prep.examine`): send it as
+        is (with its bytes when they were read for the probe), or prepare it in the pool (its
+        chunks and their folder; no slot is held while it encodes, and a stop cancels the
+        wait); None once finished (unreadable, refused) or stopped."""
+        examined = await examine(self.sender, item.source, size, self.prep_policy)
+        if examined.unfit is not None:
+            self._finish(item, record, 0, examined.unfit)
             return None
-        decision = decide(found, self.prep_policy)
-        if decision.as_is:
-            return body, None, ""
-        if decision.refuse is not None:
-            self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", decision.refuse))
-            return None
-        return await self._prepare_audio(item, record, worker)
-
-    async def _prepare_audio(
-        self, item: Item, record: dict[str, Any], worker: asyncio.Task[Any]
-    ) -> tuple[None, Prepared, str] | None:
-        """Prepare a file in the pool (outside admission: no slot is held while it encodes);
-        a stop cancels the wait at once."""
+        if not examined.prepare:
+            return examined.body, None, ""
         self.stop.waiting.add(worker)
         try:
-            prepared, folder = await self.prep.prepare(item.source)
-        except Unreadable as exc:
-            self._finish(item, record, 0, exc.outcome)
-            return None
-        except BrokenProcessPool:
-            self.prep.reset()
-            problem = "preparation failed: the decoder's process died on this file"
-            self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
-            return None
-        except OSError as exc:
-            self._abort_run(
-                RunAborted(f"cannot prepare audio in the temp folder: {exc.strerror or exc}")
-            )
+            done = await self.prep.prepare(item.source)
+        except RunAborted as exc:
+            self._abort_run(exc)
             return None
         finally:
             self.stop.waiting.discard(worker)
+        if isinstance(done, Outcome):
+            self._finish(item, record, 0, done)
+            return None
+        prepared, folder = done
         if self.stop.stopping:
             self.prep.release(folder)
             self.stop.work_left = True
@@ -491,84 +460,18 @@ class Engine:
         """Send a prepared recording's chunks (in parallel, each through admission; those a
         past run kept are not sent again), stitch the answers and write the record."""
         plans = plan_requests(item, params, 0, prepared)
-        summary = prepared_summary(prepared)
-        if len(plans) == 1:
-            try:
-                answer = await self._request(plans[0], worker)
-            except Stopped:
-                self.stop.work_left = True
-                return
-            if answer.outcome.verdict is Verdict.ABORT:
-                return
-            answers = [answer]
-        else:
-            got = await self._send_chunks(item, record, prepared, plans)
-            if got is None:
-                return
-            answers = got
-        await self._record_answer(item, record, assemble(item, answers, prepared), summary)
-
-    async def _send_chunks(
-        self, item: Item, record: dict[str, Any], prepared: Prepared, plans: list[RequestPlan]
-    ) -> list[Answer] | None:
-        """Every chunk's answer: kept ones from the sidecar, the rest sent in parallel, each
-        OK one kept as it comes. None when a stop or an abort left some unanswered."""
-        parts = self._open_parts()
-        if parts is None:
-            return None
-        key = part_key(
-            item.id, record.get("size", 0), record.get("mtime", 0.0), self.prep_policy, prepared
-        )
-        kept = parts.answers(key)
-        answers: list[Answer | None] = [
-            Answer(Outcome(Verdict.OK, 200, "ok", None, kept[plan.chunk.index]), 0, 0.0)
-            if plan.chunk is not None and plan.chunk.index in kept
-            else None
-            for plan in plans
-        ]
-
-        async def send(index: int) -> Answer | None:
-            plan = plans[index]
-            task = asyncio.current_task()
-            assert task is not None and plan.chunk is not None
-            try:
-                answer = await self._request(plan, task)
-            except Stopped:
-                return None
-            outcome = answer.outcome
-            if outcome.verdict is Verdict.OK and outcome.payload is not None:
-                try:
-                    parts.append(key, item.id, plan.chunk.index, outcome.payload)
-                except RunAborted as exc:
-                    self._abort_run(exc)
-            return answer
-
-        missing = [i for i, answer in enumerate(answers) if answer is None]
-        results = await asyncio.gather(*(send(i) for i in missing), return_exceptions=True)
-        parts.forget(key)
-        for index, result in zip(missing, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
-            if not isinstance(result, Answer) or result.outcome.verdict is Verdict.ABORT:
-                self.stop.work_left = True  # stopped (or aborted): the next run sends the rest
-                return None
-            answers[index] = result
-        return [answer for answer in answers if answer is not None]
-
-    def _open_parts(self) -> PartsFile | None:
-        """The sidecar of chunk answers, opened on first use (None: the run aborts)."""
-        if self._parts is None:
+        if self._chunks is None:
             options = self.options
-            parts = PartsFile(
-                parts_path(options.out), secrets=[options.api_key, *url_secrets(options.endpoint)]
-            )
-            try:
-                parts.open()
-            except RunAborted as exc:
-                self._abort_run(exc)
-                return None
-            self._parts = parts
-        return self._parts
+            secrets = [options.api_key, *url_secrets(options.endpoint)]
+            self._chunks = ChunkAnswers(options.out, self.prep_policy, secrets)
+        answers = await self._chunks.gather(
+            item, record, prepared, plans, self._request, self._abort_run
+        )
+        if answers is None:
+            self.stop.work_left = True  # stopped or aborted: the next run sends the rest
+            return
+        summary = prepared_summary(prepared)
+        await self._record_answer(item, record, assemble(item, answers, prepared), summary)
 
     def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
         """Check a file or URL item can be sent (its parameters, its file) and note what the
@@ -794,8 +697,8 @@ class Engine:
             # file (a results file deleted or replaced mid-run stops the run within a tick).
             try:
                 await loop.run_in_executor(None, store.sync)
-                if self._parts is not None:
-                    await loop.run_in_executor(None, self._parts.sync)
+                if self._chunks is not None:
+                    await loop.run_in_executor(None, self._chunks.sync)
             except RunAborted as exc:
                 self._abort_run(exc)
                 return
@@ -814,9 +717,9 @@ class Engine:
             summary.exit_code = EXIT_OK
 
     async def _close(self, emulator: Any) -> None:
-        if self._parts is not None:
-            with contextlib.suppress(OSError):
-                self._parts.close()
+        if self._chunks is not None:
+            with contextlib.suppress(OSError, RunAborted):
+                self._chunks.close()
         store = self._store
         if store is not None:
             record = {

@@ -12,7 +12,6 @@ from yarl import URL
 from batchscribe.errors import ConfigError
 from batchscribe.pulse import (
     DEFAULT_ENDPOINT,
-    MAX_PAYLOAD,
     PulseParams,
     check_combination,
     clean_api_key,
@@ -109,7 +108,6 @@ class RunOptions:
             transcode=self.transcode,
             channels=self.channels,
             opus_bitrate=self.opus_bitrate,
-            max_bytes=MAX_PAYLOAD,  # the run's own limit (decimal 250 MB), not a MiB reading
         )
 
     def validate(self) -> None:
