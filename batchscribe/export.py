@@ -48,7 +48,8 @@ _NAME_MAX = 240  # bytes of one path component (filesystems allow 255; room for 
 
 @dataclass(frozen=True, slots=True)
 class Cue:
-    """One subtitle: start and end in milliseconds, its lines, and the speaker (or None)."""
+    """One subtitle: start and end in milliseconds, its lines, and the speaker (or None): its
+    label (``Speaker 0``, or with ``channel`` in the record ``Channel 1, Speaker 0``)."""
 
     start_ms: int
     end_ms: int
@@ -77,6 +78,26 @@ def speaker_label(value: object) -> str | None:
     return f"Speaker {int(match.group(1))}" if match else text
 
 
+def channel_label(value: object) -> str | None:
+    """``Channel 1`` for a word or utterance from channel 1 (``--channels split``: the record's
+    number, from 0, as ``Speaker N`` is); None for none (a bool or other value is no channel)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return f"Channel {value}"
+    if isinstance(value, str) and value.strip().isdigit():
+        return f"Channel {int(value)}"
+    return None
+
+
+def voice_label(entry: dict[str, Any]) -> str | None:
+    """Who says a word or utterance: ``Channel 0, Speaker 1``, ``Channel 0``, ``Speaker 1``, or
+    None. A channel is labelled like a speaker: a change of either starts a new cue."""
+    speaker = speaker_label(entry.get("speaker"))
+    channel = channel_label(entry.get("channel"))
+    if channel is None:
+        return speaker
+    return channel if speaker is None else f"{channel}, {speaker}"
+
+
 def _spans(values: object, key: str) -> list[_Span]:
     """Timed entries of a ``words`` or ``utterances`` list (untimed or empty ones dropped, and
     those whose times are not numbers a subtitle can show: see :func:`timing_problem`)."""
@@ -93,7 +114,7 @@ def _spans(values: object, key: str) -> list[_Span]:
             continue
         text = " ".join(text.split())
         if text:
-            out.append(_Span(start, max(start, end), text, speaker_label(value.get("speaker"))))
+            out.append(_Span(start, max(start, end), text, voice_label(value)))
     return out
 
 

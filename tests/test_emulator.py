@@ -38,7 +38,7 @@ from batchscribe.emulator import (
     transcript_for,
     transcript_for_url,
 )
-from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
+from batchscribe.emulator.limits import Link, SlidingWindow, TokenBuckets
 from batchscribe.pulse import (
     BOOL_PARAMS,
     CURRENT_PATH,
@@ -1401,6 +1401,9 @@ def test_cli_flags_build_the_config() -> None:
     )  # fmt: skip
     assert asked.max_audio_minutes == 30
     assert not config_from_args(parse(["--no-rate-headers"])).rate_headers
+    speeds = [config_from_args(parse(["--link-speed", v])).link_bytes_per_s
+              for v in ("8M", "8MB", "500k", "8000000", "1.5G")]  # fmt: skip
+    assert speeds == [8e6, 8e6, 5e5, 8e6, 1.5e9]
 
 
 @pytest.mark.parametrize(
@@ -1413,6 +1416,9 @@ def test_cli_flags_build_the_config() -> None:
         ["--plan", "gold"],
         ["--plan-rpm", "0"],
         ["--max-audio-minutes", "-1"],
+        ["--link-speed", "0"],
+        ["--link-speed", "fast"],
+        ["--link-speed", "nan"],
     ],
 )
 def test_cli_flags_refuse_bad_values(argv: list[str]) -> None:
@@ -1453,3 +1459,59 @@ def test_audio_fixtures_make_valid_distinct_wavs(tmp_path: Path) -> None:
     assert wav_bytes(0.5, 441, 8000) != data
     path = make_wav(tmp_path / "x" / "y.wav", seconds=0.25, rate=16000)
     assert path.read_bytes() == wav_bytes(0.25, 440, 16000)
+
+
+# --------------------------------------------------------------------------------------------
+# The upload link
+
+
+def test_link_books_bytes_one_after_another_for_every_connection() -> None:
+    """The link is shared: two bodies arriving together cross one after the other (the second
+    waits for the first), an idle link gives no burst credit, and the speed may change."""
+    link = Link()
+    assert link.take(1000, 10.0, 1000.0) == pytest.approx(1.0)  # crosses 10.0 -> 11.0
+    assert link.take(500, 10.0, 1000.0) == pytest.approx(1.5)  # behind it: 11.0 -> 11.5
+    assert link.take(100, 20.0, 1000.0) == pytest.approx(0.1)  # idle since 11.5: no credit
+    assert link.take(100, 20.0, 100.0) == pytest.approx(1.1)  # a slower link from now on
+
+
+def silence_wav(size: int, rate: int = 16000) -> bytes:
+    """A 16-bit mono WAV of silence of about ``size`` bytes (cheap to make at any size)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(size - size % 2))
+    return buffer.getvalue()
+
+
+async def test_link_speed_holds_the_total_over_all_connections(
+    server: RunningEmulator, session: aiohttp.ClientSession
+) -> None:
+    """With link_bytes_per_s, bodies sent at once over four connections take at least their
+    total / the speed (the link is shared, not per connection), the stats count every body
+    byte and the seconds bodies waited; without it the same bytes are counted and never wait."""
+    bodies = [silence_wav(600_000 + n * 2) for n in range(3)] + [silence_wav(1_200_000)]
+    total = sum(map(len, bodies))
+    answers = await asyncio.gather(
+        *(post(session, server.endpoint(), io.BytesIO(b)) for b in bodies)
+    )
+    assert [a.status for a in answers] == [200] * 4
+    fast = server.stats()
+    assert (fast["body_bytes"], fast["link_wait_s"]) == (total, 0)
+    server.reset_stats()
+    speed = 4_000_000.0
+    server.config.link_bytes_per_s = speed
+    started = time.monotonic()
+    answers = await asyncio.gather(
+        *(post(session, server.endpoint(), io.BytesIO(b[:-2] + b"\1\0")) for b in bodies)
+    )
+    elapsed = time.monotonic() - started
+    assert [a.status for a in answers] == [200] * 4
+    floor = total / speed  # 0.75 s (one body streamed past the in-memory head)
+    assert floor * 0.97 <= elapsed < floor * 4 + 2  # never faster; slower only by overheads
+    stats = server.stats()
+    assert stats["body_bytes"] == total
+    # each body waited for its own bytes and those booked before it: at least the floor
+    assert stats["link_wait_s"] >= floor * 0.97

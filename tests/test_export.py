@@ -33,6 +33,7 @@ from batchscribe.export import (
     render_vtt,
     speaker_label,
     timing_problem,
+    voice_label,
     wrap,
 )
 
@@ -495,3 +496,93 @@ def test_export_cli_on_the_sample_archive(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "vtt" / "2019-weather.vtt").is_symlink()
     assert len(webvtt.read(str(tmp_path / "vtt" / "2019-weather.vtt"))) == 1
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def _split_channels() -> dict[str, Any]:
+    """A stitched record of a stereo call sent as two channels (``--channels split``): every
+    word and utterance carries ``channel``, speakers are renumbered, and a ``speakers`` map
+    rides along in the response."""
+    from batchscribe.audio.stitch import Part, stitch
+
+    def answer(text: str, start: float) -> dict[str, Any]:
+        words = words_of(text, start, speaker=0)
+        utterance = {"start": words[0]["start"], "end": words[-1]["end"], "text": text,
+                     "speaker": 0}  # fmt: skip
+        return {"status": "success", "transcription": text, "words": words,
+                "utterances": [utterance]}  # fmt: skip
+
+    parts = [
+        Part(0.0, None, None, 0, answer("Thank you for calling.", 0.5)),
+        Part(0.0, None, None, 1, answer("Hi, my card was blocked.", 2.5)),
+        Part(0.0, None, None, 0, answer("Let me check that.", 5.0)),
+    ]
+    stitched = stitch(parts[:2], duration=8.0)
+    later = stitch([parts[2]], duration=8.0)  # channel 0 again, later: one more utterance
+    stitched["words"] += later["words"]
+    stitched["utterances"] += [{**u, "channel": 0} for u in later["utterances"]]
+    for entry in stitched["words"][-len(later["words"]) :]:
+        entry["channel"] = 0
+    rec = record("call", **{k: stitched[k] for k in ("transcription", "words", "utterances")})
+    rec["response"]["speakers"] = stitched["speakers"]
+    return rec
+
+
+def test_channel_words_are_labelled_like_speakers_in_every_format() -> None:
+    """A record whose words and utterances carry `channel` (a split stereo call) labels each
+    cue and text line `Channel N, Speaker M` (N the record's channel, from 0): SRT in brackets,
+    WebVTT as the voice, txt per utterance; the srt and webvtt parsers read it back."""
+    rec = _split_channels()
+    srt_cues = list(srt.parse(render(rec, "srt").decode()))
+    assert [s.content.replace("\n", " ") for s in srt_cues] == [
+        "[Channel 0, Speaker 0] Thank you for calling.",
+        "[Channel 1, Speaker 1] Hi, my card was blocked.",
+        "[Channel 0, Speaker 0] Let me check that.",
+    ]
+    check_cue_limits(build_cues(rec, label_in_text=True))
+    voices = [c.voice for c in webvtt.from_string(render(rec, "vtt").decode())]
+    assert voices == ["Channel 0, Speaker 0", "Channel 1, Speaker 1", "Channel 0, Speaker 0"]
+    assert render(rec, "txt").decode().splitlines() == [
+        "[Channel 0, Speaker 0] Thank you for calling.",
+        "[Channel 1, Speaker 1] Hi, my card was blocked.",
+        "[Channel 0, Speaker 0] Let me check that.",
+    ]
+    assert orjson.loads(render(rec, "json"))["speakers"] == rec["response"]["speakers"]
+
+
+def test_channel_without_speakers_and_words_alone_start_a_cue_per_channel() -> None:
+    """Words with `channel` but no speaker (undiarized) are labelled `Channel N`, and a
+    change of channel starts a new cue even within a pause-free run of words."""
+    words = words_of("yes please", 0.0) + words_of("one moment", 0.8)
+    for n, word in enumerate(words):
+        word["channel"] = 0 if n < 2 else 1
+    cues = build_cues(record("w", words=words), label_in_text=True)
+    assert [(c.speaker, " ".join(c.lines)) for c in cues] == [
+        ("Channel 0", "yes please"), ("Channel 1", "one moment"),
+    ]  # fmt: skip
+    assert voice_label({"channel": True, "speaker": 2}) == "Speaker 2"  # a bool is no channel
+    assert voice_label({"channel": "1"}) == "Channel 1"
+
+
+def test_a_stitched_mixdown_record_exports_as_before() -> None:
+    """A stitched record without channels (a downmix cut in chunks, with a `speakers` map)
+    exports exactly as an unstitched one with the same words: labels stay `Speaker N`."""
+    rec = _diarized()
+    before = {fmt: render(rec, fmt) for fmt in ("srt", "vtt", "txt")}
+    rec["response"]["speakers"] = [{"speaker": 0, "chunk": 0, "chunk_speaker": 0}]
+    assert {fmt: render(rec, fmt) for fmt in ("srt", "vtt", "txt")} == before
+
+
+def test_export_cli_labels_channels(tmp_path: Path) -> None:
+    """The real `batchscribe export` writes channel labels into SRT files."""
+    results = write(tmp_path / "r.jsonl", _split_channels())
+    done = subprocess.run(
+        [sys.executable, "-m", "batchscribe", "export", str(results), "--format", "srt",
+         "--dir", str(tmp_path / "subs")],
+        env=cli_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    parsed = list(srt.parse((tmp_path / "subs" / "call.srt").read_text()))
+    assert parsed[1].content.replace("\n", " ") == "[Channel 1, Speaker 1] Hi, my card was blocked."

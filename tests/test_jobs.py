@@ -191,8 +191,9 @@ def _odd_files(root: Path) -> Path:
 def test_dry_run_makes_the_runs_per_file_decisions_without_reading_the_files(
     tmp_path, emulator, run_cli
 ) -> None:
-    """--dry-run counts a FIFO, /dev/zero, a folder, a missing, an empty and a too-large file as
-    the run records them (failed, never sent), at once and without reading them; exit 1."""
+    """--dry-run counts a FIFO, /dev/zero, a folder, a missing, an empty file and a 251 MB file
+    of zeros (too large to send as is, so probed for preparation: unreadable audio) as the run
+    records them (failed, never sent), at once and without reading them whole; exit 1."""
     emu = emulator()
     manifest = _odd_files(tmp_path)
     out = tmp_path / "r.jsonl"
@@ -201,7 +202,7 @@ def test_dry_run_makes_the_runs_per_file_decisions_without_reading_the_files(
     assert "items: 7  to send: 1 (new: 1, retry failed: 0, changed: 0)" in proc.stdout
     assert (
         "to fail without a request: 6 (not a regular file: 3, file not found: 1, empty file: 1, "
-        "over the API's 250 MB limit: 1)" in proc.stdout
+        "unreadable audio: 1)" in proc.stdout
     )
     assert "audio to send: 0.000 h (0.2 s, 0.0 MB)" in proc.stdout
     assert "duration unknown" not in proc.stdout

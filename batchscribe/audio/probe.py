@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from batchscribe.errors import ItemError
-from batchscribe.pulse import Outcome, Verdict
+from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
 
 __all__ = [
     "DEMUXERS",
@@ -32,6 +32,7 @@ __all__ = [
     "Unreadable",
     "decide",
     "probe",
+    "probe_head",
     "service_takes",
 ]
 
@@ -102,7 +103,7 @@ class PrepPolicy:
     transcode: Literal["auto", "flac", "opus", "off"] = "auto"
     channels: Literal["mix", "split"] = "mix"
     opus_bitrate: int = 32000
-    max_bytes: int = 250 * 2**20
+    max_bytes: int = MAX_PAYLOAD  # the run's own reading of "250 MB" (decimal, the stricter)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,13 @@ def probe(path: str) -> Probe:
         head = handle.read(4096)
     found = _wav(head, info.st_size)
     return found if found is not None else _pyav(path, info.st_size)
+
+
+def probe_head(head: bytes, size: int) -> Probe | None:
+    """The probe of a plain PCM WAV from bytes already read (its first 4 KiB or more) and the
+    file's size; None when the bytes are not one (then :func:`probe` the path). A small file
+    the run reads whole anyway is probed without opening it a second time (13 us a clip)."""
+    return _wav(head, size)
 
 
 def _open_nonblocking(path: str, flags: int) -> int:

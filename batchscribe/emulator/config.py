@@ -144,6 +144,8 @@ class EmulatorConfig:
             them (a client must then find the pace alone).
         max_audio_minutes: audio longer than this is refused with 400 (the service's documented
             10-minute session); None: no limit.
+        link_bytes_per_s: request bodies are read no faster than this many bytes per second,
+            all connections together (one shared upload link); None: as fast as they come.
     """
 
     key: str | None = None
@@ -166,6 +168,7 @@ class EmulatorConfig:
     plan_burst: float | None = None
     rate_headers: bool = True
     max_audio_minutes: float | None = 10.0
+    link_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
@@ -236,6 +239,21 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def _bytes_per_s(text: str) -> float:
+    """A link speed in bytes per second: ``8000000``, ``8M``, ``8MB``, ``500k`` (powers of 1000)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("/S")
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(number[-1:], 1.0)
+    try:
+        value = float(number[:-1] if scale != 1.0 else number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a link speed is bytes per second, e.g. 8000000 or 8M, not {text!r}"
+        ) from None
+    if not 0 < value < math.inf:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"a link speed must be > 0, not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -283,6 +301,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         metavar="M",
         help="refuse audio longer than M minutes with 400 (the 10-minute session; default: 10)",
+    )
+    parser.add_argument(
+        "--link-speed",
+        type=_bytes_per_s,
+        metavar="BYTES_PER_S",
+        help="read request bodies no faster than this, all connections together (one shared "
+        "upload link; e.g. 8M = 8 MB/s; default: as fast as they come)",
     )
     parser.add_argument(
         "--latency",
@@ -355,5 +380,6 @@ def config_from_args(ns: argparse.Namespace) -> EmulatorConfig:
         plan_rpm=ns.plan_rpm,
         plan_algorithm=ns.plan_algorithm,
         max_audio_minutes=ns.max_audio_minutes,
+        link_bytes_per_s=ns.link_speed,
         **plan_options,
     )

@@ -14,13 +14,16 @@ common in API gateways, and a client must cope with both, so both are here:
   like nginx's ``limit_req`` with ``burst`` or AWS API Gateway's throttling.
 
 Each limiter returns 0.0 when it admits a request now, else the seconds until it would.
+
+:class:`Link` is not a request limit but the upload link in front of the service: request
+bodies share it, so a benchmark can show that the bytes sent matter.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["SlidingWindow", "TokenBuckets"]
+__all__ = ["Link", "SlidingWindow", "TokenBuckets"]
 
 
 class SlidingWindow:
@@ -69,3 +72,21 @@ class TokenBuckets:
     def __repr__(self) -> str:
         tokens = {key: round(state[0], 3) for key, state in self._state.items()}
         return f"<TokenBuckets tokens={tokens}>"
+
+
+class Link:
+    """One upload link shared by every connection: bytes cross it one after another at
+    ``rate`` bytes/s, so the total over all bodies never exceeds it (an idle link saves no
+    credit: no burst)."""
+
+    def __init__(self) -> None:
+        self._free_at = 0.0  # when the bytes booked so far have crossed
+
+    def take(self, size: int, now: float, rate: float) -> float:
+        """Book ``size`` bytes that arrived at ``now``; the seconds until they have crossed."""
+        start = max(now, self._free_at)
+        self._free_at = start + size / rate
+        return self._free_at - now
+
+    def __repr__(self) -> str:
+        return f"<Link free_at={self._free_at:.3f}>"

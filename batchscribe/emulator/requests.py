@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import io
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -120,13 +120,17 @@ class Body(NamedTuple):
         return self.spool
 
 
-async def read_body(request: web.Request, limit: int) -> Body | None:
+async def read_body(
+    request: web.Request, limit: int, pace: Callable[[int], Awaitable[None]]
+) -> Body | None:
     """Stream the body, hashing as it goes; past PREFIX_LIMIT it is spooled to a temporary
     file (in memory up to 8 MiB), so a 250 MB upload is never held in memory. None past
-    ``limit``."""
+    ``limit``. ``pace`` is awaited with the size of every piece read (the link's speed: while
+    it waits, nothing more is read, and TCP's flow control slows the sender)."""
     length = request.content_length
     if length is not None and length <= PREFIX_LIMIT:
         data = await request.read()
+        await pace(len(data))
         if len(data) > limit:
             return None
         return Body(data, len(data), hashlib.sha256(data).digest(), None)
@@ -136,6 +140,7 @@ async def read_body(request: web.Request, limit: int) -> Body | None:
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
     try:
         async for chunk in request.content.iter_any():
+            await pace(len(chunk))
             size += len(chunk)
             if size > limit:
                 spool.close()

@@ -55,7 +55,7 @@ from batchscribe.emulator.answers import (
     truncated,
 )
 from batchscribe.emulator.config import LEGACY_PATHS, PATHS, UNIFIED_PATH, EmulatorConfig
-from batchscribe.emulator.limits import SlidingWindow, TokenBuckets
+from batchscribe.emulator.limits import Link, SlidingWindow, TokenBuckets
 from batchscribe.emulator.requests import (
     JSON_BODY_LIMIT,
     PREFIX_LIMIT,
@@ -113,6 +113,7 @@ class _Emulator:
         self._bucket: tuple[float, float] | None = None  # (rate, burst) the bucket was made for
         self._window = SlidingWindow()  # the plan's limit, per model
         self._buckets = TokenBuckets()
+        self._link = Link()  # the upload link bodies share (config.link_bytes_per_s)
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
 
@@ -259,6 +260,19 @@ class _Emulator:
             self.stats.answered(response.status)
         return response
 
+    async def _pace(self, size: int) -> None:
+        """Count ``size`` body bytes read; at ``link_bytes_per_s``, wait until they have crossed
+        the shared link (read afresh: the speed may change mid-run)."""
+        stats = self.stats
+        stats.body_bytes += size
+        rate = self.config.link_bytes_per_s
+        if rate is None:
+            return
+        wait = self._link.take(size, self._clock(), rate)
+        if wait > 0:
+            stats.link_wait_s += wait
+            await asyncio.sleep(wait)
+
     async def _accept(
         self, request: web.Request, request_id: str, arrived: float
     ) -> Job | web.Response:
@@ -285,7 +299,7 @@ class _Emulator:
         limit = JSON_BODY_LIMIT if url_input else self.config.max_payload
         body = None
         if (request.content_length or 0) <= limit:
-            body = await read_body(request, limit)
+            body = await read_body(request, limit, self._pace)
         if body is None:
             if url_input:
                 refusal = error_response(413, f"JSON body over {limit} bytes", request_id)

@@ -31,6 +31,8 @@ class Stats:
         self.by_model: dict[str, int] = {}  # requests with valid parameters, by model asked
         self.by_language: dict[str, int] = {}  # ... and by language asked
         self.per_second: list[int] = []
+        self.body_bytes = 0  # request body bytes read (what crossed the link)
+        self.link_wait_s = 0.0  # seconds bodies waited for the link, summed over requests
 
     def arrive(self, now: float) -> None:
         self.requests += 1
@@ -67,5 +69,7 @@ class Stats:
             "by_model": dict(self.by_model),
             "by_language": dict(self.by_language),
             "requests_per_second": list(self.per_second),
+            "body_bytes": self.body_bytes,
+            "link_wait_s": round(self.link_wait_s, 3),
             "uptime_s": round(now - self.started, 3),
         }

@@ -219,6 +219,7 @@ def _probe(
         (_probe(duration=120.0), PrepPolicy(max_chunk=60.0), ("long",)),
         (_probe(duration=None), PrepPolicy(), ("unknown length",)),
         (_probe(size=250 * 2**20), PrepPolicy(), ("oversize",)),
+        (_probe(size=250_000_001), PrepPolicy(), ("oversize",)),  # the run's decimal 250 MB
         (_probe(container="mp3", codec="mp3float", rate=44100), PrepPolicy(), ()),
         (_probe(container="aiff", codec="pcm_s16be"), PrepPolicy(), ("format",)),
         (_probe(container="ogg", codec="flac"), PrepPolicy(), ("format",)),
@@ -247,6 +248,6 @@ def test_transcode_off_refuses_what_the_service_cannot_take() -> None:
     assert decision.refuse == (
         "the service cannot take it as it is: 2 channels (the service takes mono only); "
         "3600 s long (over --max-chunk 600 s); amr/amrnb (the service takes WAV, MP3, FLAC, OGG, "
-        "M4A, WebM); 314572800 bytes (the service takes under 262144000); use --transcode auto"
+        "M4A, WebM); 314572800 bytes (the service takes under 250000000); use --transcode auto"
     )
     assert decide(_probe(duration=None), PrepPolicy(transcode="off")) == Decision(True)
