@@ -44,6 +44,7 @@ from batchscribe.audio.probe import (
     decide,
     probe,
     probe_head,
+    wav_as_is,
 )
 from batchscribe.errors import ItemError, RunAborted, Stopped
 from batchscribe.items import Item
@@ -84,6 +85,8 @@ def examine_inline(sender: Sender, path: str, size: int, policy: PrepPolicy) -> 
         return Examined()  # its request's own read says what went wrong
     if body is None:
         return None
+    if wav_as_is(body, size, policy):
+        return Examined(body)
     found = probe_head(body, size)
     return None if found is None else _decided(decide(found, policy), body)
 
