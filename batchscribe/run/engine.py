@@ -70,7 +70,7 @@ from batchscribe.run.admission import Admission
 from batchscribe.run.feed import Feed
 from batchscribe.run.options import RunOptions
 from batchscribe.run.plan import check_file
-from batchscribe.run.prep import ChunkAnswers, PrepStage, examine
+from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
 from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
 
@@ -362,18 +362,16 @@ class Engine:
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
         body: bytes | None = None
-        prepared: Prepared | None = None
         if item.kind is LOCAL_FILE:
-            audio = await self._audio(item, size, record, worker)
-            if audio is None:
-                return  # finished (unreadable, refused) or stopped
-            body, prepared, folder = audio
-            if prepared is not None:
-                try:
-                    await self._process_prepared(item, params, record, prepared, worker)
-                finally:
-                    self.prep.release(folder)
-                return
+            policy = self.prep_policy
+            examined = examine_inline(self.sender, item.source, size, policy) or await examine(
+                self.sender, item.source, size, policy
+            )
+            if examined.unfit is not None:
+                return self._finish(item, record, 0, examined.unfit)  # unreadable, refused
+            if examined.prepare:
+                return await self._process_prepared(item, params, record, worker)
+            body = examined.body  # (read for the probe: its first request sends it)
         answers: list[Answer] = []
         for plan in plan_requests(item, params, size):
             plan.body = body
@@ -418,44 +416,32 @@ class Engine:
             item, record, attempts, outcome, header_duration, elapsed=elapsed, prepared=prepared
         )
 
-    async def _audio(
-        self, item: Item, size: int, record: dict[str, Any], worker: asyncio.Task[Any]
-    ) -> tuple[bytes | None, Prepared | None, str] | None:
-        """Probe a local file and decide (:func:`~batchscribe.run.prep.examine`): send it as
-        is (with its bytes when they were read for the probe), or prepare it in the pool (its
-        chunks and their folder; no slot is held while it encodes, and a stop cancels the
-        wait); None once finished (unreadable, refused) or stopped."""
-        examined = await examine(self.sender, item.source, size, self.prep_policy)
-        if examined.unfit is not None:
-            self._finish(item, record, 0, examined.unfit)
-            return None
-        if not examined.prepare:
-            return examined.body, None, ""
+    async def _process_prepared(
+        self, item: Item, params: PulseParams, record: dict[str, Any], worker: asyncio.Task[Any]
+    ) -> None:
+        """Prepare a file in the pool (outside admission: no slot is held while it encodes; a
+        stop cancels the wait at once), then send its chunks; its chunk files go when it
+        ends."""
         self.stop.waiting.add(worker)
         try:
             done = await self.prep.prepare(item.source)
         except RunAborted as exc:
-            self._abort_run(exc)
-            return None
+            return self._abort_run(exc)
         finally:
             self.stop.waiting.discard(worker)
         if isinstance(done, Outcome):
-            self._finish(item, record, 0, done)
-            return None
+            return self._finish(item, record, 0, done)  # unreadable after all, or a crash
         prepared, folder = done
-        if self.stop.stopping:
+        try:
+            if self.stop.stopping:
+                self.stop.work_left = True
+                return
+            await self._send_prepared(item, params, record, prepared)
+        finally:
             self.prep.release(folder)
-            self.stop.work_left = True
-            return None
-        return None, prepared, folder
 
-    async def _process_prepared(
-        self,
-        item: Item,
-        params: PulseParams,
-        record: dict[str, Any],
-        prepared: Prepared,
-        worker: asyncio.Task[Any],
+    async def _send_prepared(
+        self, item: Item, params: PulseParams, record: dict[str, Any], prepared: Prepared
     ) -> None:
         """Send a prepared recording's chunks (in parallel, each through admission; those a
         past run kept are not sent again), stitch the answers and write the record."""

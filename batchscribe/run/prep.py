@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import shutil
 import signal
@@ -34,12 +33,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchscribe.audio.probe import PrepPolicy, Probe, Unreadable, decide, probe, probe_head
+from batchscribe.audio.probe import (
+    Decision,
+    PrepPolicy,
+    Probe,
+    Unreadable,
+    decide,
+    probe,
+    probe_head,
+    wav_as_is,
+)
 from batchscribe.errors import ItemError, RunAborted, Stopped
 from batchscribe.items import Item
 from batchscribe.pulse import Outcome, Verdict
@@ -48,10 +54,15 @@ from batchscribe.run.send import UPLOAD_CHUNK
 from batchscribe.run.work import Answer, RequestPlan
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from batchscribe.audio.prepare import Prepared
     from batchscribe.run.send import Sender
 
-__all__ = ["ChunkAnswers", "Examined", "PrepStage", "examine"]
+# multiprocessing and the process pool are imported when a file first needs preparing: a run
+# of clips sent as they are never loads them (~4 ms of start-up).
+
+__all__ = ["ChunkAnswers", "Examined", "PrepStage", "examine", "examine_inline"]
 
 
 @dataclass(slots=True)
@@ -62,6 +73,30 @@ class Examined:
     body: bytes | None = None
     prepare: bool = False
     unfit: Outcome | None = None
+
+
+def examine_inline(sender: Sender, path: str, size: int, policy: PrepPolicy) -> Examined | None:
+    """:func:`examine` without leaving the event loop, for the common case: a small plain WAV
+    read while reads are quick (9 us a clip, measured; each await it saves costs ~0.7 us).
+    None when it cannot tell so: then :func:`examine`."""
+    try:
+        body = sender.read_inline(path, size)
+    except (ItemError, OSError):
+        return Examined()  # its request's own read says what went wrong
+    if body is None:
+        return None
+    if wav_as_is(body, size, policy):
+        return Examined(body)
+    found = probe_head(body, size)
+    return None if found is None else _decided(decide(found, policy), body)
+
+
+def _decided(decision: Decision, body: bytes | None) -> Examined:
+    if decision.as_is:
+        return Examined(body)
+    if decision.refuse is not None:
+        return Examined(unfit=Outcome(Verdict.FAIL, None, "invalid", decision.refuse))
+    return Examined(prepare=True)
 
 
 async def examine(sender: Sender, path: str, size: int, policy: PrepPolicy) -> Examined:
@@ -79,12 +114,7 @@ async def examine(sender: Sender, path: str, size: int, policy: PrepPolicy) -> E
             found = await asyncio.get_running_loop().run_in_executor(None, probe, path)
     except Unreadable as exc:
         return Examined(unfit=exc.outcome)
-    decision = decide(found, policy)
-    if decision.as_is:
-        return Examined(body)
-    if decision.refuse is not None:
-        return Examined(unfit=Outcome(Verdict.FAIL, None, "invalid", decision.refuse))
-    return Examined(prepare=True)
+    return _decided(decide(found, policy), body)
 
 
 def _start_worker(root: str) -> None:
@@ -134,6 +164,8 @@ class PrepStage:
         """Prepare ``path`` in the pool: its chunks and the folder they are in (to
         :meth:`release` when the item ends), or why the item fails (unreadable; a decoder
         that crashed its process). RunAborted when the temp folder cannot be written."""
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             return await self._prepare(path)
         except Unreadable as exc:
@@ -151,6 +183,9 @@ class PrepStage:
         if self._root is None:
             self._root = tempfile.mkdtemp(prefix="batchscribe-prep-")
         if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_start_worker,

@@ -142,6 +142,17 @@ class Sender:
             self._cloud = cloud.CloudSender(timeout=options.timeout, via_client=options.via_client)
         return self._cloud
 
+    def read_inline(self, path: str, size: int) -> bytes | None:
+        """A small file's bytes read on the event loop, as a request body is while reads are
+        quick; None when they are not (or the file is over one chunk): :meth:`read_small`.
+        Raises FileChanged, OSError."""
+        reads = self._small_reads
+        if size > UPLOAD_CHUNK or reads.average >= reads.limit:
+            return None
+        data, seconds = _read_small_timed(path, size)
+        reads.note(seconds)
+        return data
+
     async def read_small(self, path: str, size: int) -> bytes:
         """A small file's bytes (at most one upload chunk), read as a request body is: inline
         while reads are quick. Raises FileChanged, OSError."""
