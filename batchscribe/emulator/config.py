@@ -309,6 +309,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read request bodies no faster than this, all connections together (one shared "
         "upload link; e.g. 8M = 8 MB/s; default: as fast as they come)",
     )
+    _add_fault_arguments(parser)
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``batchscribe emulate`` flags of answer timing and faults."""
     parser.add_argument(
         "--latency",
         type=_latency,
