@@ -139,10 +139,6 @@ def test_estimate_of_a_file_of_unknown_length_and_one_sent_as_is() -> None:
     assert got == (1, 960_044, 30.0, 30.0, (), None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/commands.py _dry_run does not pass the audio flags to dry_run(policy=...) yet",
-)
 def test_dry_run_through_the_cli_follows_the_audio_flags(tmp_path: Path, run_cli: RunCli) -> None:
     """`--dry-run --channels split --transcode opus` counts a request per channel and chunk
     and Opus's bytes, as the run with those flags would send."""

@@ -208,6 +208,7 @@ def _dry_run(
     plan = dry_run(
         ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
         stdin=stdin, shard=shard, params=params,
+        policy=_run_options(ns, None, shard).prep_policy,
     )  # fmt: skip
     for problem in plan.problems:
         console.line(problem)
