@@ -83,7 +83,7 @@ def test_readme_batchscribe_commands_parse() -> None:
                     continue
                 args = []
                 for word in words[at[0] + 1 :]:
-                    if word in {"&", ":::"} or word.startswith((">", "2>")):
+                    if word in {"&", ":::"} or word.startswith((">", "2>", "#")):  # (#: comment)
                         break
                     args.append(word.strip("'\""))
                 if not args or args[0] in {"--help", "--version"} or "[options]" in args:
