@@ -65,6 +65,14 @@ AUDIO_MIME = {
     ".amr": "audio/amr",
 }
 AUDIO_EXTENSIONS = frozenset(AUDIO_MIME)
+#: Recordings the service does not take but a run transcodes (video, AMR's cousins, AIFF, CAF,
+#: WMA, ...): a directory scan finds them too (``--transcode off`` fails them, saying why).
+TRANSCODED_EXTENSIONS = frozenset(
+    {".mov", ".mkv", ".mka", ".avi", ".m4v", ".aiff", ".aif", ".aifc", ".caf", ".wma", ".wmv",
+     ".3gp", ".3g2", ".wv", ".ac3", ".au", ".oga", ".mpg", ".mpeg", ".ts"}
+)  # fmt: skip
+#: What a directory scan picks up: the service's formats and those a run transcodes.
+SCAN_EXTENSIONS = AUDIO_EXTENSIONS | TRANSCODED_EXTENSIONS
 
 
 def content_type_for(path: str) -> str:

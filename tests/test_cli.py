@@ -496,11 +496,11 @@ def test_retries_counted_are_retries_sent(tmp_path, emulator, make_archive, run_
 
 
 def test_400_fails_the_item_without_retry(tmp_path, emulator, make_archive, run_cli):
-    """A 400 (unreadable audio) is recorded failed after exactly one request; the run goes on."""
-    emu = emulator()
+    """A 400 (audio past the session limit) is recorded failed after exactly one request; the
+    run goes on. (Audio the run itself cannot read is failed before any request.)"""
+    emu = emulator(max_audio_minutes=0.01)  # a 0.6-s session: the 1-s clip is refused
     archive = make_archive(tmp_path, 3)
-    junk = archive.paths["clip-001"]
-    junk.write_bytes(b"this is not audio at all, only text " * 20)
+    junk = make_wav(archive.paths["clip-001"], seconds=1.0, freq=999)
     out = tmp_path / "r.jsonl"
     proc = run_cli("run", archive.manifest, "--out", out, "--endpoint", emu.endpoint())
     assert proc.returncode == 1, proc.stderr
@@ -510,7 +510,7 @@ def test_400_fails_the_item_without_retry(tmp_path, emulator, make_archive, run_
     assert record["http_status"] == 400
     assert record["cause"] == "4xx"
     assert record["attempts"] == 1
-    assert "unreadable audio" in record["error"]
+    assert "session limit" in record["error"]
     assert record["size"] == junk.stat().st_size
     assert content_counts(emu, [junk]) == [1]
     assert records["clip-000"]["status"] == records["clip-002"]["status"] == "ok"
@@ -819,7 +819,7 @@ def test_key_never_printed_or_recorded_on_error_paths(tmp_path, emulator, make_a
     assert proc.returncode == 1, proc.stderr
     assert "m.jsonl:5:" in proc.stderr
     causes = sorted(r["cause"] for r in read_results(out)[0])
-    assert causes == ["4xx", "5xx", "5xx", "missing"]
+    assert causes == ["5xx", "5xx", "invalid", "missing"]  # garbage: unreadable, never sent
     outputs += [proc.stdout, proc.stderr, out.read_bytes()]
     # A key file (not the environment) rejected by a server expecting another key: 401.
     strict = emulator(key="sk-the-server-wants-another-one")

@@ -493,7 +493,7 @@ def test_audio_changed_while_uploading(tmp_path, emulator, spawn_cli, change):
     try:
         proc = spawn_cli(
             "run", manifest, "--out", out, "--endpoint", emu.endpoint(), "--max-attempts", 2,
-            "--no-progress",
+            "--no-progress", "--max-chunk", "24h",  # sent as it is, not in chunks
         )  # fmt: skip
         position = wait_until(
             lambda: (p := _upload_position(proc.pid, audio)) and p > 0 and p,
@@ -545,7 +545,9 @@ def test_directory_with_odd_entries(tmp_path, emulator, run_cli):
     assert records["good.wav"]["status"] == "ok"
     assert records["good.wav"]["source"] == str(good)
     assert (records["empty.wav"]["cause"], records["empty.wav"]["attempts"]) == ("invalid", 0)
-    assert (records["fake.wav"]["http_status"], records["fake.wav"]["attempts"]) == (400, 1)
+    fake = records["fake.wav"]  # not audio: failed by the probe, never sent
+    assert (fake["cause"], fake["attempts"]) == ("invalid", 0)
+    assert fake["error"].startswith("unreadable audio: ")
     odd = records["caf\\xe9-latin1.wav"]
     assert odd["status"] == "ok"
     assert odd["source"].endswith("caf\\xe9-latin1.wav")

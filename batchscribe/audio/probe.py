@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from batchscribe.errors import ItemError
-from batchscribe.pulse import Outcome, Verdict
+from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
 
 __all__ = [
     "DEMUXERS",
@@ -32,7 +32,9 @@ __all__ = [
     "Unreadable",
     "decide",
     "probe",
+    "probe_head",
     "service_takes",
+    "wav_as_is",
 ]
 
 #: The FFmpeg demuxers PyAV may open: audio and audio/video containers. Naming them keeps
@@ -102,7 +104,7 @@ class PrepPolicy:
     transcode: Literal["auto", "flac", "opus", "off"] = "auto"
     channels: Literal["mix", "split"] = "mix"
     opus_bitrate: int = 32000
-    max_bytes: int = 250 * 2**20
+    max_bytes: int = MAX_PAYLOAD  # the run's own reading of "250 MB" (decimal, the stricter)
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,40 @@ def probe(path: str) -> Probe:
         head = handle.read(4096)
     found = _wav(head, info.st_size)
     return found if found is not None else _pyav(path, info.st_size)
+
+
+def probe_head(head: bytes, size: int) -> Probe | None:
+    """The probe of a plain PCM WAV from bytes already read (its first 4 KiB or more) and the
+    file's size; None when the bytes are not one (then :func:`probe` the path). A small file
+    the run reads whole anyway is probed without opening it a second time (13 us a clip)."""
+    return _wav(head, size)
+
+
+def wav_as_is(head: bytes, size: int, policy: PrepPolicy) -> bool:
+    """Whether ``head`` begins a WAV that ``decide(probe_head(head, size), policy)`` sends as
+    is, told from a canonical 44-byte header alone: the hot path of a short mono clip (1.1 us
+    against 3.5 for the probe and the decision; a test compares the two). False: ask them."""
+    if (
+        policy.transcode != "auto"
+        or head[36:40] != b"data"
+        or head[8:20] != b"WAVEfmt \x10\x00\x00\x00"
+        or head[:4] != b"RIFF"
+        or size >= policy.max_bytes
+    ):
+        return False
+    fields: tuple[int, ...] = _CANONICAL.unpack_from(head, 20)
+    tag, channels, rate, _byte_rate, align, bits, declared = fields
+    if tag != 1 or channels != 1 or not 0 < rate <= 16000 or bits not in (8, 16):
+        return False
+    if align != bits // 8:
+        return False
+    data = size - 44 if declared in (0, 0xFFFFFFFF) else min(declared, size - 44)
+    return max(0, data) // align / rate <= policy.max_chunk
+
+
+#: A canonical header's fields from byte 20: format tag, channels, rate, byte rate, block
+#: align, bits per sample, (the "data" id,) data size.
+_CANONICAL = struct.Struct("<HHIIHH4xI")
 
 
 def _open_nonblocking(path: str, flags: int) -> int:

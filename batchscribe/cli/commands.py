@@ -160,6 +160,11 @@ def _run_options(ns: argparse.Namespace, key: str | None, shard: Shard | None) -
         shard=shard,
         rate_store=ns.rate_store,
         via_client=ns.via_client,
+        max_chunk=ns.max_chunk,
+        transcode=ns.transcode,
+        opus_bitrate=ns.opus_bitrate,
+        channels=ns.channels,
+        prep_workers=ns.prep_workers,
     )
 
 

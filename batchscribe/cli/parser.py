@@ -229,11 +229,41 @@ def _add_fleet_flags(run: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_audio_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: how local files are prepared (downmix, chunks, transcoding)."""
+    audio = run.add_argument_group("audio preparation (local files)")
+    audio.add_argument(
+        "--max-chunk", type=values.chunk_length, default=600.0, metavar="DURATION",
+        help="cut recordings longer than DURATION into chunks at silences, sent in parallel "
+        "and stitched into one record (default: 10m, the service's session)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--transcode", choices=("auto", "flac", "opus", "off"), default="auto",
+        help="auto: re-encode as 16 kHz mono FLAC what is bigger than needed or not taken "
+        "as is; flac/opus: every local file; off: send originals, fail what the service "
+        "cannot take (default: auto)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--opus-bitrate", type=values.bitrate, default=32000, metavar="BITS",
+        help="bits per second of --transcode opus (32k or 32000; default: 32k)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--channels", choices=("mix", "split"), default="mix",
+        help="mix: downmix to mono; split: transcribe each channel apart, every word "
+        "labelled with its channel (default: mix)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--prep-workers", type=values.prep_workers, metavar="N",
+        help="processes that decode and encode audio (default: the CPU count)",
+    )  # fmt: skip
+
+
 #: ``run``'s flag groups, in ``--help`` order: a new group is a function above and a line here.
 RUN_FLAG_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
     _add_connection_flags,
     _add_pulse_flags,
     _add_pace_flags,
+    _add_audio_flags,
     _add_jobs_flags,
     _add_output_flags,
     _add_fleet_flags,

@@ -146,6 +146,28 @@ def duration(text: str) -> float:
     return value
 
 
+def chunk_length(text: str) -> float:
+    """``--max-chunk``: a positive :func:`parse_duration` (10m, 300, 1h); its range is
+    RunOptions.validate's."""
+    return duration(text)
+
+
+def bitrate(text: str) -> int:
+    """``--opus-bitrate``: bits per second from ``32k`` or ``32000`` (its range is
+    RunOptions.validate's)."""
+    number = text.strip().lower()
+    scale = 1000.0 if number.endswith("k") else 1.0
+    value = _finite(number.removesuffix("k"), "bits per second like 32k or 32000")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return round(value * scale)
+
+
+def prep_workers(text: str) -> int:
+    """``--prep-workers``: a whole number of at least 1."""
+    return _whole(text, 1)
+
+
 def price(text: str) -> float:
     """A price that may be 0 (``--price-per-hour``)."""
     value = _finite(text, "a number")

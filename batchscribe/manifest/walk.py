@@ -10,7 +10,7 @@ from batchscribe.errors import ManifestError
 from batchscribe.ids import DigestSet
 from batchscribe.items import CLOUD_OBJECT, Item, Problem
 from batchscribe.manifest.fields import make_item, printable, quote, reason
-from batchscribe.pulse import AUDIO_EXTENSIONS
+from batchscribe.pulse import SCAN_EXTENSIONS
 
 
 def read_directory(root: str, seen: DigestSet) -> Iterator[Item | Problem]:
@@ -84,7 +84,7 @@ def _list_level(path: str, rel: str) -> list[tuple[str, str, bool]] | Problem:
                 try:
                     if entry.is_dir():
                         found.append((name + "/", name, True))
-                    elif os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and entry.is_file():
+                    elif os.path.splitext(name)[1].lower() in SCAN_EXTENSIONS and entry.is_file():
                         found.append((name, name, False))
                 except OSError:
                     continue  # e.g. a dangling symlink that cannot be followed

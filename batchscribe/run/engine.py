@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from batchscribe import manifest
 from batchscribe.audio import audio_duration
@@ -70,8 +70,12 @@ from batchscribe.run.admission import Admission
 from batchscribe.run.feed import Feed
 from batchscribe.run.options import RunOptions
 from batchscribe.run.plan import check_file
+from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
-from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests
+from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
+
+if TYPE_CHECKING:
+    from batchscribe.audio.prepare import Prepared
 
 # Imported where they are used, not here: batchscribe.ratestore (--rate-store), aiofiles
 # (files over one chunk), and tenacity in retry.py (a second attempt). A run without them
@@ -147,6 +151,10 @@ class Engine:
         self._timers: list[asyncio.Task[None]] = []  # --max-runtime, the stop's grace
         self._started_at = ""
         self._in_process = 0
+        self.prep_policy = options.prep_policy
+        self._oversize_ok = options.transcode != "off"  # the audio stage makes it smaller
+        self.prep = PrepStage(self.prep_policy, options.prep_workers)
+        self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
 
     # ----------------------------------------------------------------------------- running
     async def run(self) -> Summary:
@@ -172,6 +180,7 @@ class Engine:
             await admission.start()
             await self._run_pool(endpoint)
         finally:
+            self.prep.close(stopping=self.stop.stopping)
             await admission.close()
             admission.save_hint()
             self.summary.wall_seconds = self.clock.now() - started
@@ -352,8 +361,20 @@ class Engine:
             size = self._prepare(item, params, record)
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
+        body: bytes | None = None
+        if item.kind is LOCAL_FILE:
+            policy = self.prep_policy
+            examined = examine_inline(self.sender, item.source, size, policy) or await examine(
+                self.sender, item.source, size, policy
+            )
+            if examined.unfit is not None:
+                return self._finish(item, record, 0, examined.unfit)  # unreadable, refused
+            if examined.prepare:
+                return await self._process_prepared(item, params, record, worker)
+            body = examined.body  # (read for the probe: its first request sends it)
         answers: list[Answer] = []
         for plan in plan_requests(item, params, size):
+            plan.body = body
             try:
                 answer = await self._request(plan, worker)
             except Stopped:
@@ -362,7 +383,16 @@ class Engine:
             if answer.outcome.verdict is Verdict.ABORT:
                 return  # not this item's fault; the next run sends it again
             answers.append(answer)
-        answer = assemble(item, answers)
+        await self._record_answer(item, record, assemble(item, answers))
+
+    async def _record_answer(
+        self,
+        item: Item,
+        record: dict[str, Any],
+        answer: Answer,
+        prepared: dict[str, Any] | None = None,
+    ) -> None:
+        """Finish an item from its assembled answer; ``prepared``: the record's field."""
         outcome, attempts, elapsed = answer.outcome, answer.attempts, answer.elapsed
         if outcome.cause == "language" and "language" not in item.params:
             # The run's own language is not offered in the account's region: every item left
@@ -382,7 +412,52 @@ class Engine:
                 # Stopped while reading the header: the transcript is paid for, keep it.
                 self._finish(item, record, attempts, outcome, elapsed=elapsed)
                 raise
-        self._finish(item, record, attempts, outcome, header_duration, elapsed=elapsed)
+        self._finish(
+            item, record, attempts, outcome, header_duration, elapsed=elapsed, prepared=prepared
+        )
+
+    async def _process_prepared(
+        self, item: Item, params: PulseParams, record: dict[str, Any], worker: asyncio.Task[Any]
+    ) -> None:
+        """Prepare a file in the pool (outside admission: no slot is held while it encodes; a
+        stop cancels the wait at once), then send its chunks; its chunk files go when it
+        ends."""
+        self.stop.waiting.add(worker)
+        try:
+            done = await self.prep.prepare(item.source)
+        except RunAborted as exc:
+            return self._abort_run(exc)
+        finally:
+            self.stop.waiting.discard(worker)
+        if isinstance(done, Outcome):
+            return self._finish(item, record, 0, done)  # unreadable after all, or a crash
+        prepared, folder = done
+        try:
+            if self.stop.stopping:
+                self.stop.work_left = True
+                return
+            await self._send_prepared(item, params, record, prepared)
+        finally:
+            self.prep.release(folder)
+
+    async def _send_prepared(
+        self, item: Item, params: PulseParams, record: dict[str, Any], prepared: Prepared
+    ) -> None:
+        """Send a prepared recording's chunks (in parallel, each through admission; those a
+        past run kept are not sent again), stitch the answers and write the record."""
+        plans = plan_requests(item, params, 0, prepared)
+        if self._chunks is None:
+            options = self.options
+            secrets = [options.api_key, *url_secrets(options.endpoint)]
+            self._chunks = ChunkAnswers(options.out, self.prep_policy, secrets)
+        answers = await self._chunks.gather(
+            item, record, prepared, plans, self._request, self._abort_run
+        )
+        if answers is None:
+            self.stop.work_left = True  # stopped or aborted: the next run sends the rest
+            return
+        summary = prepared_summary(prepared)
+        await self._record_answer(item, record, assemble(item, answers, prepared), summary)
 
     def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
         """Check a file or URL item can be sent (its parameters, its file) and note what the
@@ -393,7 +468,7 @@ class Engine:
             return None
         size = 0
         if item.kind is LOCAL_FILE:
-            st, unfit = check_file(item.source)  # the dry run's decision too
+            st, unfit = check_file(item.source, oversize_ok=self._oversize_ok)
             if st is not None:
                 size = st.st_size
                 record["size"] = size
@@ -489,15 +564,19 @@ class Engine:
         header_duration: float | None = None,
         *,
         elapsed: float | None = None,
+        prepared: dict[str, Any] | None = None,
     ) -> None:
         """Complete the record, write it, count it, emit it. ``elapsed``: the seconds the last
-        attempt's request took (recorded for an answered one as ``elapsed_ms``)."""
+        attempt's request took (recorded for an answered one as ``elapsed_ms``); ``prepared``:
+        how a prepared recording was sent (the record's last field)."""
         summary = self.summary
         build_record(
             record, outcome, attempts=attempts, run_id=summary.run_id, finished_at=utc_now(),
             params=item.params, metadata=item.metadata, header_duration=header_duration,
             elapsed=elapsed,
         )  # fmt: skip
+        if prepared is not None:
+            record["prepared"] = prepared
         audio = record.get("duration") or 0.0
         store = self._store
         assert store is not None
@@ -604,6 +683,8 @@ class Engine:
             # file (a results file deleted or replaced mid-run stops the run within a tick).
             try:
                 await loop.run_in_executor(None, store.sync)
+                if self._chunks is not None:
+                    await loop.run_in_executor(None, self._chunks.sync)
             except RunAborted as exc:
                 self._abort_run(exc)
                 return
@@ -622,6 +703,9 @@ class Engine:
             summary.exit_code = EXIT_OK
 
     async def _close(self, emulator: Any) -> None:
+        if self._chunks is not None:
+            with contextlib.suppress(OSError, RunAborted):
+                self._chunks.close()
         store = self._store
         if store is not None:
             record = {

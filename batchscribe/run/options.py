@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from yarl import URL
 
@@ -18,6 +19,9 @@ from batchscribe.pulse import (
     public_url,
 )
 from batchscribe.shard import Shard
+
+if TYPE_CHECKING:
+    from batchscribe.audio.probe import PrepPolicy
 
 MAX_CONCURRENCY = 10_000  # requests in flight; far above any API key's limit
 
@@ -55,6 +59,15 @@ class RunOptions:
             for all of them together when given (``--rate-store``).
         via_client: stream ``s3://``/``gs://`` objects through this machine even for
             ``model=pulse`` (default: send them as presigned URLs; ``--via-client``).
+        max_chunk: seconds of audio per request at most; longer local files are cut into
+            chunks at silences (``--max-chunk``).
+        transcode: ``auto`` re-encodes what is bigger than needed (16 kHz mono FLAC),
+            ``flac``/``opus`` re-encode every local file, ``off`` sends originals and fails
+            what the service cannot take (``--transcode``).
+        opus_bitrate: bits per second of Opus chunks (``--opus-bitrate``).
+        channels: ``mix`` downmixes to mono; ``split`` transcribes each channel apart and
+            labels every word with its ``channel`` (``--channels``).
+        prep_workers: processes that prepare audio (None: the CPU count; ``--prep-workers``).
     """
 
     sources: Sequence[str]
@@ -79,6 +92,23 @@ class RunOptions:
     shard: Shard | None = None
     rate_store: str | None = None
     via_client: bool = False
+    max_chunk: float = 600.0
+    transcode: Literal["auto", "flac", "opus", "off"] = "auto"
+    opus_bitrate: int = 32000
+    channels: Literal["mix", "split"] = "mix"
+    prep_workers: int | None = None
+
+    @property
+    def prep_policy(self) -> PrepPolicy:
+        """How local files are prepared (the audio stage's flags)."""
+        from batchscribe.audio.probe import PrepPolicy  # deferred: a plain run imports no audio
+
+        return PrepPolicy(
+            max_chunk=self.max_chunk,
+            transcode=self.transcode,
+            channels=self.channels,
+            opus_bitrate=self.opus_bitrate,
+        )
 
     def validate(self) -> None:
         """Raise ConfigError for options that cannot work, before anything is opened."""
@@ -116,6 +146,31 @@ class RunOptions:
         problem = check_combination(self.params, url_input=False)
         if problem:
             raise ConfigError(problem)
+        problem = audio_problem(self)
+        if problem:
+            raise ConfigError(problem)
+
+
+#: Bounds of the audio stage's values: a chunk from 10 s (shorter cuts would be mostly
+#: overlap) to 24 h; Opus from 6 kb/s to 510 kb/s (libopus's range).
+MIN_CHUNK, MAX_CHUNK = 10.0, 86400.0
+MIN_OPUS, MAX_OPUS = 6000, 510000
+MAX_PREP_WORKERS = 256
+
+
+def audio_problem(options: RunOptions) -> str | None:
+    """Why the audio stage's options cannot work (one line naming the flag), or None."""
+    if not MIN_CHUNK <= options.max_chunk <= MAX_CHUNK:
+        return f"--max-chunk must be from {MIN_CHUNK:g} s to {MAX_CHUNK:g} s (24h)"
+    if options.transcode not in ("auto", "flac", "opus", "off"):
+        return f"--transcode must be auto, flac, opus or off, not {options.transcode!r}"
+    if options.channels not in ("mix", "split"):
+        return f"--channels must be mix or split, not {options.channels!r}"
+    if not MIN_OPUS <= options.opus_bitrate <= MAX_OPUS:
+        return "--opus-bitrate must be from 6k to 510k bits per second"
+    if options.prep_workers is not None and not 1 <= options.prep_workers <= MAX_PREP_WORKERS:
+        return f"--prep-workers must be from 1 to {MAX_PREP_WORKERS}"
+    return None
 
 
 def max_items_problem(max_items: int | None) -> str | None:

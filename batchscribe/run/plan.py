@@ -57,14 +57,15 @@ def decide(resume: ResumeState, item: Item, *, retry_failed: bool, rescan_change
     return "done"
 
 
-def file_problem(st: os.stat_result) -> Outcome | None:
+def file_problem(st: os.stat_result, *, oversize_ok: bool = False) -> Outcome | None:
     """Why a local file with this ``stat`` must not be sent (None when it can be), as far as
-    its stat tells: not a regular file (a folder, a FIFO, a device), empty, over 250 MB."""
+    its stat tells: not a regular file (a folder, a FIFO, a device), empty, over 250 MB
+    (unless ``oversize_ok``: the audio stage makes it smaller)."""
     if not stat.S_ISREG(st.st_mode):
         return Outcome(Verdict.FAIL, None, "invalid", "not a regular file")
     if st.st_size == 0:
         return Outcome(Verdict.FAIL, None, "invalid", "empty file")
-    if st.st_size > MAX_PAYLOAD:
+    if st.st_size > MAX_PAYLOAD and not oversize_ok:
         return Outcome(
             Verdict.FAIL, None, "too_large",
             f"file is {st.st_size / 1e6:.0f} MB, over the API's 250 MB limit",
@@ -72,16 +73,19 @@ def file_problem(st: os.stat_result) -> Outcome | None:
     return None
 
 
-def check_file(path: str) -> tuple[os.stat_result | None, Outcome | None]:
+def check_file(
+    path: str, *, oversize_ok: bool = False
+) -> tuple[os.stat_result | None, Outcome | None]:
     """A local file's stat (None when it cannot be had) and why it must not be sent (None when
-    it can be): the one per-file decision of a run and of a dry run. Never opens the file."""
+    it can be): the one per-file decision of a run and of a dry run. Never opens the file.
+    ``oversize_ok``: a file over 250 MB is not refused (``--transcode`` other than off)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None, Outcome(Verdict.FAIL, None, "missing", "file not found")
     except OSError as exc:
         return None, Outcome(Verdict.FAIL, None, "missing", f"cannot read file: {exc.strerror}")
-    unfit = file_problem(st)
+    unfit = file_problem(st, oversize_ok=oversize_ok)
     if unfit is None and not os.access(path, os.R_OK):
         unfit = Outcome(Verdict.FAIL, None, "missing", "file is not readable (permission denied)")
     return st, unfit

@@ -75,6 +75,13 @@ def _file_headers(path: str, size: int) -> dict[str, str]:
     return {**shared, "Content-Length": str(size)}
 
 
+def _chunk_headers(content_type: str, size: int) -> dict[str, str]:
+    """The headers of a prepared chunk's body: its own Content-Type (FLAC or Ogg)."""
+    if size <= UPLOAD_CHUNK:
+        return {"Content-Type": content_type}
+    return {"Content-Type": content_type, "Content-Length": str(size)}
+
+
 class Sender:
     """Sends one request plan and classifies the answer; transport failures become retryable
     outcomes. ``session``: an aiohttp session to send on instead of the sender's own (the
@@ -135,6 +142,24 @@ class Sender:
             self._cloud = cloud.CloudSender(timeout=options.timeout, via_client=options.via_client)
         return self._cloud
 
+    def read_inline(self, path: str, size: int) -> bytes | None:
+        """A small file's bytes read on the event loop, as a request body is while reads are
+        quick; None when they are not (or the file is over one chunk): :meth:`read_small`.
+        Raises FileChanged, OSError."""
+        reads = self._small_reads
+        if size > UPLOAD_CHUNK or reads.average >= reads.limit:
+            return None
+        data, seconds = _read_small_timed(path, size)
+        reads.note(seconds)
+        return data
+
+    async def read_small(self, path: str, size: int) -> bytes:
+        """A small file's bytes (at most one upload chunk), read as a request body is: inline
+        while reads are quick. Raises FileChanged, OSError."""
+        data = await self._small_reads.read(path, min(size, UPLOAD_CHUNK))
+        assert type(data) is bytes
+        return data
+
     async def send(self, plan: RequestPlan) -> Outcome:
         """One HTTP exchange, classified. Transport failures become retryable outcomes.
 
@@ -174,11 +199,18 @@ class Sender:
             data = orjson.dumps({"url": item.source})
             headers = {"Content-Type": "application/json"}
         else:
-            data = None  # read inside the try below: a file that vanished is an outcome
-            headers = _file_headers(item.source, size)
+            # (None: read inside the try below: a file that vanished is an outcome)
+            data, plan.body = plan.body, None  # read for the probe: the first attempt only
+            chunk = plan.chunk
+            if chunk is None:
+                path = item.source
+                headers = _file_headers(path, size)
+            else:
+                path = chunk.path
+                headers = _chunk_headers(chunk.content_type, size)
         try:
             if data is None:
-                data = await self._small_reads.read(item.source, size)
+                data = await self._small_reads.read(path, size)
             url = self._url
             if url is None or params is not self.options.params:
                 url = _request_url(self._endpoint, params)

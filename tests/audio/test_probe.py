@@ -19,6 +19,8 @@ from batchscribe.audio.probe import (
     _pyav,
     decide,
     probe,
+    probe_head,
+    wav_as_is,
 )
 
 TWO = [[(0.5, 1.5, 440.0)], [(1.0, 2.0, 660.0)]]
@@ -219,6 +221,7 @@ def _probe(
         (_probe(duration=120.0), PrepPolicy(max_chunk=60.0), ("long",)),
         (_probe(duration=None), PrepPolicy(), ("unknown length",)),
         (_probe(size=250 * 2**20), PrepPolicy(), ("oversize",)),
+        (_probe(size=250_000_001), PrepPolicy(), ("oversize",)),  # the run's decimal 250 MB
         (_probe(container="mp3", codec="mp3float", rate=44100), PrepPolicy(), ()),
         (_probe(container="aiff", codec="pcm_s16be"), PrepPolicy(), ("format",)),
         (_probe(container="ogg", codec="flac"), PrepPolicy(), ("format",)),
@@ -247,6 +250,46 @@ def test_transcode_off_refuses_what_the_service_cannot_take() -> None:
     assert decision.refuse == (
         "the service cannot take it as it is: 2 channels (the service takes mono only); "
         "3600 s long (over --max-chunk 600 s); amr/amrnb (the service takes WAV, MP3, FLAC, OGG, "
-        "M4A, WebM); 314572800 bytes (the service takes under 262144000); use --transcode auto"
+        "M4A, WebM); 314572800 bytes (the service takes under 250000000); use --transcode auto"
     )
     assert decide(_probe(duration=None), PrepPolicy(transcode="off")) == Decision(True)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {}, {"rate": 8000}, {"rate": 22050}, {"channels": 2}, {"bits": 8}, {"bits": 24},
+        {"tag": 3, "bits": 32}, {"declared": 0}, {"declared": 0xFFFFFFFF}, {"declared": 10**9},
+        {"declared": 100}, {"frames": 16000 * 700}, {"align": 4}, {"rate": 0}, {"riff": b"RIFX"},
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "policy",
+    [PrepPolicy(), PrepPolicy(max_chunk=10.0), PrepPolicy(transcode="flac"),
+     PrepPolicy(transcode="off"), PrepPolicy(max_bytes=1000)],
+)  # fmt: skip
+def test_the_as_is_fast_path_agrees_with_probe_and_decide(
+    header: dict[str, int | bytes], policy: PrepPolicy
+) -> None:
+    """wav_as_is (a canonical header's fast path) never says as is when probe_head + decide
+    would not, and (under --transcode auto) always when they would: over rates, widths,
+    channels, lying and streamed sizes and policies."""
+    rate = int(header.get("rate", 16000))
+    channels, bits = int(header.get("channels", 1)), int(header.get("bits", 16))
+    align = int(header.get("align", channels * bits // 8))
+    frames = int(header.get("frames", 16000 * 12))
+    data = bytes(frames * max(1, align)) if frames < 16000 * 100 else b""
+    size = 44 + (len(data) if data else frames * align)
+    declared = int(header.get("declared", size - 44))
+    riff = header.get("riff", b"RIFF")
+    assert isinstance(riff, bytes)
+    head = (
+        riff + struct.pack("<I", size - 8) + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, int(header.get("tag", 1)), channels, rate,
+                      rate * max(1, align), align, bits)
+        + b"data" + struct.pack("<I", declared) + data[:4052]
+    )  # fmt: skip
+    found = probe_head(head, size)
+    expected = found is not None and decide(found, policy).as_is
+    fast = wav_as_is(head, size, policy)
+    assert fast == expected if policy.transcode == "auto" else not fast

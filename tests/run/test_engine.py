@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from audio_fixtures import wav_bytes
 
 from batchscribe.pulse import Outcome, Verdict
 from batchscribe.run.engine import Engine
@@ -23,7 +24,7 @@ async def test_a_retried_item_is_not_cancellable_by_a_stop_once_its_request_star
     """After a retry's backoff the item's next request starts without waiting (a free slot),
     and from then on a stop lets it finish instead of cancelling it as a waiting worker."""
     audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(100))
+    audio.write_bytes(wav_bytes(0.1))  # a real clip: the run probes it
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(orjson.dumps({"id": "a", "path": str(audio)}).decode() + "\n")
     clock = FakeClock()
@@ -66,7 +67,7 @@ async def test_max_runtime_and_wall_time_read_the_runs_clock(tmp_path: Path) -> 
     lines = []
     for name in "abc":
         audio = tmp_path / f"{name}.wav"
-        audio.write_bytes(b"RIFF" + bytes(100))
+        audio.write_bytes(wav_bytes(0.1))  # a real clip: the run probes it
         lines.append(orjson.dumps({"id": name, "path": str(audio)}).decode())
     manifest.write_text("\n".join(lines) + "\n")
     clock = FakeClock()
