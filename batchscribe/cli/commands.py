@@ -123,11 +123,11 @@ def cmd_run(ns: argparse.Namespace, console: Console) -> int:
         if log is not None:
             subscribers.append(log)
         summary = run_batch(options, subscribers=subscribers, stdin=stdin)
+        _after_run(ns, options, summary, console, log)
     except BatchscribeError as exc:
         if log is not None:
             log.log("error", "error", str(exc), exit_code=exc.exit_code)
         raise
-        _after_run(ns, options, summary, console, log)
     finally:
         if log is not None:
             log.stream.close()
