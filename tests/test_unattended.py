@@ -4,6 +4,7 @@ metrics file and push, its spend cap, and `batchscribe status` on a run that was
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -293,3 +294,49 @@ def test_status_of_no_results_file_is_exit_2(tmp_path: Path, run_cli: RunCli) ->
     proc = run_cli("status", tmp_path / "nope.jsonl")
     assert proc.returncode == 2
     assert "nope.jsonl: no such results file" in proc.stderr
+
+
+def _unattended_yaml() -> dict[str, Any]:
+    """The Kubernetes CronJob of the README's "Running unattended" section."""
+    import yaml  # type: ignore[import-untyped]
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = re.search(r"\n## Running unattended\n(.*?)\n## ", text, re.S)
+    assert section, "README has no 'Running unattended' section"
+    (block,) = re.findall(r"```yaml\n(.*?)```", section.group(1), re.S)
+    doc: dict[str, Any] = yaml.safe_load(block)
+    return doc
+
+
+def test_readme_cronjob_fails_an_index_on_config_errors_and_retries_others() -> None:
+    """The README's CronJob is a nightly Indexed Job that cannot overlap, whose
+    podFailurePolicy fails an index at once on exit 2 and 3 (and 4: a retry would spend a
+    second budget), retries other codes per index, and runs a command the parser accepts with
+    a cap, a push and a notification whose URL comes from a Secret."""
+    cron = _unattended_yaml()
+    assert cron["apiVersion"] == "batch/v1" and cron["kind"] == "CronJob"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] <= spec["completions"]
+    assert isinstance(spec["backoffLimitPerIndex"], int) and spec["backoffLimitPerIndex"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    (container,) = pod["containers"]
+    rules = spec["podFailurePolicy"]["rules"]
+    failing = set()
+    for rule in rules:
+        if "onExitCodes" in rule:
+            assert rule["action"] == "FailIndex" and rule["onExitCodes"]["operator"] == "In"
+            assert rule["onExitCodes"]["containerName"] == container["name"]
+            failing.update(rule["onExitCodes"]["values"])
+    assert failing == {2, 3, 4}  # 1, 75, 130 and crashes: retried, and the rerun resumes
+    command = container["command"]
+    assert command[:2] == ["batchscribe", "run"]
+    from batchscribe.cli import build_parser
+
+    ns = build_parser().parse_args(command[1:])
+    assert "{shard}" in ns.out and ns.shard == f"auto/{spec['completions']}"
+    assert ns.max_cost is not None and ns.metrics_push and ns.notify == ["$(NOTIFY_URL)"]
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env["SMALLEST_API_KEY"]["valueFrom"]) == {"secretKeyRef"}
+    assert set(env["NOTIFY_URL"]["valueFrom"]) == {"secretKeyRef"}
