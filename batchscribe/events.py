@@ -135,6 +135,10 @@ class Summary:
     learned_rate: float | None = None  # the rate limit learnt from 429s, in starts per second
     exit_code: int = 0
     sample: str | None = None  # the first transcript of the run, for people to see it work
+    requests_by_status: Counter[str] = field(default_factory=Counter)  # HTTP code or "transport"
+    bytes_uploaded: int = 0  # request bodies sent (every attempt's)
+    last_success_at: float | None = None  # unix time of the last ok item
+    cost: float | None = None  # the audio answered at the price per hour (with a spend cap)
 
     @property
     def done(self) -> int:
@@ -170,6 +174,10 @@ class Summary:
                 None if self.learned_rate is None else round(self.learned_rate * 60, 2)
             ),
             "exit_code": self.exit_code,
+            "requests_by_status": dict(self.requests_by_status),
+            "bytes_uploaded": self.bytes_uploaded,
+            "last_success_at": self.last_success_at,
+            "cost": None if self.cost is None else round(self.cost, 6),
             **(
                 {
                     "adaptive": True,
@@ -204,6 +212,8 @@ class Summary:
         if self.learned_rate is not None or self.throttled:
             out.append(f"rate: {learned_text(self.learned_rate)}; {self.throttled} request(s) "
                        f"answered 429")  # fmt: skip
+        if self.cost is not None:
+            out.append(f"spend: ${self.cost:.4f} for {self.audio_seconds / 3600:.3f} audio hours")
         if self.sample:
             out.append(f"first transcript: {self.sample}")
         if self.skipped_failed:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from batchscribe.cloud import scrub
 from batchscribe.errors import (
     EXIT_ABORTED,
     EXIT_BUDGET,
@@ -34,6 +33,7 @@ from batchscribe.errors import (
     EXIT_USAGE,
 )
 from batchscribe.events import Summary
+from batchscribe.pulse import scrub
 
 __all__ = ["Notification", "NotifyOn", "compose", "deliver", "invalid_urls", "scheme", "wanted"]
 

@@ -32,10 +32,9 @@ from typing import Any, Literal
 import orjson
 
 from batchscribe.atomicfile import replace_file
-from batchscribe.cloud import scrub
 from batchscribe.errors import ConfigError
 from batchscribe.events import Summary, learned_text
-from batchscribe.pulse import url_secrets
+from batchscribe.pulse import scrub, url_secrets
 
 __all__ = [
     "SECRET_URL_FLAGS",

@@ -388,7 +388,8 @@ def test_s3_objects_stream_to_the_api_without_local_copies(
         assert records[key]["transcription"] == transcript_for(data)
         assert records[key]["size"] == len(data)
     assert emu.stats()["by_content"] == {content_key(data): 1 for data in clips.values()}
-    assert {p.name for p in tmp_path.iterdir()} - before == {"r.jsonl"}
+    # (the results and the run's status file: no copy of an object)
+    assert {p.name for p in tmp_path.iterdir()} - before == {"r.jsonl", "r.jsonl.status.json"}
 
 
 def test_gcs_rescan_changed_resends_changed_objects_and_new_ones_only(

@@ -416,6 +416,10 @@ def test_readme_kubernetes_job_is_an_indexed_job_running_a_sharded_batchscribe()
         if "onExitCodes" in rule:
             assert rule["onExitCodes"]["containerName"] == container["name"]
     assert any(rule["action"] == "FailIndex" for rule in rules) == ("backoffLimitPerIndex" in spec)
+    # configuration errors (2) and aborts (3) do not fix themselves: their index fails at once
+    failing = {c for r in rules if r["action"] == "FailIndex" for c in r["onExitCodes"]["values"]}
+    assert {2, 3} <= failing and not failing & {4, 75, 130}  # (those resume when retried)
+    assert isinstance(spec["backoffLimitPerIndex"], int) and spec["backoffLimitPerIndex"] > 0
     command = container["command"]
     assert command[:2] == ["batchscribe", "run"]
     ns = _check_run_flags(command[2:])

@@ -174,10 +174,11 @@ def test_finished_run(tmp_path: Path, holder: Callable[..., subprocess.Popen[str
 
 def test_real_run_holds_the_lock(
     tmp_path: Path, emulator: Callable[..., Any], spawn_cli: Callable[..., Any],
-    make_archive: Callable[..., Any],
+    run_cli: Callable[..., Any], make_archive: Callable[..., Any],
 ) -> None:  # fmt: skip
-    """A real `batchscribe run` is seen running while it works (an earlier run's finished
-    status is not shown as its own), and asking does not disturb it: it ends with exit 0."""
+    """A real `batchscribe run` is seen running while it works, with its own status (never an
+    earlier run's finished one), by `batchscribe status` and its --json; asking does not
+    disturb it: it ends with exit 0 and its status says finished."""
     emu = emulator(latency_ms=300)
     archive = make_archive(tmp_path, 6)
     results = tmp_path / "r.jsonl"
@@ -191,12 +192,24 @@ def test_real_run_holds_the_lock(
     report = wait_until(
         lambda: (r := read_status(str(results))).locked and r, timeout=30, what="the lock"
     )
-    assert report.state == "running" and report.status is None
-    assert "it has written no status yet" in format_status(report)
+    assert report.state == "running"
+    assert report.status is None or report.status["pid"] == proc.pid
+    live = wait_until(
+        lambda: (r := read_status(str(results))).status and r, timeout=30, what="a status"
+    )
+    assert live.state == "running" and live.status is not None
+    assert live.status["pid"] == proc.pid and live.status["command"][:2] == ["batchscribe", "run"]
+    shown = run_cli("status", results)
+    assert shown.returncode == 0 and shown.stdout.startswith(f"running: pid {proc.pid}")
+    assert "progress: " in shown.stdout and TEST_KEY not in shown.stdout
+    doc = orjson.loads(run_cli("status", results, "--json").stdout)
+    assert doc["state"] == "running" and doc["locked"] and doc["status"]["total"] in (None, 6)
     for _ in range(20):
         read_status(str(results))
     assert proc.wait(timeout=60) == 0
-    assert read_status(str(results)).state == "finished"
+    done = read_status(str(results))
+    assert done.state == "finished" and done.status is not None
+    assert done.status["exit_code"] == 0 and done.status["ok"] == 6
 
 
 def test_summary_counter_is_not_shared(tmp_path: Path) -> None:

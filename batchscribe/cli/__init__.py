@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(emulate_flags="emulate" in args)
     ns = parser.parse_args(args)
+    ns.argv = args  # (the status file's command line, without its secrets)
     if argv is None:
         # The command's own process (not a caller's): what is imported by now lives until
         # exit, so the collector can leave it out of every later pass, the one at exit

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from batchscribe import RunOptions, dry_run, run_batch
 from batchscribe.console import Console, EventLog, Progress, TerminalStream
 from batchscribe.errors import EXIT_FAILED, EXIT_OK, BatchscribeError, ConfigError
-from batchscribe.events import Subscriber
+from batchscribe.events import Subscriber, Summary
 from batchscribe.pulse import (
     BOOL_PARAMS,
     PulseParams,
@@ -107,8 +107,7 @@ def cmd_run(ns: argparse.Namespace, console: Console) -> int:
     shard = _apply_shard(ns, console)
     if ns.dry_run:
         return _dry_run(ns, console, stdin, shard)
-    if ns.price_per_hour is not None:
-        raise ConfigError("--price-per-hour goes with --dry-run")
+    _check_unattended(ns, console)
     log = _open_log(ns, console)
     try:
         key = None if ns.emulate else read_api_key(ns.api_key_file, console)
@@ -124,6 +123,7 @@ def cmd_run(ns: argparse.Namespace, console: Console) -> int:
         if log is not None:
             subscribers.append(log)
         summary = run_batch(options, subscribers=subscribers, stdin=stdin)
+        _after_run(ns, options, summary, console, log)
     except BatchscribeError as exc:
         if log is not None:
             log.log("error", "error", str(exc), exit_code=exc.exit_code)
@@ -135,6 +135,57 @@ def cmd_run(ns: argparse.Namespace, console: Console) -> int:
     for line in summary.lines():
         out.line(line)
     return summary.exit_code
+
+
+def _check_unattended(ns: argparse.Namespace, console: Console) -> None:
+    """Refuse ``--notify`` URLs Apprise cannot use and a ``--metrics-push`` that is not an
+    http(s) URL (exit 2, naming the flag, never the URL); their secrets join the redactor."""
+    urls = [*(ns.notify or []), *([ns.metrics_push] if ns.metrics_push else [])]
+    for url in urls:  # a URL whole, its password and token-like query values
+        for secret in (url, *url_secrets(url)):
+            console.redact.add(secret)
+    if ns.notify:
+        from batchscribe.notify import invalid_urls  # (Apprise: only a run that notifies)
+
+        problems = invalid_urls(ns.notify)
+        if problems:
+            raise ConfigError(problems[0])
+    if ns.metrics_push is not None and not ns.metrics_push.startswith(("http://", "https://")):
+        raise ConfigError("--metrics-push must be the http(s) URL of a Pushgateway")
+
+
+def _after_run(
+    ns: argparse.Namespace,
+    options: RunOptions,
+    summary: Summary,
+    console: Console,
+    log: EventLog | None,
+) -> None:
+    """The end of a run for those not watching: the metrics pushed, the notification sent
+    (each a warning when it fails, never a change of the exit code)."""
+    from batchscribe.notify import compose, deliver, wanted
+    from batchscribe.run.unattended import job_name, snapshot
+
+    warnings: list[str] = []
+    job = job_name(options)
+    if ns.metrics_push is not None:
+        from batchscribe.metrics import push
+
+        shard = str(options.shard) if options.shard is not None else ""
+        snap = snapshot(summary, summary.wall_seconds, finished=True)
+        problem = push(ns.metrics_push, snap, job, shard)
+        if problem is not None:
+            warnings.append(problem)
+    if ns.notify and wanted(ns.notify_on, summary.exit_code):
+        note = compose(
+            summary, results=options.out, exit_code=summary.exit_code, job=job,
+            cost=summary.cost, redact=console.redact,
+        )  # fmt: skip
+        warnings.extend(deliver(ns.notify, note))
+    for warning in warnings:
+        console.line(f"batchscribe: warning: {warning}")
+        if log is not None:
+            log.log("warning", "warning", warning)
 
 
 def _run_options(ns: argparse.Namespace, key: str | None, shard: Shard | None) -> RunOptions:
@@ -165,6 +216,12 @@ def _run_options(ns: argparse.Namespace, key: str | None, shard: Shard | None) -
         opus_bitrate=ns.opus_bitrate,
         channels=ns.channels,
         prep_workers=ns.prep_workers,
+        max_cost=ns.max_cost,
+        price_per_hour=ns.price_per_hour,
+        max_audio_hours=ns.max_audio_hours,
+        metrics_file=ns.metrics_file,
+        job_name=ns.job_name,
+        command=["batchscribe", *getattr(ns, "argv", sys.argv[1:])],
     )
 
 
@@ -219,6 +276,21 @@ def _dry_run(
     for line in lines:
         out.line(line)
     return EXIT_FAILED if plan.invalid or plan.unfit else EXIT_OK
+
+
+def cmd_status(ns: argparse.Namespace, console: Console) -> int:
+    """``batchscribe status``: the state of a run on a results file."""
+    import orjson
+
+    from batchscribe.status import format_status, read_status, status_json
+
+    report = read_status(ns.results)
+    out = Console(sys.stdout, console.redact)
+    if ns.json:
+        out.line(orjson.dumps(status_json(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        out.line(format_status(report))
+    return EXIT_OK
 
 
 def cmd_emulate(ns: argparse.Namespace, console: Console) -> int:

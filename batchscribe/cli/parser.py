@@ -17,6 +17,7 @@ from batchscribe import __version__
 from batchscribe.cli import commands, values
 from batchscribe.cli.commands import DEFAULT_MAX_CONCURRENCY, KEY_ENV
 from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, LEGACY_ENDPOINT
+from batchscribe.spend import PRICE_PER_HOUR
 
 ENDPOINT_ENV = "BATCHSCRIBE_ENDPOINT"
 
@@ -190,8 +191,48 @@ def _add_jobs_flags(run: argparse.ArgumentParser) -> None:
         help="scan the sources and print what would be done: send nothing, write nothing",
     )  # fmt: skip
     jobs.add_argument(
+        "--max-cost", type=values.price, metavar="X",
+        help="stop taking items once the audio answered plus the audio in flight would cost "
+        "more than X at --price-per-hour; those in flight finish (exit 4 when work is left)",
+    )  # fmt: skip
+    jobs.add_argument(
+        "--max-audio-hours", type=values.price, metavar="H",
+        help="the same cap on audio hours (with --max-cost: the tighter one wins)",
+    )  # fmt: skip
+    prices = ", ".join(f"{model} {cost:g}" for model, cost in PRICE_PER_HOUR.items())
+    jobs.add_argument(
         "--price-per-hour", type=values.price, metavar="X",
-        help="with --dry-run: the price of one audio hour, for a cost estimate",
+        help=f"the price of one audio hour, for --max-cost, the summary's spend and the "
+        f"--dry-run estimate (default for --max-cost: the model's, US$ {prices})",
+    )  # fmt: skip
+
+
+def _add_unattended_flags(run: argparse.ArgumentParser) -> None:
+    """``run``'s flags: what an unattended run tells when it ends and while it works."""
+    unattended = run.add_argument_group("notifications and metrics")
+    unattended.add_argument(
+        "--notify", action="append", metavar="URL",
+        help="at the end, send a summary to this Apprise URL (repeatable): slack://, "
+        "msteams://, discord://, ntfy://, mailto://, json://HOST/PATH, ...; never printed",
+    )  # fmt: skip
+    unattended.add_argument(
+        "--notify-on", choices=("always", "failure", "never"), default="failure",
+        help="when to send --notify: failure (default: any exit code but 0), always, never",
+    )  # fmt: skip
+    unattended.add_argument(
+        "--metrics-file", metavar="PATH",
+        help="write Prometheus text format to PATH (name it *.prom) every 30 s and at the "
+        "end, atomically: for node_exporter's textfile collector",
+    )  # fmt: skip
+    unattended.add_argument(
+        "--metrics-push", metavar="URL",
+        help="at the end, push the metrics to the Pushgateway at URL (user:password@ is "
+        "sent as basic auth); never printed",
+    )  # fmt: skip
+    unattended.add_argument(
+        "--job-name", metavar="NAME",
+        help="the job label of the metrics and the notification's title (default: the "
+        "results file's name without its extension)",
     )  # fmt: skip
 
 
@@ -266,6 +307,7 @@ RUN_FLAG_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
     _add_audio_flags,
     _add_jobs_flags,
     _add_output_flags,
+    _add_unattended_flags,
     _add_fleet_flags,
 )
 
@@ -380,3 +422,17 @@ def _add_merge_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     merge.add_argument("results", nargs="+", metavar="RESULTS", help=_RESULTS_HELP)
     merge.add_argument("--out", "-o", required=True, metavar="ALL", help="the merged file")
     merge.set_defaults(handler=commands.cmd_merge)
+
+    status = sub.add_parser(
+        "status",
+        help="is a run working on a results file, and how far is it?",
+        description=(
+            "Tell whether a run holds RESULTS (its pid, host, start time and command line "
+            "without secrets) and how far it is (done of total, ok, failed, items/s, ETA, "
+            "the learned rate limit), from the status file the run rewrites beside it every "
+            "few seconds. A run that was killed is reported as stale: run it again to resume."
+        ),
+    )
+    status.add_argument("results", metavar="RESULTS", help="the results JSONL file of a run")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.set_defaults(handler=commands.cmd_status)

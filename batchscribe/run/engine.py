@@ -16,7 +16,6 @@ import random
 import signal
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -72,6 +71,8 @@ from batchscribe.run.options import RunOptions
 from batchscribe.run.plan import check_file
 from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
+from batchscribe.run.stop import StopState
+from batchscribe.run.unattended import SpendGate, Watch, price
 from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
 
 if TYPE_CHECKING:
@@ -82,30 +83,6 @@ if TYPE_CHECKING:
 # starts ~30 ms sooner.
 
 __all__ = ["Engine", "RunOptions", "StopState", "run_batch", "run_batch_async"]
-
-
-@dataclass
-class StopState:
-    """Where the run is in stopping: every read and write of the stop goes through this.
-
-    ``stopping``: no new request starts (a signal, --max-runtime, an abort); ``work_left``: a
-    stop left items unsent; ``sources_done``: the reader reached the end of every source;
-    ``by_runtime``: --max-runtime stopped it; ``abort``: why the run cannot go on;
-    ``waiting``: workers whose item is between requests (waiting for a slot or a retry): a stop
-    cancels them at once, so a stop never starts a request or waits out a backoff.
-    """
-
-    stopping: bool = False
-    work_left: bool = False
-    sources_done: bool = False
-    by_runtime: bool = False
-    abort: RunAborted | None = None
-    waiting: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    @property
-    def budget_reached(self) -> bool:
-        """--max-runtime stopped the run before all its work was done."""
-        return self.by_runtime and (self.work_left or not self.sources_done)
 
 
 #: An answer's outcome until its plan's first attempt ends (never recorded: replaced by it).
@@ -155,6 +132,12 @@ class Engine:
         self._oversize_ok = options.transcode != "off"  # the audio stage makes it smaller
         self.prep = PrepStage(self.prep_policy, options.prep_workers)
         self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
+        self.spend = SpendGate.of(options)  # --max-cost, --max-audio-hours (None: no cap)
+        priced = self.spend is not None or options.price_per_hour is not None
+        self._price = price(options) if priced else None  # summary.cost's
+        in_flight = self.admission.limit
+        self.watch = Watch(options, self.summary, self.clock, lambda: in_flight.in_flight,
+                           partial(self._notice, "warning"))  # fmt: skip
 
     # ----------------------------------------------------------------------------- running
     async def run(self) -> Summary:
@@ -165,6 +148,7 @@ class Engine:
         admission.answered_at = self.clock.now()
         admission.load_hint()
         self._open_store()  # ResultsBusy / ConfigError propagate from here: nothing is written.
+        self.watch.opened()  # (the lock is ours: the status file is this run's)
         started = self.clock.now()
         self._started_at = utc_now()
         emulator = None
@@ -221,6 +205,7 @@ class Engine:
         if options.max_runtime is not None:
             self._after(options.max_runtime, self._runtime_up)
         syncer = asyncio.create_task(self._sync_loop())
+        self._timers.append(asyncio.create_task(self.watch.loop()))
         try:
             await self.sender.open(endpoint)
             self._workers = [asyncio.create_task(self._work()) for _ in range(options.concurrency)]
@@ -274,7 +259,7 @@ class Engine:
         total = queued = 0
         queue = self._queue
         try:
-            while not self.stop.stopping:
+            while not (self.stop.stopping or self.stop.capped):
                 try:
                     batch = await feed.get_batch()
                 except manifest.ManifestError as exc:
@@ -316,7 +301,7 @@ class Engine:
                     else:
                         await queue.put(entry)
                         queued += 1
-                        if self.stop.stopping:
+                        if self.stop.stopping or self.stop.capped:
                             self.stop.work_left = True
                             break
                 if skipped and self.bus:
@@ -342,7 +327,11 @@ class Engine:
                 continue
             self._in_process += 1
             try:
-                await self._process(item, worker)
+                if self.spend is None:
+                    await self._process(item, worker)
+                else:  # (a refusal: no item more)
+                    await self.spend.process(item, partial(self._process, item, worker),
+                                             self._spend_reached)  # fmt: skip
             finally:
                 self._in_process -= 1
 
@@ -536,6 +525,9 @@ class Engine:
             answer.elapsed = self.clock.now() - started
         finally:
             admission.release()
+        summary = self.summary
+        summary.requests_by_status[str(outcome.http_status or "transport")] += 1
+        summary.bytes_uploaded += plan.size
         admission.adapt(started, outcome)
         if outcome.verdict is Verdict.RETRY:
             delay = outcome.delay
@@ -585,9 +577,14 @@ class Engine:
         except RunAborted as exc:
             self._abort_run(exc)
             return
+        if self.spend is not None:
+            self.spend.finished(item.id, record["status"], audio)
         if outcome.verdict is Verdict.OK:
             summary.ok += 1
             summary.audio_seconds += audio
+            summary.last_success_at = self.clock.wall()
+            if self._price is not None:
+                summary.cost = summary.audio_seconds / 3600 * self._price
             if summary.sample is None and record.get("transcription"):
                 summary.sample = f"{item.id}: {str(record['transcription'])[:120]!r}"
         elif outcome.verdict is Verdict.SUBMITTED:
@@ -642,6 +639,14 @@ class Engine:
             self.stop.work_left = True
         for task in self._workers:
             task.cancel()
+
+    def _spend_reached(self) -> None:
+        """A spend cap refused an item: read no more; those admitted are sent (exit 4)."""
+        stop = self.stop
+        self.summary.budget_reached = stop.work_left = True  # (the refused item is left)
+        if not stop.capped and self.spend is not None:
+            stop.capped = True
+            self._notice("warning", self.spend.message())
 
     def _abort_run(self, exc: RunAborted) -> None:
         stop = self.stop
@@ -720,6 +725,7 @@ class Engine:
                     store.append(record)
                 except RunAborted as exc:
                     self._fail_at_close(exc)
+            await self.watch.finish()  # (before the lock goes: status never looks stale)
             try:
                 store.close()
             except OSError as exc:

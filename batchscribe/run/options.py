@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -68,6 +69,17 @@ class RunOptions:
         channels: ``mix`` downmixes to mono; ``split`` transcribes each channel apart and
             labels every word with its ``channel`` (``--channels``).
         prep_workers: processes that prepare audio (None: the CPU count; ``--prep-workers``).
+        max_cost: stop taking items once the audio answered plus the audio in flight would
+            cost more than this at ``price_per_hour`` (exit 4, resumable; ``--max-cost``).
+        price_per_hour: the price of one audio hour (None: the model's list price,
+            :func:`batchscribe.spend.default_price`; ``--price-per-hour``).
+        max_audio_hours: the same cap on audio hours (``--max-audio-hours``).
+        metrics_file: write Prometheus text format here every 30 s and at the end
+            (``--metrics-file``).
+        job_name: the ``job`` label of the metrics (None: the results file's name without its
+            extension; ``--job-name``).
+        status_file: keep ``RESULTS.status.json`` up to date for ``batchscribe status``.
+        command: the command line shown by ``batchscribe status`` (stored without secrets).
     """
 
     sources: Sequence[str]
@@ -97,6 +109,13 @@ class RunOptions:
     opus_bitrate: int = 32000
     channels: Literal["mix", "split"] = "mix"
     prep_workers: int | None = None
+    max_cost: float | None = None
+    price_per_hour: float | None = None
+    max_audio_hours: float | None = None
+    metrics_file: str | None = None
+    job_name: str | None = None
+    status_file: bool = True
+    command: Sequence[str] = ()
 
     @property
     def prep_policy(self) -> PrepPolicy:
@@ -149,6 +168,7 @@ class RunOptions:
         problem = audio_problem(self)
         if problem:
             raise ConfigError(problem)
+        _check_unattended(self)
 
 
 #: Bounds of the audio stage's values: a chunk from 10 s (shorter cuts would be mostly
@@ -171,6 +191,23 @@ def audio_problem(options: RunOptions) -> str | None:
     if options.prep_workers is not None and not 1 <= options.prep_workers <= MAX_PREP_WORKERS:
         return f"--prep-workers must be from 1 to {MAX_PREP_WORKERS}"
     return None
+
+
+def _check_unattended(options: RunOptions) -> None:
+    """ConfigError for a spend cap or a metrics file that cannot work (one line naming the
+    flag), before anything is opened."""
+    from batchscribe.run.unattended import SpendGate
+
+    SpendGate.of(options)  # its SpendCap checks the values; the price is the model's or given
+    if options.price_per_hour is not None and not 0 <= options.price_per_hour < math.inf:
+        raise ConfigError("--price-per-hour must be a finite number >= 0")
+    path = options.metrics_file
+    if path is not None:
+        folder = os.path.dirname(path) or "."
+        if not path or path.endswith(os.sep) or os.path.isdir(path):
+            raise ConfigError(f"--metrics-file {path!r}: name a file, not a folder")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--metrics-file {path!r}: no such folder {folder!r}")
 
 
 def max_items_problem(max_items: int | None) -> str | None:
