@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from batchscribe.audio.probe import Unreadable
+from batchscribe.audio.stitch import times_of
 from batchscribe.errors import RetryableError
 from batchscribe.pulse import Cause, Outcome, Verdict
 
@@ -354,22 +355,6 @@ class Unsplittable(RetryableError):
         self.args = (message,)
 
 
-def _seconds(value: object) -> float | None:
-    """A finite time in seconds, or None (bools, strings, NaN are no time)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _times(entry: object) -> tuple[float, float] | None:
-    """(start, end) of a word or utterance with numeric times, else None."""
-    if not isinstance(entry, Mapping):
-        return None
-    start, end = _seconds(entry.get("start")), _seconds(entry.get("end"))
-    return None if start is None or end is None else (start, end)
-
-
 def _entries(payload: Mapping[str, Any], key: str) -> list[Any]:
     value = payload.get(key)
     return value if isinstance(value, list) else []
@@ -452,7 +437,7 @@ def _split_words(payload: Mapping[str, Any], clips: list[_Clip], owner: _Owner) 
     they have no place, and the service always times words when asked)."""
     out = []
     for word in _entries(payload, "words"):
-        times = _times(word)
+        times = times_of(word)
         if times is None:
             continue
         middle = (times[0] + times[1]) / 2
@@ -472,7 +457,7 @@ def _split_utterances(
     words goes by its own midpoint."""
     middles = [w.middle for w in words]
     for utterance in _entries(payload, "utterances"):
-        times = _times(utterance)
+        times = times_of(utterance)
         if times is None:
             continue
         inside = words[bisect_left(middles, times[0]) : bisect_right(middles, times[1])]

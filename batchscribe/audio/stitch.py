@@ -68,7 +68,7 @@ class _Placed(NamedTuple):
     entry: dict[str, Any]
 
 
-def _seconds(value: object) -> float | None:
+def seconds_of(value: object) -> float | None:
     """A finite time in seconds, or None (bools, strings, NaN are no time)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -76,11 +76,11 @@ def _seconds(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _times(entry: object) -> tuple[float, float] | None:
+def times_of(entry: object) -> tuple[float, float] | None:
     """(start, end) of a word or utterance dict with numeric times, else None."""
     if not isinstance(entry, Mapping):
         return None
-    start, end = _seconds(entry.get("start")), _seconds(entry.get("end"))
+    start, end = seconds_of(entry.get("start")), seconds_of(entry.get("end"))
     return None if start is None or end is None else (start, end)
 
 
@@ -169,7 +169,7 @@ def _part_words(part: Part, order: int) -> list[_Timed]:
     """The part's timed words, each placed in the original timeline when kept."""
     timed: list[_Timed] = []
     for index, word in enumerate(_entries(part.payload, "words")):
-        times = _times(word)
+        times = times_of(word)
         if times is None:
             continue  # no place in the timeline: dropped (the service always times words)
         kept = _kept(part, *times)
@@ -183,7 +183,7 @@ def _part_utterances(part: Part, order: int, words: list[_Timed]) -> list[_Place
     by_middle = sorted(words, key=lambda w: w.start + w.end)
     middles = [(w.start + w.end) / 2 for w in by_middle]
     for index, utterance in enumerate(_entries(part.payload, "utterances")):
-        times = _times(utterance)
+        times = times_of(utterance)
         if times is None:
             continue
         start, end = times
@@ -213,10 +213,10 @@ def _metadata(ordered: Sequence[Part], duration: float) -> dict[str, Any] | None
     merged["duration"] = duration
     for name in _ADDITIVE:
         values = [m.get(name) for m in metas if isinstance(m, Mapping)]
-        numbers = [v for v in values if _seconds(v) is not None]
+        numbers = [v for v in values if seconds_of(v) is not None]
         if numbers:
             merged[name] = sum(numbers)
-    took = _seconds(merged.get("processing_time_ms"))
+    took = seconds_of(merged.get("processing_time_ms"))
     if "rtfx" in merged and took:
         merged["rtfx"] = round(duration / (took / 1000), 1)
     return merged
@@ -274,7 +274,7 @@ def stitch(parts: Sequence[Part], *, duration: float) -> dict[str, Any]:
         answer["metadata"] = metadata
     total = [p.payload.get("totalBytes") for p in ordered]
     if "totalBytes" in answer:
-        answer["totalBytes"] = sum(v for v in total if _seconds(v) is not None)
+        answer["totalBytes"] = sum(v for v in total if seconds_of(v) is not None)
     if len(ordered) > 1 and speakers.origins:
         answer["speakers"] = speakers.origins
     return answer
