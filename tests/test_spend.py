@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from batchscribe.errors import ConfigError
 from batchscribe.spend import PRICE_PER_HOUR, UNKNOWN_SECONDS, SpendCap, default_price
 
-API = Path("/work/shared/pulse-api.md")
+API = Path(__file__).resolve().parents[2] / "shared" / "pulse-api.md"  # beside the checkout
 
 
 def test_default_prices_are_the_documented_ones() -> None:
