@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from batchscribe.audio.probe import Unreadable
+from batchscribe.audio.probe import Unreadable, open_audio
 from batchscribe.audio.stitch import times_of
 from batchscribe.errors import RetryableError
 from batchscribe.pulse import Cause, Outcome, Verdict
@@ -224,20 +224,12 @@ def load_pcm(path: str, *, max_seconds: float) -> np.ndarray[Any, np.dtype[np.in
         Unreadable: PyAV cannot open or decode it, or it holds no audio.
         TooLong: it is longer than ``max_seconds``.
     """
-    import av
+    from batchscribe.audio.prepare import _OPEN, _Converter, _decode
 
-    from batchscribe.audio.prepare import _OPEN, _Converter, _decode, _reason
-
-    try:
-        container = av.open(path, options=_OPEN)
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise Unreadable(f"unreadable audio: PyAV cannot open it ({_reason(exc)})") from None
     limit = math.ceil(max_seconds * RATE)
     blocks: list[np.ndarray[Any, Any]] = []
     held = 0
-    with container:
-        if not container.streams.audio:
-            raise Unreadable(f"unreadable audio: no audio stream in {container.format.name}")
+    with open_audio(path, _OPEN) as container:
         stream = container.streams.audio[0]
         convert: _Converter | None = None
         for frame in _decode(container, stream):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from batchscribe.audio.levels import HOP_S, LevelMeter, hop_samples
-from batchscribe.audio.probe import DEMUXERS, PrepPolicy, Unreadable
+from batchscribe.audio.probe import DEMUXERS, PrepPolicy, Unreadable, open_audio, reason
 from batchscribe.audio.split import choose_cut
 
 __all__ = ["RATE", "Chunk", "Prepared", "prepare"]
@@ -108,16 +108,8 @@ def prepare(path: str, policy: PrepPolicy, workdir: str) -> Prepared:
     """
     if policy.transcode == "off":
         raise ValueError("prepare() with transcode off: the original is sent as it is")
-    import av
-
     kind = "opus" if policy.transcode == "opus" else "flac"
-    try:
-        container = av.open(path, options=_OPEN)
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise Unreadable(f"unreadable audio: PyAV cannot open it ({_reason(exc)})") from None
-    with container:
-        if not container.streams.audio:
-            raise Unreadable(f"unreadable audio: no audio stream in {container.format.name}")
+    with open_audio(path, _OPEN) as container:
         stream = container.streams.audio[0]
         channels = stream.codec_context.channels
         split = policy.channels == "split" and channels > 1
@@ -168,7 +160,7 @@ def _decode(container: Any, stream: Any) -> Iterator[Any]:
             yield frame
     except (av.FFmpegError, ValueError) as exc:
         if not got:
-            raise Unreadable(f"unreadable audio: cannot be decoded ({_reason(exc)})") from None
+            raise Unreadable(f"unreadable audio: cannot be decoded ({reason(exc)})") from None
 
 
 class _Converter:
@@ -220,12 +212,6 @@ def _feed(tracks: list[_Track], frame: Any) -> None:
     data = frame.to_ndarray()
     for row, track in zip(data.reshape(len(tracks), -1), tracks, strict=True):
         track.push(row)
-
-
-def _reason(exc: BaseException) -> str:
-    """FFmpeg's words for a failure, without the path PyAV appends."""
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).split(": '", 1)[0]
 
 
 class _Encoder:

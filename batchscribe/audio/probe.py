@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from batchscribe.errors import ItemError
 from batchscribe.pulse import MAX_PAYLOAD, Outcome, Verdict
@@ -312,13 +312,7 @@ def _pyav_open(path: str, size: int, options: dict[str, str]) -> Probe:
     """Open with PyAV and read the first audio stream's parameters."""
     import av as _av  # deferred: a WAV never needs it
 
-    try:
-        container = _av.open(path, options=options)
-    except (_av.FFmpegError, ValueError, OSError) as exc:
-        raise Unreadable(f"unreadable audio: PyAV cannot open it ({_reason(exc)})") from None
-    with container:
-        if not container.streams.audio:
-            raise Unreadable(f"unreadable audio: no audio stream in {container.format.name}")
+    with open_audio(path, options) as container:
         stream = container.streams.audio[0]
         context = stream.codec_context
         duration: float | None = None
@@ -360,11 +354,31 @@ def _first_frame(path: str, found: Probe) -> Probe:
                     found.video,
                 )
     except (_av.FFmpegError, ValueError, OSError) as exc:
-        raise Unreadable(f"unreadable audio: cannot be decoded ({_reason(exc)})") from None
+        raise Unreadable(f"unreadable audio: cannot be decoded ({reason(exc)})") from None
     raise Unreadable("unreadable audio: no audio frames")
 
 
-def _reason(exc: BaseException) -> str:
+def open_audio(path: str, options: dict[str, str]) -> Any:
+    """``path`` opened with PyAV (only the named demuxers and local files, by ``options``),
+    holding at least one audio stream; the caller closes it (``with``).
+
+    Raises:
+        Unreadable: PyAV cannot open it, or it holds no audio stream.
+    """
+    import av as _av
+
+    try:
+        container = _av.open(path, options=options)
+    except (_av.FFmpegError, ValueError, OSError) as exc:
+        raise Unreadable(f"unreadable audio: PyAV cannot open it ({reason(exc)})") from None
+    if not container.streams.audio:
+        name = container.format.name
+        container.close()
+        raise Unreadable(f"unreadable audio: no audio stream in {name}")
+    return container
+
+
+def reason(exc: BaseException) -> str:
     """FFmpeg's words for a failure, without the path PyAV appends (the caller names the file)."""
     text = getattr(exc, "strerror", None) or str(exc)
     return str(text).split(": '", 1)[0]
