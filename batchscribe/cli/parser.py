@@ -297,6 +297,21 @@ def _add_audio_flags(run: argparse.ArgumentParser) -> None:
         "--prep-workers", type=values.prep_workers, metavar="N",
         help="processes that decode and encode audio (default: the CPU count)",
     )  # fmt: skip
+    audio.add_argument(
+        "--pack", action="store_true",
+        help="send short files with equal parameters several to a request (silence between "
+        "them) and split the answer back into one record each: many more files a minute "
+        "under a requests-per-minute limit; word times are always asked for",
+    )  # fmt: skip
+    audio.add_argument(
+        "--pack-max-item", type=values.chunk_length, default=120.0, metavar="DURATION",
+        help="with --pack: pack only files shorter than DURATION (default: 2m)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--pack-seconds", type=values.chunk_length, default=590.0, metavar="DURATION",
+        help="with --pack: audio per packed request at most, gaps included (default: 590s, "
+        "just under the 10-minute session)",
+    )  # fmt: skip
 
 
 #: ``run``'s flag groups, in ``--help`` order: a new group is a function above and a line here.

@@ -69,6 +69,11 @@ class RunOptions:
         channels: ``mix`` downmixes to mono; ``split`` transcribes each channel apart and
             labels every word with its ``channel`` (``--channels``).
         prep_workers: processes that prepare audio (None: the CPU count; ``--prep-workers``).
+        pack: send short local files with equal parameters together, several to a request,
+            and split the answer back into one record each (``--pack``).
+        pack_max_item: seconds: only files shorter than this are packed (``--pack-max-item``).
+        pack_seconds: seconds of audio per packed request at most, gaps included
+            (``--pack-seconds``).
         max_cost: stop taking items once the audio answered plus the audio in flight would
             cost more than this at ``price_per_hour`` (exit 4, resumable; ``--max-cost``).
         price_per_hour: the price of one audio hour (None: the model's list price,
@@ -109,6 +114,9 @@ class RunOptions:
     opus_bitrate: int = 32000
     channels: Literal["mix", "split"] = "mix"
     prep_workers: int | None = None
+    pack: bool = False
+    pack_max_item: float = 120.0
+    pack_seconds: float = 590.0
     max_cost: float | None = None
     price_per_hour: float | None = None
     max_audio_hours: float | None = None
@@ -190,6 +198,22 @@ def audio_problem(options: RunOptions) -> str | None:
         return "--opus-bitrate must be from 6k to 510k bits per second"
     if options.prep_workers is not None and not 1 <= options.prep_workers <= MAX_PREP_WORKERS:
         return f"--prep-workers must be from 1 to {MAX_PREP_WORKERS}"
+    return pack_problem(options)
+
+
+#: Bounds of the packing values: a packed item from 1 s, a pack from 30 s to the session.
+MIN_PACK_ITEM, MIN_PACK, MAX_PACK = 1.0, 30.0, 600.0
+
+
+def pack_problem(options: RunOptions) -> str | None:
+    """Why ``--pack``'s values cannot work (one line naming the flag), or None."""
+    if not MIN_PACK <= options.pack_seconds <= MAX_PACK:
+        return f"--pack-seconds must be from {MIN_PACK:g} s to {MAX_PACK:g} s (the session)"
+    if not MIN_PACK_ITEM <= options.pack_max_item <= options.pack_seconds:
+        return (
+            f"--pack-max-item must be from {MIN_PACK_ITEM:g} s to --pack-seconds "
+            f"({options.pack_seconds:g} s)"
+        )
     return None
 
 
