@@ -227,7 +227,8 @@ def test_max_cost_stops_within_the_cap_and_a_rerun_continues(
 ) -> None:  # fmt: skip
     """--max-cost with 8 requests in flight sends no audio past the cap (durations from the
     headers; those in flight counted), exits 4 and says so; a rerun sends only what is left,
-    and no item is sent twice."""
+    and no item is sent twice; `report` shows what the two runs spent together, and the audio
+    priced at --price-per-hour."""
     emu = checked_emulator()
     archive = make_archive(tmp_path, 6, seconds=30.0)
     out = tmp_path / "r.jsonl"
@@ -245,6 +246,13 @@ def test_max_cost_stops_within_the_cap_and_a_rerun_continues(
     second = _run_record(out)
     assert second["ok"] == 3 and second["skipped_ok"] == 3
     assert emu.stats()["requests"] == 6  # every clip once
+    report = run_cli("report", out, "--price-per-hour", "7.2")
+    assert report.returncode == 0, report.stderr
+    assert "spend recorded by runs: $0.1800 (2 of 2 run(s) priced" in report.stdout
+    assert "audio transcribed at $7.2/h: $0.3600" in report.stdout
+    doc = orjson.loads(run_cli("report", out, "--json").stdout)
+    assert doc["spend"] == {"recorded_cost": pytest.approx(0.18), "priced_runs": 2,
+                            "price_per_hour": None, "estimated_cost": None}  # fmt: skip
 
 
 def test_max_audio_hours_of_zero_sends_nothing(

@@ -361,7 +361,9 @@ def cmd_report(ns: argparse.Namespace, console: Console) -> int:
     from batchscribe.export import write_if_changed
 
     paths = _expand(ns.results)
-    report = build_report(paths, top=ns.top, charts=ns.html is not None)
+    report = build_report(
+        paths, top=ns.top, charts=ns.html is not None, price_per_hour=ns.price_per_hour
+    )
     _warn_unreadable(console, report.counts)
     out = Console(sys.stdout, console.redact)
     if ns.json:

@@ -377,6 +377,11 @@ def _add_results_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "--runs", type=values.count, default=10, metavar="N",
         help="latest runs listed in the text report (default: 10; 0: all)",
     )  # fmt: skip
+    report.add_argument(
+        "--price-per-hour", type=values.price, metavar="PRICE",
+        help="also price the audio transcribed at PRICE an audio hour (the spend the runs "
+        "recorded is shown either way)",
+    )  # fmt: skip
     report.set_defaults(handler=commands.cmd_report)
 
     failed = sub.add_parser(

@@ -31,6 +31,7 @@ import orjson
 from batchscribe.audio import MAX_AUDIO_SECONDS
 from batchscribe.report.failed import DONE
 from batchscribe.report.text import (
+    MAX_SHOWN,
     display_id,
     number,
     one_line,
@@ -78,6 +79,8 @@ class Report:
     most_attempts: list[dict[str, Any]] = field(default_factory=list)
     top: int = 10
     charts: bool = False
+    #: ``report --price-per-hour``: the audio transcribed is also priced at this.
+    price_per_hour: float | None = None
     #: With ``charts``: the audio seconds of every ok item, and per run the finish times
     #: (epoch seconds) of every record it wrote.
     durations: array[float] = field(default_factory=lambda: array("d"))
@@ -87,6 +90,25 @@ class Report:
     def superseded(self) -> int:
         """Records replaced by a later record of the same id (retried failures, rescans)."""
         return max(0, self.counts.records - self.items)
+
+    @property
+    def recorded_cost(self) -> tuple[float, int]:
+        """The spend the runs recorded (a run with a spend cap or a price records its
+        ``cost``) and how many of the runs did."""
+        costs = [n for run in self.runs if (n := number(run.get("cost"), MAX_SHOWN)) is not None]
+        return sum(costs), len(costs)
+
+    def spend(self) -> dict[str, Any]:
+        """The ``--json`` document's ``spend``: recorded by the runs, and at ``price_per_hour``."""
+        cost, priced = self.recorded_cost
+        price = self.price_per_hour
+        estimate = None if price is None else round(self.audio_seconds / 3600 * price, 6)
+        return {
+            "recorded_cost": round(cost, 6) if priced else None,
+            "priced_runs": priced,
+            "price_per_hour": price,
+            "estimated_cost": estimate,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         """The ``--json`` document."""
@@ -109,6 +131,7 @@ class Report:
             "audio_seconds": round(self.audio_seconds, 3),
             "audio_hours": round(self.audio_seconds / 3600, 4),
             "implausible_durations": self.implausible_durations,
+            "spend": self.spend(),
             "first_finished_at": self.first_finished,
             "last_finished_at": self.last_finished,
             "runs": self.runs,
@@ -141,6 +164,7 @@ class Report:
             f"retries spent: {self.retries:,}  audio transcribed: "
             f"{self.audio_seconds / 3600:,.3f} h ({self.audio_seconds:,.1f} s)"
         )
+        out.extend(self._spend_lines())
         if self.implausible_durations:
             out.append(
                 f"  {self.implausible_durations:,} ok item(s) with an impossible duration "
@@ -184,16 +208,36 @@ class Report:
                 )
         return out
 
+    def _spend_lines(self) -> list[str]:
+        cost, priced = self.recorded_cost
+        out = []
+        if priced:
+            out.append(
+                f"spend recorded by runs: ${cost:,.4f} ({priced} of {len(self.runs)} run(s) "
+                "priced; a run killed outright records none)"
+            )
+        if self.price_per_hour is not None:
+            estimate = self.audio_seconds / 3600 * self.price_per_hour
+            out.append(f"audio transcribed at ${self.price_per_hour:g}/h: ${estimate:,.4f}")
+        return out
 
-def build_report(paths: Sequence[str], *, top: int = 10, charts: bool = False) -> Report:
+
+def build_report(
+    paths: Sequence[str],
+    *,
+    top: int = 10,
+    charts: bool = False,
+    price_per_hour: float | None = None,
+) -> Report:
     """Report on the final state of every id across ``paths`` (read in order).
 
     Args:
         paths: results files; a later record of an id supersedes an earlier one.
         top: how many slowest / most-attempted items and common errors to keep.
         charts: also collect what the HTML charts need (one float per item and per record).
+        price_per_hour: also price the audio transcribed at this (``--price-per-hour``).
     """
-    report = Report(list(paths), top=top, charts=charts)
+    report = Report(list(paths), top=top, charts=charts, price_per_hour=price_per_hour)
     index = index_final(paths, counts=report.counts)
     tally = _Tally(report)
     run_ids: set[str] = set()
