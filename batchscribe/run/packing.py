@@ -173,11 +173,17 @@ class PackStage:
         self._numbers = itertools.count(1)
         self._held: dict[str, _Held] = {}  # handed over, no record yet
         self._alone: set[str] = set()  # to let through to the normal path
-        self._slots = asyncio.Semaphore(options.concurrency)
+        # Packs being made or sent: one more than the requests that may be in flight, so one
+        # is encoded while the others are answered. Packs waiting for a slot hold only ids;
+        # past twice that many, a worker handing over an item waits (the feed with it).
+        self._slots = asyncio.Semaphore(options.concurrency + 1)
+        self._most = 2 * (options.concurrency + 1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None  # a pack task's bug, raised by drain
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._last = 0.0
+        self._blocked = 0  # workers waiting for room: the feed is held up, not quiet
 
     def __repr__(self) -> str:
         return f"<PackStage held={len(self._held)} sending={len(self._tasks)} {self.packer!r}>"
@@ -196,13 +202,14 @@ class PackStage:
         seconds = await self._seconds(item, examined.body, record.get("size", 0))
         if not self.packer.takes(seconds) or seconds is None or seconds > self.policy.max_chunk:
             return False
+        await self._room()
         key = dataclasses.replace(params, word_timestamps=True)
         self._held[item.id] = _Held(item, record, params, seconds)
         if self.spend is not None:
             self.spend.hand_over(item.id)
         self._last = self.clock.now()
         for full in self.packer.add(item.id, key, seconds):
-            await self._launch(full)
+            self._launch(full)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_when_idle())
         self._wake.set()
@@ -219,30 +226,33 @@ class PackStage:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, audio_duration, item.source)
 
+    async def _room(self) -> None:
+        """Wait while too many packs are out (the clips they hold stay bounded)."""
+        self._blocked += 1
+        try:
+            while len(self._tasks) >= self._most:
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._blocked -= 1
+            self._last = self.clock.now()  # (quiet from now on, if no item follows)
+
     async def _flush_when_idle(self) -> None:
-        """Send the open packs once no item came for :data:`IDLE_S`."""
+        """Send the open packs once no item came for :data:`IDLE_S` (time a worker spent
+        waiting for room is not quiet: its item is coming)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.packer.pending and not self.stop.stopping:
                 due = self._last + IDLE_S - self.clock.now()
-                if due > 0:
-                    await self.clock.sleep(due)
+                if due > 0 or self._blocked:
+                    await self.clock.sleep(max(due, IDLE_S / 5))
                     continue
                 for pack in self.packer.flush():
-                    await self._launch(pack)
+                    self._launch(pack)
 
-    async def _launch(self, pack: Pack) -> None:
-        """Send a pack in its own task once fewer than ``--concurrency`` are out."""
+    def _launch(self, pack: Pack) -> None:
+        """Send a pack in its own task (which waits for a slot first)."""
         held = [self._held[member.id] for member in pack.items]
-        try:
-            await self._slots.acquire()
-        except asyncio.CancelledError:
-            self._drop(held)
-            raise
-        if self.stop.stopping:
-            self._slots.release()
-            return self._drop(held)
         assert isinstance(pack.key, PulseParams)  # (take's key)
         task = asyncio.create_task(self._send(held, pack.key))
         self._tasks.add(task)
@@ -250,7 +260,8 @@ class PackStage:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
 
     # ------------------------------------------------------------------------- ending
     async def drain(self) -> None:
@@ -258,14 +269,12 @@ class PackStage:
         stopping) and wait for every pack to end."""
         if self._flusher is not None:
             self._flusher.cancel()
-        if self.stop.stopping:
-            left = [member.id for pack in self.packer.flush() for member in pack.items]
-            self._drop([self._held[item_id] for item_id in left])
-        else:
-            for pack in self.packer.flush():
-                await self._launch(pack)
+        for pack in self.packer.flush():
+            self._launch(pack)  # (a stop: its task drops them)
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+        if self._error is not None:
+            raise self._error
 
     def cancel(self) -> None:
         """A hard stop: end every pack now (their unanswered items are left for a rerun)."""
@@ -286,11 +295,13 @@ class PackStage:
 
     # ------------------------------------------------------------------------- sending
     async def _send(self, held: list[_Held], params: PulseParams) -> None:
-        """One pack's task: its audio made, sent, its items' records written."""
+        """One pack's task: a slot, its audio made, sent, its items' records written."""
         try:
-            await self._send_items(held, params)
+            async with self._slots:
+                if not self.stop.stopping:
+                    await self._send_items(held, params)
         finally:
-            self._drop(held)  # (those still held were not answered)
+            self._drop(held)  # (those still held were not answered: a stop)
 
     async def _send_items(self, held: list[_Held], params: PulseParams) -> None:
         if len(held) == 1:
