@@ -256,3 +256,49 @@ def test_report_failed_and_export_read_packed_records(
         first = _truth(bursts)[0][1]
         stamp = f"00:00:{int(first):02d},"
         assert srt.split("\n")[1].startswith(stamp), (name, srt[:80])
+
+
+def test_spend_cap_and_max_items_hold_per_packed_item(
+    tmp_path: Path, run_cli: Run, checked_emulator: Any
+) -> None:
+    """--max-audio-hours counts each packed item's own audio (the items admitted under the cap
+    are sent, in one pack; exit 4), and --max-items counts items, not requests."""
+    made = _clips(tmp_path / "in", [4.0] * 10, 29)
+    emu = checked_emulator()
+    # 0.005 h is 18 s: four 4-s clips, not five.
+    capped = _run(
+        run_cli, tmp_path / "in", tmp_path / "r.jsonl", emu, "--max-audio-hours", "0.005", code=4
+    )
+    assert len(capped) == 4 and all(r["packed"]["items"] == 4 for r in capped.values())
+    assert sum(r["duration"] for r in capped.values()) <= 18
+    counted = _run(run_cli, tmp_path / "in", tmp_path / "m.jsonl", emu, "--max-items", "3",
+                   code=4)  # fmt: skip
+    assert len(counted) == 3 and emu.stats()["requests"] == 2
+    assert set(capped) < set(made)
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_held_and_unanswered_items_for_the_rerun(
+    tmp_path: Path, run_cli: Run, spawn_cli: Spawn, emulator: Any
+) -> None:
+    """SIGTERM mid-run: the pack in flight is answered within the grace and recorded, the
+    items not yet sent get no record (exit 130); the rerun sends exactly those."""
+    made = _clips(tmp_path / "in", [3.0 + (i % 4) for i in range(24)], 31)
+    emu = emulator(latency_ms=700)
+    out = tmp_path / "r.jsonl"
+    flags = ("--endpoint", emu.endpoint(), "--pack", "--pack-seconds", "30s",
+             "--pack-max-item", "10s", "-j", "1", "--no-progress")  # fmt: skip
+    proc = spawn_cli("run", tmp_path / "in", "--out", out, *flags)
+    wait_until(lambda: out.exists() and read_results(out)[0], timeout=60, what="records")
+    wait_until(lambda: emu.stats()["in_flight"] >= 1, what="the next pack in flight")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    first, runs = read_results(out)
+    assert runs[-1]["interrupted"] and 5 <= len(first) < len(made)
+    # Every pack that reached the service (the one in flight too) was answered and recorded.
+    assert len({r["packed"]["request"] for r in first}) == emu.stats()["requests"]
+    proc2 = run_cli("run", tmp_path / "in", "--out", out, *flags, timeout=120)
+    assert proc2.returncode == 0, proc2.stderr
+    items, _ = read_results(out)
+    assert Counter(Path(r["source"]).name for r in items) == dict.fromkeys(made, 1)
