@@ -224,7 +224,7 @@ def test_standard_plan_60_clips_take_a_few_requests_not_60(
     records = _run(run_cli, tmp_path / "in", tmp_path / "r.jsonl", emu)
     assert len(records) == 60 and all(r["status"] == "ok" for r in records.values())
     stats = emu.stats()
-    assert stats["requests"] <= 3 and stats["rate_limited"] == 0
+    assert stats["requests"] <= 3 and stats["rate_limited"] == 0  # (1, measured)
     for name in list(made)[::7]:
         _assert_own_words(records[name], made[name])
     emu.reset_stats()

@@ -28,8 +28,9 @@ outcome means for its items.
 * **Stop**: items held or in a pack not answered are left unrecorded (``work_left``): the next
   run sends exactly them again (resume is per item).
 
-Measured (2 cores, tests/test_pack_run.py's clips): decoding 25 clips of 20 s, joining them and
-encoding the 8-minute FLAC takes about 0.3 s in a pool worker.
+Measured (one pool worker, this 2-core machine): decoding 25 clips of 20 s, joining them and
+encoding the 8.7-minute FLAC (2.3 MB) takes 1.0 s from 16 kHz WAVs, 2.0 s from 44.1 kHz ones
+(resampling): under the 2.4 s between two requests at 25 a minute, one worker keeps up.
 """
 
 from __future__ import annotations
