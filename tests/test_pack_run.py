@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from audio_fixtures import Burst, write_wav
+from audio_fixtures import Burst, encode, write_wav
 from conftest import read_results, wait_until
 
 from batchscribe.emulator.transcripts import Region, transcribe
@@ -136,6 +136,25 @@ def test_only_equal_params_share_a_pack_and_long_items_go_alone(
         _assert_own_words(record, made[name])  # (word times asked for the pack, kept)
     requests = {r["packed"]["request"] for r in records.values() if "packed" in r}
     assert len(requests) == 2
+
+
+def test_files_the_audio_stage_would_prepare_are_packed_too(
+    tmp_path: Path, run_cli: Run, checked_emulator: Any
+) -> None:
+    """A stereo 44.1 kHz WAV and an MP4 (AAC) clip, which alone would be downmixed or
+    transcoded, go in the pack beside a mono WAV, each mixed to mono: their words at their
+    own times."""
+    folder = tmp_path / "in"
+    speech = {name: _bursts(seed, 6.0) for seed, name in enumerate(("a.wav", "b.wav", "c.mp4"))}
+    write_wav(folder / "a.wav", [speech["a.wav"]], 6.0, 16000)
+    write_wav(folder / "b.wav", [speech["b.wav"], speech["b.wav"]], 6.0, 44100)
+    encode(folder / "c.mp4", [speech["c.mp4"]], 6.0, 16000, codec="aac")
+    emu = checked_emulator()
+    records = _run(run_cli, folder, tmp_path / "r.jsonl", emu)
+    assert emu.stats()["requests"] == 1
+    for name, bursts in speech.items():
+        assert records[name]["packed"]["items"] == 3 and "prepared" not in records[name]
+        _assert_own_words(records[name], bursts)
 
 
 def test_diarized_speakers_are_numbered_per_item(
