@@ -110,9 +110,8 @@ def test_every_word_of_every_packed_item_lands_in_its_own_record(
 def test_only_equal_params_share_a_pack_and_long_items_go_alone(
     tmp_path: Path, run_cli: Run, checked_emulator: Any
 ) -> None:
-    """Two languages in one manifest make two packs (each request asks word times, whatever
-    the item asked); an item over --pack-max-item is sent alone, as it is, with no `packed`;
-    records keep the items' own params."""
+    """Two languages in one manifest make two packs; an item over --pack-max-item is sent
+    alone, as it is, with no `packed`; records keep the items' own params."""
     made = _clips(tmp_path / "in", [3, 4, 5, 3, 4, 12], 7)
     names = sorted(made)
     lines = [
@@ -122,8 +121,7 @@ def test_only_equal_params_share_a_pack_and_long_items_go_alone(
     manifest = tmp_path / "m.jsonl"
     manifest.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     emu = checked_emulator()
-    records = _run(run_cli, manifest, tmp_path / "r.jsonl", emu, "--pack-max-item", "10s",
-                   "--no-word-timestamps")  # fmt: skip
+    records = _run(run_cli, manifest, tmp_path / "r.jsonl", emu, "--pack-max-item", "10s")
     stats = emu.stats()
     assert stats["requests"] == 3
     assert stats["by_language"] == {"en": 1, "de": 2}
@@ -133,9 +131,29 @@ def test_only_equal_params_share_a_pack_and_long_items_go_alone(
         record = records[name]
         assert record["status"] == "ok"
         assert record["packed"]["items"] == (3 if name in names[0:5:2] else 2)
-        _assert_own_words(record, made[name])  # (word times asked for the pack, kept)
+        _assert_own_words(record, made[name])
     requests = {r["packed"]["request"] for r in records.values() if "packed" in r}
     assert len(requests) == 2
+
+
+def test_without_word_timestamps_packed_records_have_no_words_and_pack_seconds_caps_items(
+    tmp_path: Path, run_cli: Run, checked_emulator: Any
+) -> None:
+    """--no-word-timestamps: the pack still asks for word times (the split needs them), but
+    each record is as the clip alone would get it: its transcription, `words` null. A
+    --pack-seconds under the default --pack-max-item is no usage error: items longer than a
+    pack go alone."""
+    made = _clips(tmp_path / "in", [4, 5, 40], 11)
+    emu = checked_emulator()
+    records = _run(run_cli, tmp_path / "in", tmp_path / "r.jsonl", emu,
+                   "--no-word-timestamps", "--pack-seconds", "30s")  # fmt: skip
+    assert emu.stats()["requests"] == 2
+    names = sorted(made)
+    for name in names[:2]:
+        record = records[name]
+        assert record["packed"]["items"] == 2 and record["words"] is None
+        assert record["transcription"] == " ".join(t[0] for t in _truth(made[name]))
+    assert "packed" not in records[names[2]] and records[names[2]]["status"] == "ok"
 
 
 def test_files_the_audio_stage_would_prepare_are_packed_too(

@@ -132,7 +132,8 @@ class Packer:
 
     Args:
         pack_seconds: a pack's audio at most, gaps included.
-        max_item: items longer than this are not packed (:meth:`takes` says False).
+        max_item: items longer than this (or than ``pack_seconds``) are not packed
+            (:meth:`takes` says False).
         gap_s: the silence between two clips.
     """
 
@@ -143,8 +144,9 @@ class Packer:
         max_item: float = MAX_ITEM_S,
         gap_s: float = GAP_S,
     ) -> None:
-        if not 0 < max_item <= pack_seconds:
-            raise ValueError(f"max_item ({max_item}) must be in (0, pack_seconds={pack_seconds}]")
+        if not max_item > 0:
+            raise ValueError(f"max_item must be positive, not {max_item}")
+        max_item = min(max_item, pack_seconds)  # (a longer item could never share a pack)
         if gap_s < 0:
             raise ValueError(f"gap_s must not be negative, not {gap_s}")
         self.pack_seconds, self.max_item, self.gap_s = pack_seconds, max_item, gap_s

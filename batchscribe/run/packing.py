@@ -378,6 +378,8 @@ class PackStage:
             offset = round(built.spans[number][0] / RATE, 6)
             if payload is not None:
                 offset = payload.pop("packed", {}).get("offset", offset)
+                if not entry.params.word_timestamps:
+                    payload.pop("words", None)  # asked only for the split: as if sent alone
                 own = dataclasses.replace(outcome, payload=payload)
             else:
                 own = outcome
