@@ -647,6 +647,19 @@ class CloudSender:
         headers = {"Content-Type": content_type_for(ref.key), "Content-Length": str(size)}
         return _counted(chunks, size), headers
 
+    async def read(self, item: Any, first: int | None = None) -> AsyncIterator[bytes]:
+        """The object's GET body (``first``: its first bytes only, a ranged GET), checked
+        against its length as it streams (:class:`CloudError` to retry when it ends short).
+        Raises CloudError when it cannot be opened."""
+        ref = parse_uri(item.source)
+        try:
+            size, chunks = await self._clients.backend(ref.scheme).open(ref.bucket, ref.key, first)
+        except CloudConfigError as exc:
+            raise CloudError(Outcome(Verdict.ABORT, None, "invalid", str(exc))) from None
+        except Exception as exc:
+            raise CloudError(_item_outcome(exc, item.source)) from None
+        return _counted(chunks, size if first is None else min(first, size))
+
     async def close(self) -> None:
         await self._clients.close()
 

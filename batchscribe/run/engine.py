@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,10 +23,6 @@ from batchscribe.audio import audio_duration
 from batchscribe.clock import Clock, LoopClock, utc_now
 from batchscribe.errors import (
     EXIT_ABORTED,
-    EXIT_BUDGET,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     GiveUp,
     RetryableError,
     RunAborted,
@@ -47,7 +42,7 @@ from batchscribe.events import (
     Summary,
     TotalKnown,
 )
-from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, Item, Problem
 from batchscribe.pulse import (
     Outcome,
     PulseParams,
@@ -67,11 +62,12 @@ from batchscribe.results import (
 from batchscribe.retry import RetryPolicy, call_with_retry
 from batchscribe.run.admission import Admission
 from batchscribe.run.feed import Feed
+from batchscribe.run.fetch import Fetcher, through_client
 from batchscribe.run.options import RunOptions
 from batchscribe.run.plan import check_file
 from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
-from batchscribe.run.stop import StopState
+from batchscribe.run.stop import StopState, install_signals
 from batchscribe.run.unattended import SpendGate, Watch, price
 from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
 
@@ -132,6 +128,8 @@ class Engine:
         self._oversize_ok = options.transcode != "off"  # the audio stage makes it smaller
         self.prep = PrepStage(self.prep_policy, options.prep_workers)
         self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
+        self.fetch = Fetcher(options, self.clock, self.policy, self.prep, self.stop,
+                             self.sender.cloud, self._on_retry)  # fmt: skip
         self.spend = SpendGate.of(options)  # --max-cost, --max-audio-hours (None: no cap)
         priced = self.spend is not None or options.price_per_hour is not None
         self._price = price(options) if priced else None  # summary.cost's
@@ -168,7 +166,7 @@ class Engine:
             await admission.close()
             admission.save_hint()
             self.summary.wall_seconds = self.clock.now() - started
-            self._finish_summary()
+            self.summary.exit_code = self.stop.exit_code(self.summary)
             await self._close(emulator)
         self._emit(RunFinished(self.summary))
         return self.summary
@@ -201,7 +199,7 @@ class Engine:
     async def _run_pool(self, endpoint: str) -> None:
         options = self.options
         loop = asyncio.get_running_loop()
-        installed = self._install_signals(loop)
+        installed = install_signals(loop, self._on_signal)
         if options.max_runtime is not None:
             self._after(options.max_runtime, self._runtime_up)
         syncer = asyncio.create_task(self._sync_loop())
@@ -222,6 +220,7 @@ class Engine:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await self.sender.close()
+            await self.fetch.close()
             for task in (syncer, *self._timers):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -350,6 +349,15 @@ class Engine:
             size = self._prepare(item, params, record)
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
+        if through_client(item, params.model, self.options.via_client):
+            return await self._process_fetched(item, params, record, worker)
+        await self._send_item(item, params, record, size, worker)
+
+    async def _send_item(
+        self, item: Item, params: PulseParams, record: dict[str, Any], size: int,
+        worker: asyncio.Task[Any],
+    ) -> None:  # fmt: skip
+        """Send an item checked fit (a local file: probed, then as is or prepared)."""
         body: bytes | None = None
         if item.kind is LOCAL_FILE:
             policy = self.prep_policy
@@ -373,6 +381,24 @@ class Engine:
                 return  # not this item's fault; the next run sends it again
             answers.append(answer)
         await self._record_answer(item, record, assemble(item, answers))
+
+    async def _process_fetched(
+        self, item: Item, params: PulseParams, record: dict[str, Any], worker: asyncio.Task[Any]
+    ) -> None:
+        """A URL or cloud item whose bytes flow through here (:mod:`batchscribe.run.fetch`):
+        sent from its downloaded copy as a local file (deleted when the item ends), or
+        streamed as before."""
+        try:
+            got = await self.fetch.get(item, record, worker)  # (a stop cancels a download)
+        except Stopped:
+            self.stop.work_left = True
+            return
+        if isinstance(got, Outcome):
+            return self._unfit(item, record, got)
+        try:
+            await self._send_item(got.item, params, record, got.size, worker)
+        finally:
+            self.fetch.release(got)
 
     async def _record_answer(
         self,
@@ -451,7 +477,8 @@ class Engine:
     def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
         """Check a file or URL item can be sent (its parameters, its file) and note what the
         record keeps of it; the body's size, or None once the item is finished (unfit)."""
-        problem = check_combination(params, url_input=item.kind is URL)
+        # (url_input=False: a URL goes as URL input with model=pulse only, else via the client)
+        problem = check_combination(params, url_input=False)
         if problem:
             self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
             return None
@@ -477,11 +504,15 @@ class Engine:
         unfit = await self.sender.cloud().prepare(item, record, model=params.model)
         if unfit is None:
             return 0
-        if unfit.verdict is Verdict.ABORT:
-            self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
-        else:
-            self._finish(item, record, 0, unfit)
+        self._unfit(item, record, unfit)
         return None
+
+    def _unfit(self, item: Item, record: dict[str, Any], outcome: Outcome) -> None:
+        """Finish an item that cannot be sent (no request), or abort the run (ABORT)."""
+        if outcome.verdict is Verdict.ABORT:
+            self._abort_run(RunAborted(f"{item.id}: {outcome.error}"))
+        else:
+            self._finish(item, record, 0, outcome)
 
     async def _request(self, plan: RequestPlan, worker: asyncio.Task[Any]) -> Answer:
         """Send one request plan with retries; its answer (a FAIL once attempts run out)."""
@@ -658,18 +689,6 @@ class Engine:
         self._release_workers()
         self._cancel_workers()
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        installed: list[int] = []
-        # SIGHUP too: a closed SSH session or terminal sends it, and its default action would
-        # end the process at once, losing answers already paid for and the run record.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, self._on_signal)
-            except (RuntimeError, ValueError, NotImplementedError):
-                continue  # not the main thread: the caller handles signals
-            installed.append(sig)
-        return installed
-
     def _on_signal(self) -> None:
         if self.stop.stopping and self.stop.abort is None:
             self._notice("warning", "stopping now")
@@ -693,19 +712,6 @@ class Engine:
             except RunAborted as exc:
                 self._abort_run(exc)
                 return
-
-    def _finish_summary(self) -> None:
-        summary = self.summary
-        if self.stop.abort is not None:
-            summary.exit_code = EXIT_ABORTED
-        elif summary.interrupted:
-            summary.exit_code = EXIT_INTERRUPTED
-        elif summary.budget_reached:
-            summary.exit_code = EXIT_BUDGET
-        elif summary.failed or summary.invalid_lines or summary.skipped_failed:
-            summary.exit_code = EXIT_FAILED
-        else:
-            summary.exit_code = EXIT_OK
 
     async def _close(self, emulator: Any) -> None:
         if self._chunks is not None:
