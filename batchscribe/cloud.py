@@ -597,10 +597,14 @@ class CloudSender:
         """Whether items of this model go as URL input (else the bytes are streamed)."""
         return model == "pulse" and not self.via_client
 
-    async def prepare(self, item: Any, record: dict[str, Any], *, model: str) -> Outcome | None:
+    async def prepare(
+        self, item: Any, record: dict[str, Any], *, model: str, oversize_ok: bool = False
+    ) -> Outcome | None:
         """Put the object's size and version in ``record``; an outcome when it cannot be sent.
 
         An item from a listing already knows both; one named in a manifest is looked up.
+        ``oversize_ok``: an object over 250 MB whose bytes flow through here is not refused
+        (the audio stage makes it smaller: ``--transcode`` other than off).
         """
         ref = parse_uri(item.source)
         size, version = item.size, item.version
@@ -618,7 +622,7 @@ class CloudSender:
         record[version_field(item.source)] = version
         if size == 0:
             return Outcome(Verdict.FAIL, None, "invalid", "empty object")
-        if size > MAX_PAYLOAD and not self.sends_url(model):
+        if size > MAX_PAYLOAD and not (oversize_ok or self.sends_url(model)):
             return Outcome(
                 Verdict.FAIL, None, "too_large",
                 f"object is {size / 1e6:.0f} MB, over the API's 250 MB limit",

@@ -408,3 +408,26 @@ def test_chunk_answers_of_an_object_are_kept_under_its_etag(
     bucket.put("c/call.wav", bytes(data))
     assert run()["etag"] != first["etag"]
     assert emu.stats()["requests"] == 2 * chunks
+
+
+@needs_cloud
+@pytest.mark.parametrize(("via_client", "oversize_ok", "refused"), [
+    (True, True, False), (True, False, True), (False, True, False),
+])  # fmt: skip
+async def test_an_object_over_250_mb_is_refused_only_when_nothing_can_shrink_it(
+    via_client: bool, oversize_ok: bool, refused: bool
+) -> None:
+    """An object over the API's 250 MB whose bytes flow through here is downloaded and
+    prepared like a local file over 250 MB (not refused), unless --transcode off leaves it as
+    it is (too_large, no request); sent as a presigned URL the service judges it."""
+    from batchscribe.cloud import CloudSender
+    from batchscribe.items import CLOUD_OBJECT, Item
+
+    sender = CloudSender(timeout=60, via_client=via_client)
+    size = 300_000_000  # (from a listing: nothing is looked up)
+    item = Item("big.wav", "s3://b/big.wav", CLOUD_OBJECT, {}, None, "s3://b", size, '"e1"')
+    record: dict[str, Any] = {}
+    unfit = await sender.prepare(item, record, model="pulse", oversize_ok=oversize_ok)
+    assert (unfit is not None and unfit.cause == "too_large") is refused, unfit
+    assert record == {"size": size, "etag": '"e1"'}
+    await sender.close()

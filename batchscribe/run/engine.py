@@ -501,7 +501,9 @@ class Engine:
         (the record gets its size and version); 0, or None once finished or aborted."""
         if self._prepare(item, params, record) is None:
             return None
-        unfit = await self.sender.cloud().prepare(item, record, model=params.model)
+        unfit = await self.sender.cloud().prepare(
+            item, record, model=params.model, oversize_ok=self._oversize_ok
+        )
         if unfit is None:
             return 0
         self._unfit(item, record, unfit)
