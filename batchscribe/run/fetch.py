@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from batchscribe.errors import GiveUp, ItemError, RetryableError, Stopped
+from batchscribe.errors import GiveUp, ItemError, RetryableError, RunAborted, Stopped
 from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, Item
 from batchscribe.pulse import (
     AUDIO_EXTENSIONS,
@@ -135,11 +135,11 @@ class Fetcher:
         try:
             folder = self.prep.folder()
         except OSError as exc:
-            return _no_temp(exc)
+            return Outcome(Verdict.ABORT, None, "invalid", str(_no_temp(exc)))
         try:
             got = await self._download(item, record, folder)
-        except _TempFull as exc:
-            got = _no_temp(exc.error)
+        except RunAborted as exc:  # the temp folder cannot be written
+            got = Outcome(Verdict.ABORT, None, "invalid", str(exc))
         except BaseException:
             self.prep.release(folder)
             raise
@@ -244,14 +244,14 @@ class Fetcher:
 
 async def _save(chunks: AsyncIterator[bytes], path: str, digest: Any) -> int:
     """Write ``chunks`` to ``path`` (each also into ``digest``, if any); the bytes written.
-    Writing fails with :class:`_TempFull`; reading with whatever the chunks raise."""
+    Writing fails with RunAborted (every download would); reading with what the chunks raise."""
     loop = asyncio.get_running_loop()
     size = 0
     buffer = bytearray()
     try:
         out = open(path, "wb")  # noqa: SIM115 (closed below; microseconds on the temp disk)
     except OSError as exc:
-        raise _TempFull(exc) from None
+        raise _no_temp(exc) from None
     try:
         async for chunk in chunks:
             size += len(chunk)
@@ -271,26 +271,17 @@ async def _save(chunks: AsyncIterator[bytes], path: str, digest: Any) -> int:
 
 
 def _write(out: Any, data: bytearray) -> None:
-    """Write and flush ``data`` (in a thread); an OSError is the temp folder's: _TempFull."""
+    """Write and flush ``data`` (in a thread); an OSError is the temp folder's: RunAborted."""
     try:
         out.write(data)
         out.flush()
     except OSError as exc:
-        raise _TempFull(exc) from None
+        raise _no_temp(exc) from None
 
 
-class _TempFull(Exception):
-    """The temp folder cannot be written (full, gone, read-only): ``error`` says how."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def _no_temp(exc: OSError) -> Outcome:
-    """The temp folder failed: every download would, so the run stops (ABORT)."""
-    said = f"cannot download into the temp folder: {exc.strerror or exc}"
-    return Outcome(Verdict.ABORT, None, "invalid", said)
+def _no_temp(exc: OSError) -> RunAborted:
+    """The temp folder cannot be written (full, gone, read-only): every download would fail."""
+    return RunAborted(f"cannot download into the temp folder: {exc.strerror or exc}")
 
 
 def _extension(path: str, content_type: str) -> str:
