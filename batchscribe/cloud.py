@@ -597,10 +597,14 @@ class CloudSender:
         """Whether items of this model go as URL input (else the bytes are streamed)."""
         return model == "pulse" and not self.via_client
 
-    async def prepare(self, item: Any, record: dict[str, Any], *, model: str) -> Outcome | None:
+    async def prepare(
+        self, item: Any, record: dict[str, Any], *, model: str, oversize_ok: bool = False
+    ) -> Outcome | None:
         """Put the object's size and version in ``record``; an outcome when it cannot be sent.
 
         An item from a listing already knows both; one named in a manifest is looked up.
+        ``oversize_ok``: an object over 250 MB whose bytes flow through here is not refused
+        (the audio stage makes it smaller: ``--transcode`` other than off).
         """
         ref = parse_uri(item.source)
         size, version = item.size, item.version
@@ -618,7 +622,7 @@ class CloudSender:
         record[version_field(item.source)] = version
         if size == 0:
             return Outcome(Verdict.FAIL, None, "invalid", "empty object")
-        if size > MAX_PAYLOAD and not self.sends_url(model):
+        if size > MAX_PAYLOAD and not (oversize_ok or self.sends_url(model)):
             return Outcome(
                 Verdict.FAIL, None, "too_large",
                 f"object is {size / 1e6:.0f} MB, over the API's 250 MB limit",
@@ -646,6 +650,19 @@ class CloudSender:
             raise CloudError(_item_outcome(exc, item.source)) from None
         headers = {"Content-Type": content_type_for(ref.key), "Content-Length": str(size)}
         return _counted(chunks, size), headers
+
+    async def read(self, item: Any, first: int | None = None) -> AsyncIterator[bytes]:
+        """The object's GET body (``first``: its first bytes only, a ranged GET), checked
+        against its length as it streams (:class:`CloudError` to retry when it ends short).
+        Raises CloudError when it cannot be opened."""
+        ref = parse_uri(item.source)
+        try:
+            size, chunks = await self._clients.backend(ref.scheme).open(ref.bucket, ref.key, first)
+        except CloudConfigError as exc:
+            raise CloudError(Outcome(Verdict.ABORT, None, "invalid", str(exc))) from None
+        except Exception as exc:
+            raise CloudError(_item_outcome(exc, item.source)) from None
+        return _counted(chunks, size if first is None else min(first, size))
 
     async def close(self) -> None:
         await self._clients.close()

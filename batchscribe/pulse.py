@@ -155,6 +155,8 @@ def check_combination(params: PulseParams, *, url_input: bool) -> str | None:
     The service's documented limits (shared/pulse-api.md): URL input and diarization are
     Pulse only, webhooks Pulse Pro only, redaction English or Hindi only. Checked before
     anything is sent: the service would refuse the request or answer unpredictably.
+    ``url_input``: the request is URL input (the emulator's check: the run itself sends a URL
+    as URL input with model=pulse only, and through the client otherwise: run.fetch).
     """
     if url_input and params.model != "pulse":
         return f"URL input works with model=pulse only, not {params.model}"

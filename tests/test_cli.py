@@ -1038,13 +1038,14 @@ def test_items_whose_parameters_the_service_refuses_are_bad_lines(
     tmp_path, emulator, make_archive, run_cli, dry
 ) -> None:
     """Manifest lines whose own fields break a documented limit, alone or with the run's flags
-    (a URL with pulse-pro, diarize with pulse-pro, a webhook with pulse, redaction in fr), are
+    (redaction in de on a URL, diarize with pulse-pro, a webhook with pulse, redaction in fr), are
     FILE:LINE bad lines, never sent; the other items run (exit 1)."""
     emu = emulator()
     archive = make_archive(tmp_path, 6)
     lines = [orjson.loads(x) for x in archive.manifest.read_bytes().splitlines()]
     lines[1].update(model="pulse-pro", diarize=True)
-    lines[2] = {"id": "remote", "url": "https://media.example.org/a.mp3", "model": "pulse-pro"}
+    lines[2] = {"id": "remote", "url": "https://media.example.org/a.mp3", "redact_pci": True,
+                "language": "de"}  # fmt: skip
     lines[3].update(webhook_url="https://hooks.example.org/x")
     lines[4].update(redact_pii=True)  # with the run's --language fr below
     lines[5].update(language="en", redact_pii=True)  # fine: its own language is en
@@ -1058,7 +1059,7 @@ def test_items_whose_parameters_the_service_refuses_are_bad_lines(
     reported = re.findall(rf"^{re.escape(str(archive.manifest))}:(\d+): (.*)$", proc.stderr, re.M)
     assert [n for n, _ in reported] == ["2", "3", "4", "5"], proc.stderr
     assert "diarize works with model=pulse only" in reported[0][1]
-    assert "URL input works with model=pulse only" in reported[1][1]
+    assert "redact_pci works with language en or hi only, not de" in reported[1][1]
     assert "webhook parameters need model=pulse-pro" in reported[2][1]
     assert "redact_pii works with language en or hi only, not fr" in reported[3][1]
     if dry:

@@ -316,8 +316,9 @@ def test_parameter_values_are_normalised(tmp_path: Path) -> None:
     assert item.params == {"model": "pulse-pro", "webhook_method": "PUT", "redact_pii": True}
 
 
-def test_url_item_with_pulse_pro_is_a_problem(tmp_path: Path) -> None:
-    """URL input with model=pulse-pro set on the item is rejected; file input with it is fine."""
+def test_url_item_with_pulse_pro_is_an_item(tmp_path: Path) -> None:
+    """A URL with model=pulse-pro set on the item is an item (it goes through the client:
+    pulse-pro takes no URL input), like a file with it."""
     manifest = jsonl(
         tmp_path / "m.jsonl",
         {"url": "https://h/a.wav", "model": "pulse-pro"},
@@ -325,10 +326,8 @@ def test_url_item_with_pulse_pro_is_a_problem(tmp_path: Path) -> None:
         {"url": "https://h/b.wav", "model": "pulse"},
     )
     results = read(manifest)
-    assert problems(results) == [
-        f"{manifest}:1: URL input works with model=pulse only, not pulse-pro"
-    ]
-    assert len(items(results)) == 2
+    assert problems(results) == []
+    assert len(items(results)) == 3
 
 
 def test_webhook_without_pulse_pro_on_the_item_is_a_problem(tmp_path: Path) -> None:
@@ -345,8 +344,9 @@ def test_webhook_without_pulse_pro_on_the_item_is_a_problem(tmp_path: Path) -> N
 
 def test_items_are_checked_with_the_runs_parameters_when_given(tmp_path: Path) -> None:
     """With the run's parameters, an item whose own fields do not fit with them (a webhook
-    under the run's pulse, redaction under the run's fr, a URL under the run's pulse-pro) is a
-    FILE:LINE problem; an item whose own fields make it fit is an item."""
+    under the run's pulse, redaction under the run's fr) is a FILE:LINE problem; an item whose
+    own fields make it fit is an item, and so is a URL under the run's pulse-pro (it goes
+    through the client)."""
     manifest = jsonl(
         tmp_path / "m.jsonl",
         {"path": "a.wav", "webhook_url": "https://hook/x"},
@@ -362,7 +362,8 @@ def test_items_are_checked_with_the_runs_parameters_when_given(tmp_path: Path) -
     ]
     assert [i.id for i in items(fr)] == ["c.wav", "https://h/d.wav", "e.wav"]
     pro = list(iter_sources([str(manifest)], defaults=PulseParams(model="pulse-pro")))
-    assert problems(pro) == [f"{manifest}:4: URL input works with model=pulse only, not pulse-pro"]
+    assert problems(pro) == []
+    assert "https://h/d.wav" in [i.id for i in items(pro)]
 
 
 # --------------------------------------------------------------------------- JSONL problems
@@ -535,11 +536,10 @@ def test_csv_row_problems(tmp_path: Path) -> None:
         "f.wav,ftp://h/x,,\n"
     )
     results = read(manifest)
-    assert [i.id for i in items(results)] == ["a.wav"]
+    assert [i.id for i in items(results)] == ["a.wav", "https://h/d.wav"]  # (d: via client)
     assert problems(results) == [
         f"{manifest}:3: row has 5 cells but the header has 4",
         f"{manifest}:4: unknown model 'pulse-max' (expected one of: pulse, pulse-pro)",
-        f"{manifest}:5: URL input works with model=pulse only, not pulse-pro",
         f'{manifest}:6: needs a "path" or a "url" field',
         f"{manifest}:7: value in column 4, which has no header name",
         f'{manifest}:10: give either "path" or "url", not both',

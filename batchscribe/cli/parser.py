@@ -109,8 +109,8 @@ def _add_connection_flags(run: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     conn.add_argument(
         "--via-client", action="store_true",
-        help="stream s3:// and gs:// objects through this machine instead of sending the API "
-        "presigned URLs (always so for pulse-pro)",
+        help="pass URLs and s3:// and gs:// objects through this machine (downloaded, and "
+        "prepared like local files) instead of sending the API URLs (always so for pulse-pro)",
     )  # fmt: skip
 
 

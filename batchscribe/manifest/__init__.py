@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from batchscribe.errors import ManifestError
 from batchscribe.ids import DigestSet, id_key
-from batchscribe.items import URL, Item, Problem, is_cloud_uri
+from batchscribe.items import Item, Problem, is_cloud_uri
 from batchscribe.manifest.fields import printable, problem_at, reason
 from batchscribe.manifest.reading import read_file, read_stream
 from batchscribe.manifest.walk import read_bucket, read_directory
@@ -113,17 +113,18 @@ def iter_sources(
             skips it) is never built: the settler counts it, and the counts it holds are
             yielded as a :class:`~batchscribe.results.resume.Skipped` from time to time
             (the caller takes the rest from the settler).
-        defaults: the run's Pulse parameters: an item whose own fields (or URL input) do not
-            fit with them (:func:`~batchscribe.pulse.check_combination`) is a problem of its
-            line. Without them, only an item that sets its own ``model`` is checked.
+        defaults: the run's Pulse parameters: an item whose own fields do not fit with them
+            (:func:`~batchscribe.pulse.check_combination`) is a problem of its line. Without
+            them, only an item that sets its own ``model`` is checked.
     """
     if defaults is None:
         yield from _iter_sources(sources, stdin, seen, checked, settler)
         return
     for entry in _iter_sources(sources, stdin, seen, checked, settler):
-        if type(entry) is Item and (entry.params or entry.kind is URL):
+        if type(entry) is Item and entry.params:
             params = defaults.with_overrides(entry.params)
-            problem = check_combination(params, url_input=entry.kind is URL)
+            # (a URL is sent as URL input with model=pulse only, else through the client)
+            problem = check_combination(params, url_input=False)
             if problem is not None:
                 file, _, line = entry.origin.rpartition(":")
                 if not line.isdigit():  # (an origin without a line: a directory's file)

@@ -92,7 +92,8 @@ def make_item(
         return '"id" is empty'
     if "model" in params:
         # Only what the item sets itself; the engine re-checks against the run's defaults.
-        combination = check_combination(PulseParams().with_overrides(params), url_input=kind is URL)
+        # (a URL goes as URL input with model=pulse only, else through the client: no problem)
+        combination = check_combination(PulseParams().with_overrides(params), url_input=False)
         if combination is not None:
             return combination
     if not seen.add(seen.key(item_id)):

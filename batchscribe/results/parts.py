@@ -3,9 +3,11 @@ chunks still missing: ``RESULTS.parts.jsonl`` beside the results file (the sidec
 
 Each line is one chunk's answer: ``{"part": KEY, "id": ID, "chunk": K, "answer": {...}}``,
 appended in one ``write`` (like a record) and fsynced on the results file's schedule. ``KEY``
-names the item *and* what its chunks are: the id, the file's size and mtime, the preparation
-policy and the chunk layout (every chunk's channel and samples). A changed file, changed
-flags or a different cut never match old answers. A torn last line (a kill mid-write) is cut at
+names the item *and* what its chunks are: the id, the file's size and version (a local
+file's mtime; for a downloaded URL or cloud object the source's own fingerprint, never the
+copy's mtime: see :mod:`batchscribe.run.fetch`), the preparation policy and the chunk layout
+(every chunk's channel and samples). A changed file, changed flags or a different cut never
+match old answers. A torn last line (a kill mid-write) is cut at
 open; any other line that does not parse is skipped. Only the run holding the results file's
 lock writes it (so it needs no lock of its own); ``report``, ``failed``, ``merge`` and
 ``export`` never read it. It can be deleted once its items are done.
@@ -36,14 +38,17 @@ def parts_path(results: str) -> str:
     return f"{stem}.parts.jsonl"
 
 
-def part_key(item_id: str, size: int, mtime: float, policy: PrepPolicy, prepared: Prepared) -> str:
-    """The key chunk answers are kept under (see the module docstring)."""
+def part_key(
+    item_id: str, size: int, version: float | str, policy: PrepPolicy, prepared: Prepared
+) -> str:
+    """The key chunk answers are kept under (see the module docstring); ``version``: a local
+    file's mtime, or a downloaded source's fingerprint."""
     layout = [
         (chunk.channel, chunk.start, chunk.end, chunk.rate, chunk.keep_from, chunk.keep_until)
         for chunk in prepared.chunks
     ]
     named = orjson.dumps(
-        [item_id, size, mtime, policy.transcode, policy.channels, policy.opus_bitrate,
+        [item_id, size, version, policy.transcode, policy.channels, policy.opus_bitrate,
          policy.max_chunk, prepared.transcoded_to, layout]
     )  # fmt: skip
     return hashlib.sha256(named).hexdigest()[:32]

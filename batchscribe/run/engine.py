@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
 import uuid
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -32,18 +31,15 @@ from batchscribe.errors import (
 from batchscribe.events import (
     Event,
     EventBus,
-    InvalidLine,
     ItemFinished,
     ItemRetried,
-    ItemsSkipped,
     Notice,
     RunFinished,
     RunStarted,
     Subscriber,
     Summary,
-    TotalKnown,
 )
-from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, URL, Item, Problem
+from batchscribe.items import CLOUD_OBJECT, LOCAL_FILE, Item
 from batchscribe.pulse import (
     Outcome,
     PulseParams,
@@ -55,20 +51,20 @@ from batchscribe.pulse import (
 from batchscribe.results import (
     ResultsStore,
     ResumeState,
-    Skipped,
     build_record,
     damaged_lines,
     payload_duration,
 )
 from batchscribe.retry import RetryPolicy, call_with_retry
 from batchscribe.run.admission import Admission
-from batchscribe.run.feed import Feed
+from batchscribe.run.feed import Feed, produce
+from batchscribe.run.fetch import Fetcher, through_client
 from batchscribe.run.options import RunOptions
 from batchscribe.run.packing import PackStage
 from batchscribe.run.plan import check_file
 from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
-from batchscribe.run.stop import StopState
+from batchscribe.run.stop import StopState, install_signals
 from batchscribe.run.unattended import SpendGate, Watch, price
 from batchscribe.run.work import Answer, RequestPlan, assemble, plan_requests, prepared_summary
 
@@ -129,6 +125,8 @@ class Engine:
         self._oversize_ok = options.transcode != "off"  # the audio stage makes it smaller
         self.prep = PrepStage(self.prep_policy, options.prep_workers)
         self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
+        self.fetch = Fetcher(options, self.clock, self.policy, self.prep, self.stop,
+                             self.sender.cloud, self._on_retry)  # fmt: skip
         self.spend = SpendGate.of(options)  # --max-cost, --max-audio-hours (None: no cap)
         self.packing = PackStage(options, prep=self.prep, stop=self.stop, spend=self.spend,
             clock=self.clock, run_id=self.summary.run_id, request=self._request,
@@ -202,7 +200,7 @@ class Engine:
     async def _run_pool(self, endpoint: str) -> None:
         options = self.options
         loop = asyncio.get_running_loop()
-        installed = self._install_signals(loop)
+        installed = install_signals(loop, self._on_signal)
         if options.max_runtime is not None:
             self._after(options.max_runtime, self._runtime_up)
         syncer = asyncio.create_task(self._sync_loop())
@@ -225,6 +223,7 @@ class Engine:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await self.sender.close()
+            await self.fetch.close()
             for task in (syncer, *self._timers):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,11 +244,7 @@ class Engine:
 
     # ----------------------------------------------------------------------------- reading
     async def _produce(self) -> None:
-        """Stream items from the sources (in a thread) into the queue; skip what is done.
-
-        With ``max_items``, stops after queueing that many items, and marks the budget reached
-        only if a further item was waiting to be sent.
-        """
+        """Stream items from the sources (in a thread) into the queue: :func:`produce`."""
         options = self.options
         assert self._resume is not None
         feed = Feed(
@@ -257,63 +252,8 @@ class Engine:
             retry_failed=options.retry_failed, rescan_changed=options.rescan_changed,
             shard=options.shard, stdin=self.stdin, params=options.params,
         )  # fmt: skip
-        summary = self.summary
-        budget = options.max_items
-        total = queued = 0
-        queue = self._queue
-        try:
-            while not (self.stop.stopping or self.stop.capped):
-                try:
-                    batch = await feed.get_batch()
-                except manifest.ManifestError as exc:
-                    # A source became unreadable mid-way: say so, count it, keep what was read.
-                    summary.invalid_lines += 1
-                    self._notice("error", str(exc))
-                    self.stop.sources_done = True
-                    break
-                if not batch:
-                    self.stop.sources_done = True
-                    summary.total = total
-                    pending = total - summary.skipped_ok - summary.skipped_failed
-                    self._emit(TotalKnown(total, pending))
-                    if feed.hidden_problems:
-                        self._notice(
-                            "info",
-                            f"{feed.hidden_problems} bad manifest line(s) skipped; shard 0 "
-                            "reports them",
-                        )
-                    break
-                skipped = 0
-                for entry, _action in batch:
-                    if type(entry) is Skipped:
-                        summary.skipped_ok += entry.done
-                        summary.skipped_failed += entry.failed
-                        total += entry.done + entry.failed
-                        skipped += entry.done + entry.failed
-                        continue
-                    if isinstance(entry, Problem):
-                        summary.invalid_lines += 1
-                        self._emit(InvalidLine(str(entry)))
-                        continue
-                    assert isinstance(entry, Item)
-                    total += 1
-                    if budget is not None and queued >= budget:
-                        summary.budget_reached = True
-                        self._notice("info", f"--max-items {budget} reached; work is left")
-                        return
-                    else:
-                        await queue.put(entry)
-                        queued += 1
-                        if self.stop.stopping or self.stop.capped:
-                            self.stop.work_left = True
-                            break
-                if skipped and self.bus:
-                    self.bus.emit(ItemsSkipped(skipped))
-        finally:
-            feed.close()
-            if not self.stop.stopping:
-                for _ in self._workers:
-                    await queue.put(None)
+        await produce(feed, self._queue, self.summary, self.stop, options.max_items, self._emit,
+                      workers=len(self._workers))  # fmt: skip
 
     # ----------------------------------------------------------------------------- working
     async def _work(self) -> None:
@@ -353,6 +293,16 @@ class Engine:
             size = self._prepare(item, params, record)
         if size is None:
             return  # finished (unfit) or aborted: nothing to send
+        if through_client(item, params.model, self.options.via_client):
+            return await self._process_fetched(item, params, record, worker)
+        await self._send_item(item, params, record, size, worker)
+
+    async def _send_item(
+        self, item: Item, params: PulseParams, record: dict[str, Any], size: int,
+        worker: asyncio.Task[Any], *, packable: bool = True,
+    ) -> None:  # fmt: skip
+        """Send an item checked fit (a local file: probed, then as is, packed or prepared;
+        ``packable``: False for a downloaded copy, which is deleted when this returns)."""
         body: bytes | None = None
         if item.kind is LOCAL_FILE:
             policy = self.prep_policy
@@ -361,7 +311,8 @@ class Engine:
             )
             if examined.unfit is not None:
                 return self._finish(item, record, 0, examined.unfit)  # unreadable, refused
-            if self.packing and await self.packing.take(item, params, record, examined):
+            packing = self.packing if packable else None
+            if packing is not None and await packing.take(item, params, record, examined):
                 return  # held for a pack: its record comes with the pack's answer
             if examined.prepare:
                 return await self._process_prepared(item, params, record, worker)
@@ -378,6 +329,24 @@ class Engine:
                 return  # not this item's fault; the next run sends it again
             answers.append(answer)
         await self._record_answer(item, record, assemble(item, answers))
+
+    async def _process_fetched(
+        self, item: Item, params: PulseParams, record: dict[str, Any], worker: asyncio.Task[Any]
+    ) -> None:
+        """A URL or cloud item whose bytes flow through here (:mod:`batchscribe.run.fetch`):
+        sent from its downloaded copy as a local file (deleted when the item ends), or
+        streamed as before."""
+        try:
+            got = await self.fetch.get(item, record, worker)  # (a stop cancels a download)
+        except Stopped:
+            self.stop.work_left = True
+            return
+        if isinstance(got, Outcome):
+            return self._unfit(item, record, got)
+        try:
+            await self._send_item(got.item, params, record, got.size, worker, packable=False)
+        finally:
+            self.fetch.release(got)
 
     async def _record_answer(
         self,
@@ -457,7 +426,8 @@ class Engine:
     def _prepare(self, item: Item, params: PulseParams, record: dict[str, Any]) -> int | None:
         """Check a file or URL item can be sent (its parameters, its file) and note what the
         record keeps of it; the body's size, or None once the item is finished (unfit)."""
-        problem = check_combination(params, url_input=item.kind is URL)
+        # (url_input=False: a URL goes as URL input with model=pulse only, else via the client)
+        problem = check_combination(params, url_input=False)
         if problem:
             self._finish(item, record, 0, Outcome(Verdict.FAIL, None, "invalid", problem))
             return None
@@ -480,14 +450,20 @@ class Engine:
         (the record gets its size and version); 0, or None once finished or aborted."""
         if self._prepare(item, params, record) is None:
             return None
-        unfit = await self.sender.cloud().prepare(item, record, model=params.model)
+        unfit = await self.sender.cloud().prepare(
+            item, record, model=params.model, oversize_ok=self._oversize_ok
+        )
         if unfit is None:
             return 0
-        if unfit.verdict is Verdict.ABORT:
-            self._abort_run(RunAborted(f"{item.id}: {unfit.error}"))
-        else:
-            self._finish(item, record, 0, unfit)
+        self._unfit(item, record, unfit)
         return None
+
+    def _unfit(self, item: Item, record: dict[str, Any], outcome: Outcome) -> None:
+        """Finish an item that cannot be sent (no request), or abort the run (ABORT)."""
+        if outcome.verdict is Verdict.ABORT:
+            self._abort_run(RunAborted(f"{item.id}: {outcome.error}"))
+        else:
+            self._finish(item, record, 0, outcome)
 
     async def _request(self, plan: RequestPlan, worker: asyncio.Task[Any]) -> Answer:
         """Send one request plan with retries; its answer (a FAIL once attempts run out)."""
@@ -668,18 +644,6 @@ class Engine:
         stop.stopping = True
         self._release_workers()
         self._cancel_workers()
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        installed: list[int] = []
-        # SIGHUP too: a closed SSH session or terminal sends it, and its default action would
-        # end the process at once, losing answers already paid for and the run record.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, self._on_signal)
-            except (RuntimeError, ValueError, NotImplementedError):
-                continue  # not the main thread: the caller handles signals
-            installed.append(sig)
-        return installed
 
     def _on_signal(self) -> None:
         if self.stop.stopping and self.stop.abort is None:

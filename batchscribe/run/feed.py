@@ -16,15 +16,19 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import BinaryIO, Generic, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar
 
 from batchscribe import manifest
+from batchscribe.events import Event, InvalidLine, ItemsSkipped, Notice, Summary, TotalKnown
 from batchscribe.ids import DigestSet, id_key
 from batchscribe.manifest import Item, Problem
 from batchscribe.pulse import PulseParams
 from batchscribe.results import HAND_ON_EVERY, ResumeState, SeenIds, Settler, Skipped
 from batchscribe.run.plan import SEND_ACTIONS, decide, reader_settles
 from batchscribe.shard import Shard, ShardFilter
+
+if TYPE_CHECKING:
+    from batchscribe.run.stop import StopState
 
 _T = TypeVar("_T")
 READ_BATCH = 256  # manifest entries taken from the reader thread at a time
@@ -93,6 +97,74 @@ class Feed:
     def close(self) -> None:
         """Let the reader thread end (it may stay blocked on a silent pipe)."""
         self._reader.close()
+
+
+async def produce(
+    feed: Feed,
+    queue: asyncio.Queue[Item | None],
+    summary: Summary,
+    stop: StopState,
+    max_items: int | None,
+    emit: Callable[[Event], None],
+    *,
+    workers: int,
+) -> None:
+    """Move ``feed``'s items into the run's ``queue`` (counting skips and bad lines in
+    ``summary``) until the sources end or ``stop`` says so; then one None per worker.
+
+    With ``max_items``, stops after queueing that many items, and marks the budget reached
+    only if a further item was waiting to be sent.
+    """
+    total = queued = 0
+    try:
+        while not (stop.stopping or stop.capped):
+            try:
+                batch = await feed.get_batch()
+            except manifest.ManifestError as exc:
+                # A source became unreadable mid-way: say so, count it, keep what was read.
+                summary.invalid_lines += 1
+                emit(Notice("error", str(exc)))
+                stop.sources_done = True
+                break
+            if not batch:
+                stop.sources_done = True
+                summary.total = total
+                pending = total - summary.skipped_ok - summary.skipped_failed
+                emit(TotalKnown(total, pending))
+                if feed.hidden_problems:
+                    emit(Notice("info", f"{feed.hidden_problems} bad manifest line(s) skipped; "
+                                "shard 0 reports them"))  # fmt: skip
+                break
+            skipped = 0
+            for entry, _action in batch:
+                if type(entry) is Skipped:
+                    summary.skipped_ok += entry.done
+                    summary.skipped_failed += entry.failed
+                    total += entry.done + entry.failed
+                    skipped += entry.done + entry.failed
+                    continue
+                if isinstance(entry, Problem):
+                    summary.invalid_lines += 1
+                    emit(InvalidLine(str(entry)))
+                    continue
+                assert isinstance(entry, Item)
+                total += 1
+                if max_items is not None and queued >= max_items:
+                    summary.budget_reached = True
+                    emit(Notice("info", f"--max-items {max_items} reached; work is left"))
+                    return
+                await queue.put(entry)
+                queued += 1
+                if stop.stopping or stop.capped:
+                    stop.work_left = True
+                    break
+            if skipped:
+                emit(ItemsSkipped(skipped))
+    finally:
+        feed.close()
+        if not stop.stopping:
+            for _ in range(workers):
+                await queue.put(None)
 
 
 def classify(

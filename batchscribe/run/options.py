@@ -58,8 +58,9 @@ class RunOptions:
         rate_store: ``redis://HOST[:PORT][/DB]``: every process using this Redis, API key,
             endpoint and model holds one learned rate and one start schedule, under ``rate``
             for all of them together when given (``--rate-store``).
-        via_client: stream ``s3://``/``gs://`` objects through this machine even for
-            ``model=pulse`` (default: send them as presigned URLs; ``--via-client``).
+        via_client: pass URLs and ``s3://``/``gs://`` objects through this machine even for
+            ``model=pulse``, with the audio stage of local files (default: send them as URL
+            input and presigned URLs; ``--via-client``; always so for other models).
         max_chunk: seconds of audio per request at most; longer local files are cut into
             chunks at silences (``--max-chunk``).
         transcode: ``auto`` re-encodes what is bigger than needed (16 kHz mono FLAC),

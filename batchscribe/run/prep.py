@@ -1,4 +1,5 @@
-"""The run's audio stage for local files: probe and decide (:func:`examine`), prepare in a
+"""The run's audio stage for local files (and the downloaded copies of URLs and cloud objects:
+:mod:`batchscribe.run.fetch`): probe and decide (:func:`examine`), prepare in a
 process pool (:class:`PrepStage`), and send a recording's chunks keeping their answers for a
 rerun (:class:`ChunkAnswers`).
 
@@ -65,7 +66,7 @@ T = TypeVar("T")
 # multiprocessing and the process pool are imported when a file first needs preparing: a run
 # of clips sent as they are never loads them (~4 ms of start-up).
 
-__all__ = ["ChunkAnswers", "Examined", "PrepStage", "examine", "examine_inline"]
+__all__ = ["ChunkAnswers", "Examined", "PrepStage", "examine", "examine_head", "examine_inline"]
 
 
 @dataclass(slots=True)
@@ -100,6 +101,17 @@ def _decided(decision: Decision, body: bytes | None) -> Examined:
     if decision.refuse is not None:
         return Examined(unfit=Outcome(Verdict.FAIL, None, "invalid", decision.refuse))
     return Examined(prepare=True)
+
+
+def examine_head(head: bytes, size: int, policy: PrepPolicy) -> Examined | None:
+    """:func:`examine` for audio not on this disk (a cloud object) from its first bytes and its
+    size: sent as is (streamed from where it is) or refused; None when they cannot tell so (not
+    a plain WAV, or one to prepare): then it is downloaded and its copy examined."""
+    found = probe_head(head, size)
+    if found is None:
+        return None
+    examined = _decided(decide(found, policy), None)
+    return None if examined.prepare else examined
 
 
 async def examine(sender: Sender, path: str, size: int, policy: PrepPolicy) -> Examined:
@@ -182,6 +194,16 @@ class PrepStage:
                 f"cannot prepare audio in the temp folder: {exc.strerror or exc}"
             ) from None
 
+    def folder(self) -> str:
+        """A new folder in the run's temp folder (made on first use) for one item's files, to
+        :meth:`release` when the item ends. Raises OSError when it cannot be made."""
+        if self._root is None:
+            self._root = tempfile.mkdtemp(prefix="batchscribe-prep-")
+        self._count += 1
+        folder = os.path.join(self._root, str(self._count))
+        os.mkdir(folder)
+        return folder
+
     async def _prepare(self, path: str) -> tuple[Prepared, str]:
         return await self.call(partial(_prepare, path, self.policy))
 
@@ -190,8 +212,8 @@ class PrepStage:
         ``folder`` a new one in the run's temp folder: its result and the folder (to
         :meth:`release` when the item ends). Raises what ``work`` raises, BrokenProcessPool,
         OSError."""
-        if self._root is None:
-            self._root = tempfile.mkdtemp(prefix="batchscribe-prep-")
+        folder = self.folder()
+        root = os.path.dirname(folder)
         if self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -199,11 +221,8 @@ class PrepStage:
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_start_worker,
-                initargs=(self._root,),
+                initargs=(root,),
             )  # fmt: skip
-        self._count += 1
-        folder = os.path.join(self._root, str(self._count))
-        os.mkdir(folder)
         loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(self._pool, work, folder)
@@ -279,8 +298,9 @@ class ChunkAnswers:
             except RunAborted as exc:
                 abort(exc)
                 return None
-            size, mtime = record.get("size", 0), record.get("mtime", 0.0)
-            key = part_key(item.id, size, mtime, self.policy, prepared)
+            # (a downloaded copy's version is its source's fingerprint: run.fetch)
+            version = item.version if item.version is not None else record.get("mtime", 0.0)
+            key = part_key(item.id, record.get("size", 0), version, self.policy, prepared)
             kept = parts.answers(key)
         answers: list[Answer | None] = [None] * len(plans)
         for index, chunk in enumerate(prepared.chunks):

@@ -1,9 +1,12 @@
 """The state of a run's stop (a signal, ``--max-runtime``, a spend cap, an abort): one small
-object every read and write of the stop goes through (the engine's; tests read it)."""
+object every read and write of the stop goes through (the engine's; tests read it), the exit
+code it leads to, and the signals that start one."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +22,7 @@ from batchscribe.errors import (
 if TYPE_CHECKING:
     from batchscribe.events import Summary
 
-__all__ = ["StopState"]
+__all__ = ["StopState", "install_signals"]
 
 
 @dataclass
@@ -48,7 +51,7 @@ class StopState:
         return self.by_runtime and (self.work_left or not self.sources_done)
 
     def exit_code(self, summary: Summary) -> int:
-        """The run's exit code: how it stopped (abort, interrupt, a budget), else its counts."""
+        """The run's exit code, from how it stopped and what ``summary`` counted."""
         if self.abort is not None:
             return EXIT_ABORTED
         if summary.interrupted:
@@ -58,3 +61,18 @@ class StopState:
         if summary.failed or summary.invalid_lines or summary.skipped_failed:
             return EXIT_FAILED
         return EXIT_OK
+
+
+def install_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> list[int]:
+    """Call ``handler`` on SIGINT, SIGTERM and SIGHUP; the signals installed (none off the main
+    thread: the caller handles signals then)."""
+    installed: list[int] = []
+    # SIGHUP too: a closed SSH session or terminal sends it, and its default action would
+    # end the process at once, losing answers already paid for and the run record.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (RuntimeError, ValueError, NotImplementedError):
+            continue  # not the main thread: the caller handles signals
+        installed.append(sig)
+    return installed
