@@ -29,6 +29,7 @@ from batchscribe.pulse import (
     endpoint_problem,
     url_secrets,
 )
+from batchscribe.run.options import audio_problem
 from batchscribe.shard import Shard, expand_path, parse_shard
 
 if TYPE_CHECKING:
@@ -263,12 +264,18 @@ def _dry_run(
     problem = check_combination(params, url_input=False)
     if problem is None and not ns.emulate:
         problem = endpoint_problem(ns.endpoint)  # (a run refuses it too, with its other checks)
+    options = _run_options(ns, None, shard)
+    problem = problem or audio_problem(options)  # (values a run refuses: not predicted)
     if problem:
         raise ConfigError(problem)
+    packer = None
+    if options.pack:
+        from batchscribe.audio.pack import Packer
+
+        packer = Packer(pack_seconds=options.pack_seconds, max_item=options.pack_max_item)
     plan = dry_run(
         ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
-        stdin=stdin, shard=shard, params=params,
-        policy=_run_options(ns, None, shard).prep_policy,
+        stdin=stdin, shard=shard, params=params, policy=options.prep_policy, packer=packer,
     )  # fmt: skip
     for problem in plan.problems:
         console.line(problem)
