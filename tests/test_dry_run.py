@@ -163,7 +163,8 @@ def test_dry_run_through_the_cli_follows_the_audio_flags(tmp_path: Path, run_cli
 
 
 def _pack_archive(root: Path) -> tuple[Path, Path, list[tuple[str, str, float | None]]]:
-    """Two manifests of real WAVs of known lengths (short clips in English and French, two
+    """Two manifests of real WAVs of known lengths (short clips in English and French, one
+    without word times, two
     long recordings, a webhook item, a file whose length the headers do not tell, a URL); the
     entries as (id, params key, seconds), in manifest order (seconds None: not packed)."""
     audio = root / "audio"
@@ -183,7 +184,8 @@ def _pack_archive(root: Path) -> tuple[Path, Path, list[tuple[str, str, float | 
     clip("a.jsonl", "hook", 12.0, "webhook",
          ', "model": "pulse-pro", "webhook_url": "https://example.invalid/hook"')  # fmt: skip
     for k in range(7):
-        clip("b.jsonl", f"b{k}", 5.0 + 4 * k, "en")
+        # (packed requests ask for word times: an item that does not want them shares a pack)
+        clip("b.jsonl", f"b{k}", 5.0 + 4 * k, "en", ', "word_timestamps": false' * (k == 3))
         clip("b.jsonl", f"fb{k}", 30.0 - 2 * k, "fr", ', "language": "fr"')
     clip("b.jsonl", "long2", 200.0, "long")
     # 700,000 one-hertz frames: a header claiming eight days, a duration the dry run ignores
@@ -249,7 +251,8 @@ def test_dry_run_pack_time_at_the_rate_beside_the_time_without(
     tmp_path: Path, run_cli: RunCli
 ) -> None:
     """`--dry-run --pack --rate 1/min`: the rough time counts the requests at the rate, without
-    packing (one a clip) and with it (one a pack), side by side; without --pack, no pack line."""
+    packing (one a clip) and with it (one a pack), side by side; without --pack, no pack line;
+    with --channels split, nothing is packed (as in the run)."""
     for k in range(40):
         silent_wav(tmp_path / "clips" / f"c{k:02d}.wav", 20.0, 16000, 1)
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack", "--rate", "1/min")
@@ -261,6 +264,13 @@ def test_dry_run_pack_time_at_the_rate_beside_the_time_without(
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--rate", "1/min")
     assert "rough time at concurrency 8: 40 min" in proc.stdout.splitlines()
     assert "--pack" not in proc.stdout
+    # --channels split: the run packs nothing (a file's channels are sent apart)
+    proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack", "--channels",
+                   "split")  # fmt: skip
+    assert (
+        "with --pack: 40 request(s): 0 item(s) in 0 pack(s), 40 sent alone; the gaps add "
+        "about 0 s of billed audio (cost 0.00)" in proc.stdout.splitlines()
+    )
 
 
 def test_dry_run_time_at_a_rate_counts_requests_not_items(tmp_path: Path, run_cli: RunCli) -> None:

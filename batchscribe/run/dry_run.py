@@ -275,8 +275,9 @@ def dry_run(
     resume = read_resume_state(out, fingerprints=rescan_changed)
     params = params or PulseParams()
     plan = Plan(model=params.model, pack=packer is not None)
-    packing = None if packer is None else Packing(packer, params)
     policy = policy or PrepPolicy()
+    split = policy.channels == "split"
+    packing = None if packer is None else Packing(packer, params, split=split)
     # The run's warning, word for word: a damaged line is not counted, so its item is sent.
     where = [(out, n) for n in resume.damaged]
     plan.problems += damaged_lines(where, resume.corrupt_lines, "not counted")
@@ -469,14 +470,15 @@ class Packing:
     """--pack in a dry run: the items a run would pack offered to its :class:`Packer` in feed
     order, and the packs it makes counted (a pack in the source of its first item).
 
-    An item is packed when the run would send it as one request from this machine (a local
-    file, not chunked or split), its headers tell a length the packer takes, and it has no
-    webhook (a webhook answers per request); its key is its parameters: the run's with its
-    manifest overrides.
+    An item is packed as the run's packing stage decides: a local file sent as one request
+    (not chunked; no ``--channels split``), of a length its headers tell that the packer
+    takes, without a webhook (an answer delivered elsewhere cannot be split); its key is its
+    parameters (the run's with its manifest overrides) with ``word_timestamps`` on, as a
+    packed request asks.
     """
 
-    def __init__(self, packer: Packer, params: PulseParams) -> None:
-        self.packer, self.params = packer, params
+    def __init__(self, packer: Packer, params: PulseParams, *, split: bool = False) -> None:
+        self.packer, self.params, self.split = packer, params, split
         #: the items held in open packs -> their source's count
         self._source: dict[str, SourceCount] = {}
 
@@ -486,6 +488,7 @@ class Packing:
         seconds = found.audio_seconds
         if (
             item.kind is not LOCAL_FILE
+            or self.split
             or found.requests != 1
             or params.webhook_url is not None
             or seconds is None
@@ -494,7 +497,8 @@ class Packing:
             return False
         self._source[item.id] = count
         count.packed += 1
-        self._count(self.packer.add(item.id, params, seconds))
+        key = dataclasses.replace(params, word_timestamps=True)
+        self._count(self.packer.add(item.id, key, seconds))
         return True
 
     def finish(self) -> None:
