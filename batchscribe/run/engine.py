@@ -24,10 +24,6 @@ from batchscribe.audio import audio_duration
 from batchscribe.clock import Clock, LoopClock, utc_now
 from batchscribe.errors import (
     EXIT_ABORTED,
-    EXIT_BUDGET,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
     GiveUp,
     RetryableError,
     RunAborted,
@@ -68,6 +64,7 @@ from batchscribe.retry import RetryPolicy, call_with_retry
 from batchscribe.run.admission import Admission
 from batchscribe.run.feed import Feed
 from batchscribe.run.options import RunOptions
+from batchscribe.run.packing import PackStage
 from batchscribe.run.plan import check_file
 from batchscribe.run.prep import ChunkAnswers, PrepStage, examine, examine_inline
 from batchscribe.run.send import Sender
@@ -133,6 +130,10 @@ class Engine:
         self.prep = PrepStage(self.prep_policy, options.prep_workers)
         self._chunks: ChunkAnswers | None = None  # made with the first item sent in chunks
         self.spend = SpendGate.of(options)  # --max-cost, --max-audio-hours (None: no cap)
+        self.packing = PackStage(options, prep=self.prep, stop=self.stop, spend=self.spend,
+            clock=self.clock, run_id=self.summary.run_id, request=self._request,
+            process=self._process, record=self._record_answer, abort=self._abort_run,
+        ) if options.pack else None  # fmt: skip
         priced = self.spend is not None or options.price_per_hour is not None
         self._price = price(options) if priced else None  # summary.cost's
         in_flight = self.admission.limit
@@ -168,7 +169,7 @@ class Engine:
             await admission.close()
             admission.save_hint()
             self.summary.wall_seconds = self.clock.now() - started
-            self._finish_summary()
+            self.summary.exit_code = self.stop.exit_code(self.summary)
             await self._close(emulator)
         self._emit(RunFinished(self.summary))
         return self.summary
@@ -212,6 +213,8 @@ class Engine:
             producer = asyncio.create_task(self._produce())
             try:
                 await asyncio.gather(*self._workers, return_exceptions=True)
+                if self.packing is not None:
+                    await self.packing.drain()  # (the workers are done: so is the feed)
             finally:
                 if not producer.done():
                     producer.cancel()
@@ -358,6 +361,8 @@ class Engine:
             )
             if examined.unfit is not None:
                 return self._finish(item, record, 0, examined.unfit)  # unreadable, refused
+            if self.packing and await self.packing.take(item, params, record, examined):
+                return  # held for a pack: its record comes with the pack's answer
             if examined.prepare:
                 return await self._process_prepared(item, params, record, worker)
             body = examined.body  # (read for the probe: its first request sends it)
@@ -380,8 +385,10 @@ class Engine:
         record: dict[str, Any],
         answer: Answer,
         prepared: dict[str, Any] | None = None,
+        packed: dict[str, Any] | None = None,
     ) -> None:
-        """Finish an item from its assembled answer; ``prepared``: the record's field."""
+        """Finish an item from its assembled answer; ``prepared``, ``packed``: the record's
+        fields."""
         outcome, attempts, elapsed = answer.outcome, answer.attempts, answer.elapsed
         if outcome.cause == "language" and "language" not in item.params:
             # The run's own language is not offered in the account's region: every item left
@@ -401,9 +408,8 @@ class Engine:
                 # Stopped while reading the header: the transcript is paid for, keep it.
                 self._finish(item, record, attempts, outcome, elapsed=elapsed)
                 raise
-        self._finish(
-            item, record, attempts, outcome, header_duration, elapsed=elapsed, prepared=prepared
-        )
+        self._finish(item, record, attempts, outcome, header_duration, elapsed=elapsed,
+                     prepared=prepared, packed=packed)  # fmt: skip
 
     async def _process_prepared(
         self, item: Item, params: PulseParams, record: dict[str, Any], worker: asyncio.Task[Any]
@@ -557,10 +563,11 @@ class Engine:
         *,
         elapsed: float | None = None,
         prepared: dict[str, Any] | None = None,
+        packed: dict[str, Any] | None = None,
     ) -> None:
         """Complete the record, write it, count it, emit it. ``elapsed``: the seconds the last
         attempt's request took (recorded for an answered one as ``elapsed_ms``); ``prepared``:
-        how a prepared recording was sent (the record's last field)."""
+        how a prepared recording was sent, ``packed``: the pack it went in (last fields)."""
         summary = self.summary
         build_record(
             record, outcome, attempts=attempts, run_id=summary.run_id, finished_at=utc_now(),
@@ -569,6 +576,8 @@ class Engine:
         )  # fmt: skip
         if prepared is not None:
             record["prepared"] = prepared
+        if packed is not None:
+            record["packed"] = packed
         audio = record.get("duration") or 0.0
         store = self._store
         assert store is not None
@@ -639,6 +648,8 @@ class Engine:
             self.stop.work_left = True
         for task in self._workers:
             task.cancel()
+        if self.packing is not None:
+            self.packing.cancel()
 
     def _spend_reached(self) -> None:
         """A spend cap refused an item: read no more; those admitted are sent (exit 4)."""
@@ -693,19 +704,6 @@ class Engine:
             except RunAborted as exc:
                 self._abort_run(exc)
                 return
-
-    def _finish_summary(self) -> None:
-        summary = self.summary
-        if self.stop.abort is not None:
-            summary.exit_code = EXIT_ABORTED
-        elif summary.interrupted:
-            summary.exit_code = EXIT_INTERRUPTED
-        elif summary.budget_reached:
-            summary.exit_code = EXIT_BUDGET
-        elif summary.failed or summary.invalid_lines or summary.skipped_failed:
-            summary.exit_code = EXIT_FAILED
-        else:
-            summary.exit_code = EXIT_OK
 
     async def _close(self, emulator: Any) -> None:
         if self._chunks is not None:

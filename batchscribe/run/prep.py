@@ -34,7 +34,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchscribe.audio.probe import (
     Decision,
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 
     from batchscribe.audio.prepare import Prepared
     from batchscribe.run.send import Sender
+
+T = TypeVar("T")
 
 # multiprocessing and the process pool are imported when a file first needs preparing: a run
 # of clips sent as they are never loads them (~4 ms of start-up).
@@ -180,6 +183,13 @@ class PrepStage:
             ) from None
 
     async def _prepare(self, path: str) -> tuple[Prepared, str]:
+        return await self.call(partial(_prepare, path, self.policy))
+
+    async def call(self, work: Callable[[str], T]) -> tuple[T, str]:
+        """``work(folder)`` in the pool (picklable, e.g. a partial of a module function),
+        ``folder`` a new one in the run's temp folder: its result and the folder (to
+        :meth:`release` when the item ends). Raises what ``work`` raises, BrokenProcessPool,
+        OSError."""
         if self._root is None:
             self._root = tempfile.mkdtemp(prefix="batchscribe-prep-")
         if self._pool is None:
@@ -196,11 +206,11 @@ class PrepStage:
         os.mkdir(folder)
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(self._pool, _prepare, path, self.policy, folder)
+            done = await loop.run_in_executor(self._pool, work, folder)
         except BaseException:
             self.release(folder)
             raise
-        return prepared, folder
+        return done, folder
 
     def reset(self) -> None:
         """Drop a broken pool (a worker died): the next item makes a new one."""

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchscribe.errors import RunAborted
+from batchscribe.errors import (
+    EXIT_ABORTED,
+    EXIT_BUDGET,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RunAborted,
+)
+
+if TYPE_CHECKING:
+    from batchscribe.events import Summary
 
 __all__ = ["StopState"]
 
@@ -36,3 +46,15 @@ class StopState:
     def budget_reached(self) -> bool:
         """--max-runtime stopped the run before all its work was done."""
         return self.by_runtime and (self.work_left or not self.sources_done)
+
+    def exit_code(self, summary: Summary) -> int:
+        """The run's exit code: how it stopped (abort, interrupt, a budget), else its counts."""
+        if self.abort is not None:
+            return EXIT_ABORTED
+        if summary.interrupted:
+            return EXIT_INTERRUPTED
+        if summary.budget_reached:
+            return EXIT_BUDGET
+        if summary.failed or summary.invalid_lines or summary.skipped_failed:
+            return EXIT_FAILED
+        return EXIT_OK

@@ -84,6 +84,7 @@ class SpendGate:
     def __init__(self, cap: SpendCap) -> None:
         self.cap = cap
         self._held: dict[str, float] = {}
+        self._handed: set[str] = set()  # held past process(): a pack writes their records
 
     @classmethod
     def of(cls, options: RunOptions) -> SpendGate | None:
@@ -116,7 +117,15 @@ class SpendGate:
         try:
             await send()
         finally:
-            self.release(item.id)  # (still held only if it wrote no record)
+            if item.id in self._handed:
+                self._handed.discard(item.id)
+            else:
+                self.release(item.id)  # (still held only if it wrote no record)
+
+    def hand_over(self, item_id: str) -> None:
+        """The item's record is written later, by another task (a pack): its hold outlives
+        :meth:`process`, until :meth:`finished` or :meth:`release`."""
+        self._handed.add(item_id)
 
     def finished(self, item_id: str, status: str, seconds: float) -> None:
         """The item's record is written: an answered item spent its audio (its own duration,
