@@ -25,7 +25,7 @@ own :class:`~batchscribe.audio.pack.Packer` says how many). Figures:
 - **extra billed audio per clip**: per packed request, its audio (the last clip's offset plus
   its duration) less its clips' durations (the gaps), over the packed clips.
 
-    python benchmarks/pack.py [--scale 3] [--requests 30] [--clips 48] [--learn] [--real-time]
+    python benchmarks/pack.py [--scale 2] [--requests 30] [--clips 48] [--learn] [--real-time]
 """
 
 from __future__ import annotations
@@ -225,8 +225,8 @@ def arm(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=3.0,
-                        help="time scale: a plan minute lasts 60/scale s (default 3)")  # fmt: skip
+    parser.add_argument("--scale", type=float, default=2.0,
+                        help="time scale: a plan minute lasts 60/scale s (default 2)")  # fmt: skip
     parser.add_argument("--real-time", action="store_true", help="--scale 1: real minutes")
     parser.add_argument("--requests", type=int, default=30,
                         help="requests each arm makes, about (default 30)")  # fmt: skip
