@@ -3,6 +3,7 @@ channels counted), audio hours, bytes as they are and after preparation, and the
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import wave
@@ -303,3 +304,28 @@ def test_dry_run_refuses_audio_values_the_run_refuses(
     assert message in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_dry_run_time_at_the_rate_learnt_last_time(tmp_path: Path, run_cli: RunCli) -> None:
+    """The rough time uses the rate a run on these results learnt (`OUT.rate.json`, its
+    endpoint and model), as the next run starts from it, and says so; --rate lower than it
+    wins; a hint for another model is not used."""
+    import time
+
+    from batchscribe.pulse import DEFAULT_ENDPOINT
+
+    for k in range(40):
+        silent_wav(tmp_path / "clips" / f"c{k:02d}.wav", 20.0, 16000, 1)
+    hint = {"scope": f"{DEFAULT_ENDPOINT} model=pulse", "per_minute": 25.0,
+            "learned_at": time.time()}  # fmt: skip
+    (tmp_path / "r.jsonl.rate.json").write_text(json.dumps(hint))
+    proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "rough time at concurrency 8 and ~25/min (the rate learnt last time): 2 min; "
+        "with --pack: 5 s"
+    ) in proc.stdout.splitlines()
+    proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--rate", "10/min")
+    assert "rough time at concurrency 8: 4 min" in proc.stdout.splitlines()
+    proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--model", "pulse-pro")
+    assert "rough time at concurrency 8: 8 s" in proc.stdout.splitlines()

@@ -29,6 +29,7 @@ from batchscribe.pulse import (
     endpoint_problem,
     url_secrets,
 )
+from batchscribe.run.dry_run import learned_rate
 from batchscribe.run.options import audio_problem
 from batchscribe.shard import Shard, expand_path, parse_shard
 
@@ -280,9 +281,14 @@ def _dry_run(
     for problem in plan.problems:
         console.line(problem)
     out = Console(sys.stdout, console.redact)
+    # The rate the next run starts from: the one the last run learnt, unless --rate is lower.
+    rate = hint = None if ns.emulate else learned_rate(ns.out, ns.endpoint, params.model)
+    if ns.rate is not None and (hint is None or ns.rate < hint):
+        rate = ns.rate
     lines = plan.lines(
-        concurrency=_concurrency_ceiling(ns), price_per_hour=ns.price_per_hour, rate=ns.rate
-    )
+        concurrency=_concurrency_ceiling(ns), price_per_hour=ns.price_per_hour, rate=rate,
+        learned=rate is not None and rate == hint,
+    )  # fmt: skip
     for line in lines:
         out.line(line)
     return EXIT_FAILED if plan.invalid or plan.unfit else EXIT_OK

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,17 @@ FLAC_BYTES_PER_S = 17_800
 #: The list price of an audio hour per model (pulse-api.md: the Standard plan, HTTP), for the
 #: cost when ``--price-per-hour`` is not given.
 LIST_PRICE_PER_HOUR = {"pulse": 0.21, "pulse-pro": 0.24}
+
+
+def learned_rate(out: str, endpoint: str, model: str) -> float | None:
+    """The rate (starts per second) the last run on results ``out`` learnt for this endpoint
+    and model (``OUT.rate.json``), which the next run starts from; None when there is none."""
+    from batchscribe.ratestore import hint_path, load_hint
+    from batchscribe.run.admission import hint_scope
+
+    if not os.path.exists(hint_path(out)):
+        return None
+    return load_hint(out, hint_scope(endpoint, model), time.time())
 
 
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
@@ -152,8 +164,15 @@ class Plan:
         return seconds
 
     def lines(
-        self, *, concurrency: int, price_per_hour: float | None, rate: float | None = None
+        self,
+        *,
+        concurrency: int,
+        price_per_hour: float | None,
+        rate: float | None = None,
+        learned: bool = False,
     ) -> list[str]:
+        """The dry run's report; ``rate``: the run's start rate (``learned``: the one the last
+        run learnt, said so)."""
         a = self.actions
         out = [
             "dry run: nothing sent, nothing written",
@@ -179,7 +198,8 @@ class Plan:
             cost = total.billed_seconds / 3600 * price
             out.append(f"estimated cost: {cost:.2f} at {price:g} per audio hour{whose}")
         seconds = self.estimate_seconds(concurrency, rate)
-        out.append(f"rough time at concurrency {concurrency}: {_human(seconds)}")
+        at = f" and ~{rate * 60:.0f}/min (the rate learnt last time)" if rate and learned else ""
+        out.append(f"rough time at concurrency {concurrency}{at}: {_human(seconds)}")
         if self.pack:
             packed = self.estimate_seconds(concurrency, rate, packed=True)
             out[-1] += f"; with --pack: {_human(packed)}"
