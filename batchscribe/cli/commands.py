@@ -29,6 +29,8 @@ from batchscribe.pulse import (
     endpoint_problem,
     url_secrets,
 )
+from batchscribe.run.dry_run import learned_rate
+from batchscribe.run.options import audio_problem
 from batchscribe.shard import Shard, expand_path, parse_shard
 
 if TYPE_CHECKING:
@@ -263,19 +265,30 @@ def _dry_run(
     problem = check_combination(params, url_input=False)
     if problem is None and not ns.emulate:
         problem = endpoint_problem(ns.endpoint)  # (a run refuses it too, with its other checks)
+    options = _run_options(ns, None, shard)
+    problem = problem or audio_problem(options)  # (values a run refuses: not predicted)
     if problem:
         raise ConfigError(problem)
+    packer = None
+    if options.pack:
+        from batchscribe.audio.pack import Packer
+
+        packer = Packer(pack_seconds=options.pack_seconds, max_item=options.pack_max_item)
     plan = dry_run(
         ns.sources, ns.out, retry_failed=ns.retry_failed, rescan_changed=ns.rescan_changed,
-        stdin=stdin, shard=shard, params=params,
-        policy=_run_options(ns, None, shard).prep_policy,
+        stdin=stdin, shard=shard, params=params, policy=options.prep_policy, packer=packer,
     )  # fmt: skip
     for problem in plan.problems:
         console.line(problem)
     out = Console(sys.stdout, console.redact)
+    # The rate the next run starts from: the one the last run learnt, unless --rate is lower.
+    rate = hint = None if ns.emulate else learned_rate(ns.out, ns.endpoint, params.model)
+    if ns.rate is not None and (hint is None or ns.rate < hint):
+        rate = ns.rate
     lines = plan.lines(
-        concurrency=_concurrency_ceiling(ns), price_per_hour=ns.price_per_hour, rate=ns.rate
-    )
+        concurrency=_concurrency_ceiling(ns), price_per_hour=ns.price_per_hour, rate=rate,
+        learned=rate is not None and rate == hint,
+    )  # fmt: skip
     for line in lines:
         out.line(line)
     return EXIT_FAILED if plan.invalid or plan.unfit else EXIT_OK

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from batchscribe.ratestore import Acquirer, Learned, SharedRate
     from batchscribe.run.options import RunOptions
 
+
+def hint_scope(endpoint: str, model: str) -> str:
+    """What a learnt rate belongs to: the endpoint (no query: it may hold a token) and the
+    model (Pulse's limit is per model)."""
+    return f"{public_url(endpoint).split('?')[0]} model={model}"
+
+
 # batchscribe.ratestore (--rate-store, the hint file) is imported where it is used: a run
 # without it starts sooner.
 
@@ -251,9 +258,8 @@ class Admission:
 
     # ----------------------------------------------------------------------------- hints
     def hint_scope(self) -> str:
-        """What a learnt rate belongs to: the endpoint (no query: it may hold a token) and the
-        model (Pulse's limit is per model)."""
-        return f"{public_url(self.endpoint).split('?')[0]} model={self.options.params.model}"
+        """What a learnt rate belongs to (:func:`hint_scope`)."""
+        return hint_scope(self.endpoint, self.options.params.model)
 
     def load_hint(self) -> None:
         """Start from the rate the last run on these results learnt (a hint: re-probed)."""

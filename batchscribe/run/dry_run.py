@@ -6,6 +6,12 @@ would upload after the audio stage, and the cost. A local file is probed from it
 decided as the run decides (:func:`batchscribe.audio.probe.decide`); what preparation would make
 is estimated, not made: FLAC at :data:`FLAC_BYTES_PER_S`, Opus at its bitrate, the chunks of a
 long file from where cuts fall (:func:`estimate`).
+
+With ``--pack``, the run's own :class:`~batchscribe.audio.pack.Packer` is fed each item the run
+would pack (a local file sent as one request, of a length the headers tell, without a webhook),
+keyed by its parameters, in feed order: the packs it makes are the requests packing would make
+(:class:`Packing`), shown beside the requests without it, with the time at the rate and the
+billed audio of the gaps between packed items.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import dataclasses
 import math
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +39,7 @@ from batchscribe.run.plan import SEND_ACTIONS, check_file, decide, reader_settle
 from batchscribe.shard import Shard, ShardFilter
 
 if TYPE_CHECKING:
+    from batchscribe.audio.pack import Pack, Packer
     from batchscribe.audio.probe import Decision, PrepPolicy, Probe
 
 #: Bytes per audio second of 16 kHz mono FLAC, the audio stage's lossless output: 17.8 KB,
@@ -41,6 +49,17 @@ FLAC_BYTES_PER_S = 17_800
 #: The list price of an audio hour per model (pulse-api.md: the Standard plan, HTTP), for the
 #: cost when ``--price-per-hour`` is not given.
 LIST_PRICE_PER_HOUR = {"pulse": 0.21, "pulse-pro": 0.24}
+
+
+def learned_rate(out: str, endpoint: str, model: str) -> float | None:
+    """The rate (starts per second) the last run on results ``out`` learnt for this endpoint
+    and model (``OUT.rate.json``), which the next run starts from; None when there is none."""
+    from batchscribe.ratestore import hint_path, load_hint
+    from batchscribe.run.admission import hint_scope
+
+    if not os.path.exists(hint_path(out)):
+        return None
+    return load_hint(out, hint_scope(endpoint, model), time.time())
 
 
 def read_resume_state(path: str, *, fingerprints: bool) -> ResumeState:
@@ -76,6 +95,16 @@ class SourceCount:
     bytes_upload: int = 0
     prepared: int = 0
     unknown_duration: int = 0
+    #: with --pack: the items packed, the packs that start in this source (one request each)
+    #: and the silence between their items (billed audio)
+    packed: int = 0
+    packs: int = 0
+    gap_seconds: float = 0.0
+
+    @property
+    def requests_packed(self) -> int:
+        """The requests with --pack: a pack's items make one."""
+        return self.requests - self.packed + self.packs
 
     def add(self, other: SourceCount) -> None:
         for name in (f.name for f in dataclasses.fields(self)):
@@ -101,6 +130,8 @@ class Plan:
     reasons: Counter[str] = field(default_factory=Counter)
     #: the run's model (for its list price when no price is given)
     model: str = "pulse"
+    #: --pack: the counts of packing are shown beside those without
+    pack: bool = False
 
     @property
     def total(self) -> SourceCount:
@@ -114,19 +145,34 @@ class Plan:
     def to_send(self) -> int:
         return sum(n for action, n in self.actions.items() if action in SEND_ACTIONS)
 
-    def estimate_seconds(self, concurrency: int, rate: float | None = None) -> float:
-        """A rough wall time: per request ~0.5 s plus audio/20 (Pulse runs ~20x real time)."""
+    def estimate_seconds(
+        self, concurrency: int, rate: float | None = None, *, packed: bool = False
+    ) -> float:
+        """A rough wall time: per request ~0.5 s, plus audio/20 (Pulse runs ~20x real time)
+        an item of unknown length counted at the mean; at ``rate``, every request (a chunk,
+        a pack) is a start. ``packed``: the requests and billed audio of --pack."""
+        total = self.total
         known = self.to_send - self.unknown_duration
         mean_audio = self.audio_seconds / known if known > 0 else 60.0
-        per_request = 0.5 + mean_audio / 20.0
-        seconds = self.to_send * per_request / max(1, concurrency)
+        audio = self.audio_seconds + self.unknown_duration * mean_audio
+        requests = total.requests
+        if packed:
+            requests, audio = total.requests_packed, audio + total.gap_seconds
+        seconds = (0.5 * requests + audio / 20.0) / max(1, concurrency)
         if rate:
-            seconds = max(seconds, self.to_send / rate)
+            seconds = max(seconds, requests / rate)
         return seconds
 
     def lines(
-        self, *, concurrency: int, price_per_hour: float | None, rate: float | None = None
+        self,
+        *,
+        concurrency: int,
+        price_per_hour: float | None,
+        rate: float | None = None,
+        learned: bool = False,
     ) -> list[str]:
+        """The dry run's report; ``rate``: the run's start rate (``learned``: the one the last
+        run learnt, said so)."""
         a = self.actions
         out = [
             "dry run: nothing sent, nothing written",
@@ -144,24 +190,36 @@ class Plan:
             why = ", ".join(f"{error}: {n}" for error, n in self.unfit.most_common())
             out.insert(2, f"to fail without a request: {self.unfit.total()} ({why})")
         total = self.total
-        out += self._audio_lines(total)
-        for source, count in self.sources.items():
-            out.append(f"  {source}: " + _source_line(count, self._price(price_per_hour)[0]))
         price, whose = self._price(price_per_hour)
+        out += self._audio_lines(total, price)
+        for source, count in self.sources.items():
+            out.append(f"  {source}: " + _source_line(count, price, pack=self.pack))
         if price is not None:
             cost = total.billed_seconds / 3600 * price
             out.append(f"estimated cost: {cost:.2f} at {price:g} per audio hour{whose}")
         seconds = self.estimate_seconds(concurrency, rate)
-        out.append(f"rough time at concurrency {concurrency}: {_human(seconds)}")
+        at = f" and ~{rate * 60:.0f}/min (the rate learnt last time)" if rate and learned else ""
+        out.append(f"rough time at concurrency {concurrency}{at}: {_human(seconds)}")
+        if self.pack:
+            packed = self.estimate_seconds(concurrency, rate, packed=True)
+            out[-1] += f"; with --pack: {_human(packed)}"
         return out
 
-    def _audio_lines(self, total: SourceCount) -> list[str]:
-        """The requests and the bytes to upload (the audio stage's effect), with why files
-        would be prepared."""
+    def _audio_lines(self, total: SourceCount, price: float | None) -> list[str]:
+        """The requests (and with --pack, packing's) and the bytes to upload (the audio
+        stage's effect), with why files would be prepared."""
         out = [f"requests: {total.requests} for {total.items} item(s)"]
         if total.prepared:
             why = ", ".join(f"{reason}: {n}" for reason, n in self.reasons.most_common())
             out[0] += f"; {total.prepared} file(s) to prepare ({why})"
+        if self.pack:
+            out.append(
+                f"with --pack: {total.requests_packed} request(s): {total.packed} item(s) in "
+                f"{total.packs} pack(s), {total.items - total.packed} sent alone; the gaps add "
+                f"about {total.gap_seconds:.0f} s of billed audio"
+            )
+            if price is not None:
+                out[-1] += f" (cost {total.gap_seconds / 3600 * price:.2f})"
         out.append(
             f"upload: about {_mb(total.bytes_upload)} after preparation "
             f"(as is: {_mb(total.bytes_as_is)})"
@@ -179,8 +237,8 @@ class Plan:
         return price, f" (the list price of {self.model}; --price-per-hour to change)"
 
 
-def _source_line(count: SourceCount, price: float | None) -> str:
-    """One source's counts on one line."""
+def _source_line(count: SourceCount, price: float | None, *, pack: bool = False) -> str:
+    """One source's counts on one line (``pack``: with packing's)."""
     text = (
         f"{count.items} item(s), {count.requests} request(s), "
         f"{count.audio_seconds / 3600:.3f} h, upload about {_mb(count.bytes_upload)} "
@@ -190,6 +248,11 @@ def _source_line(count: SourceCount, price: float | None) -> str:
         text += f", cost {count.billed_seconds / 3600 * price:.2f}"
     if count.unknown_duration:
         text += f"; duration unknown for {count.unknown_duration}"
+    if pack:
+        text += (
+            f"; --pack: {count.packed} item(s) in {count.packs} pack(s), "
+            f"{count.items - count.packed} alone"
+        )
     return text
 
 
@@ -216,20 +279,25 @@ def dry_run(
     shard: Shard | None = None,
     params: PulseParams | None = None,
     policy: PrepPolicy | None = None,
+    packer: Packer | None = None,
 ) -> Plan:
     """Scan the sources against the results file and count what a run would do.
 
     With ``shard``, only that shard's items count (and bad lines only in shard 0), as in a run;
     with ``params`` (the run's Pulse parameters), an item whose own fields do not fit with them
     is a bad line, as in a run. ``policy``: the run's audio stage (``RunOptions.prep_policy``;
-    default: a run's defaults), which decides how local files are sent.
+    default: a run's defaults), which decides how local files are sent. ``packer``: --pack's
+    (``RunOptions.pack_seconds`` and ``pack_max_item``), fed the items a run would pack.
     """
     from batchscribe.audio.probe import PrepPolicy
 
     manifest.check_sources(sources)  # ManifestError is a ConfigError
     resume = read_resume_state(out, fingerprints=rescan_changed)
-    plan = Plan(model=(params or PulseParams()).model)
+    params = params or PulseParams()
+    plan = Plan(model=params.model, pack=packer is not None)
     policy = policy or PrepPolicy()
+    split = policy.channels == "split"
+    packing = None if packer is None else Packing(packer, params, split=split)
     # The run's warning, word for word: a damaged line is not counted, so its item is sent.
     where = [(out, n) for n in resume.damaged]
     plan.problems += damaged_lines(where, resume.corrupt_lines, "not counted")
@@ -260,8 +328,10 @@ def dry_run(
                     continue
                 batch.append((item, action, size))
                 if len(batch) >= 1024:
-                    _measure(pool, batch, plan, count, policy)
-            _measure(pool, batch, plan, count, policy)
+                    _measure(pool, batch, plan, count, policy, packing)
+            _measure(pool, batch, plan, count, policy, packing)
+        if packing is not None:
+            packing.finish()
         if settler is not None:
             _count_skipped(plan, settler.take())
     finally:
@@ -380,8 +450,10 @@ def _measure(
     plan: Plan,
     count: SourceCount,
     policy: PrepPolicy,
+    packing: Packing | None = None,
 ) -> None:
-    """Estimate a batch of items to send (in the pool) and count them."""
+    """Estimate a batch of items to send (in the pool) and count them (and with ``packing``,
+    offer each to the packer, in order)."""
     items = [item for item, _, _ in batch]
     results = pool.map(
         lambda i: _local(i.source, policy) if i.kind is LOCAL_FILE else _remote(i), items
@@ -409,4 +481,54 @@ def _measure(
         else:
             plan.audio_seconds += found.audio_seconds
             count.audio_seconds += found.audio_seconds
+        if packing is not None:
+            packing.offer(item, found, count)
     batch.clear()
+
+
+class Packing:
+    """--pack in a dry run: the items a run would pack offered to its :class:`Packer` in feed
+    order, and the packs it makes counted (a pack in the source of its first item).
+
+    An item is packed as the run's packing stage decides: a local file sent as one request
+    (not chunked; no ``--channels split``), of a length its headers tell that the packer
+    takes, without a webhook (an answer delivered elsewhere cannot be split); its key is its
+    parameters (the run's with its manifest overrides) with ``word_timestamps`` on, as a
+    packed request asks.
+    """
+
+    def __init__(self, packer: Packer, params: PulseParams, *, split: bool = False) -> None:
+        self.packer, self.params, self.split = packer, params, split
+        #: the items held in open packs -> their source's count
+        self._source: dict[str, SourceCount] = {}
+
+    def offer(self, item: Item, found: Estimate, count: SourceCount) -> bool:
+        """Pack the item if the run would; whether it was."""
+        params = self.params.with_overrides(item.params)
+        seconds = found.audio_seconds
+        if (
+            item.kind is not LOCAL_FILE
+            or self.split
+            or found.requests != 1
+            or params.webhook_url is not None
+            or seconds is None
+            or not self.packer.takes(seconds)
+        ):
+            return False
+        self._source[item.id] = count
+        count.packed += 1
+        key = dataclasses.replace(params, word_timestamps=True)
+        self._count(self.packer.add(item.id, key, seconds))
+        return True
+
+    def finish(self) -> None:
+        """The feed is over: count the packs still open."""
+        self._count(self.packer.flush())
+
+    def _count(self, packs: list[Pack]) -> None:
+        for done in packs:
+            count = self._source[done.items[0].id]
+            count.packs += 1
+            count.gap_seconds += done.seconds - sum(i.seconds for i in done.items)
+            for packed in done.items:
+                del self._source[packed.id]
