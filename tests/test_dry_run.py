@@ -288,7 +288,7 @@ def test_dry_run_time_at_a_rate_counts_requests_not_items(tmp_path: Path, run_cl
     ("flags", "message"),
     [
         (("--pack", "--pack-seconds", "5"), "--pack-seconds must be from 30 s to 600 s"),
-        (("--pack-max-item", "300", "--pack-seconds", "200"), "--pack-max-item must be from 1 s"),
+        (("--pack-max-item", "0.5"), "--pack-max-item must be from 1 s to 600 s"),
         (("--max-chunk", "1"), "--max-chunk must be from 10 s to 86400 s"),
         (("--opus-bitrate", "1k"), "--opus-bitrate must be from 6k to 510k"),
     ],
