@@ -528,6 +528,10 @@ class Packing:
     def _count(self, packs: list[Pack]) -> None:
         for done in packs:
             count = self._source[done.items[0].id]
+            if len(done.items) == 1:  # (the run sends a pack of one item alone, as it is)
+                count.packed -= 1
+                del self._source[done.items[0].id]
+                continue
             count.packs += 1
             count.gap_seconds += done.seconds - sum(i.seconds for i in done.items)
             for packed in done.items:
