@@ -573,10 +573,14 @@ def _parse_seconds(value: str) -> float | None:
 # ------------------------------------------------------------- presigned URL signatures
 
 #: The credential-bearing query parameters of presigned URLs (S3 SigV4 and SigV2, GCS V4 and
-#: V2). Their values are replaced; the rest of a URL stays readable.
+#: V2, CloudFront, Azure SAS ``sig``) and of URLs that carry a token or key as a parameter of
+#: their own (``token``, ``access_token``, ``key``, ...: named as a whole, after ``?`` or
+#: ``&``). Their values are replaced; the rest of a URL stays readable.
 _SIGNED_QUERY = re.compile(
     r"((?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
-    r"|Signature|AWSAccessKeyId|GoogleAccessId|x-amz-security-token)=)[^&\s\"'<>]+",
+    r"|Signature|AWSAccessKeyId|GoogleAccessId|x-amz-security-token"
+    r"|(?<=[?&])(?:sig|token|access_token|id_token|auth|authorization|api_?key|key|secret"
+    r"|password|pass|pwd|credential|session|jwt))=)[^&\s\"'<>]+",
     re.IGNORECASE,
 )
 

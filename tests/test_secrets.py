@@ -278,3 +278,34 @@ def test_key_file_readable_by_others_warns(tmp_path, emulator, make_archive, mod
     assert ("readable by other users" in proc.stderr) is warns
     assert (f"chmod 600 {key_file}" in proc.stderr) is warns
     out.assert_clean()
+
+
+@pytest.mark.parametrize(
+    ("query", "secret"),
+    [
+        ("token=SEKRITTOKEN1&x=1", "SEKRITTOKEN1"),  # a token of the URL's own
+        ("sv=2020-08-04&sr=b&sig=SEKRITSIG2", "SEKRITSIG2"),  # Azure SAS
+        ("X-Amz-Signature=SEKRITAMZ3", "SEKRITAMZ3"),  # S3
+        ("access_token=SEKRITAT4", "SEKRITAT4"),
+        ("key=SEKRITKEY5", "SEKRITKEY5"),
+    ],
+)
+def test_url_ids_with_a_token_are_hidden_in_every_output_line(
+    tmp_path: Path, run_cli: Any, query: str, secret: str
+) -> None:
+    """A URL item whose id defaults to the URL (one the service fetches, one downloaded here
+    that fails): its token, SAS signature or key never reaches stdout, stderr or the log
+    file, in the retry, failure and first-transcript lines alike."""
+    manifest = tmp_path / "m.jsonl"
+    lines = [
+        {"url": f"http://127.0.0.1:9/fetched.wav?{query}"},
+        {"url": f"http://127.0.0.1:9/downloaded.wav?{query}", "model": "pulse-pro"},
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    log = tmp_path / "log.jsonl"
+    proc = run_cli("run", manifest, "--emulate", "--out", tmp_path / "r.jsonl", "--log-file",
+                   log, "--max-attempts", "2", "--no-progress")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "first transcript: http://127.0.0.1:9/fetched.wav?" in proc.stdout
+    for text in (proc.stdout, proc.stderr, log.read_text()):
+        assert secret not in text
