@@ -3,6 +3,7 @@ audio and places words on its speech), real files made with numpy/PyAV."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
@@ -201,6 +202,33 @@ def test_transcode_off_refuses_what_the_service_cannot_take(
         assert (record["status"], record["cause"], record["attempts"]) == ("failed", "invalid", 0)
         assert said in record["error"] and "\n" not in record["error"]
     assert emu.stats()["requests"] == 1
+
+
+def test_a_run_deletes_the_temp_folders_its_host_s_dead_runs_left(
+    tmp_path: Path, run_cli: Run, checked_emulator: Any
+) -> None:
+    """A run that needs its temp folder first deletes those of this host's runs that are gone
+    (killed before a pool worker could clean up); a live process's folder and another
+    host's are kept, and its own is gone when it ends."""
+    from batchscribe.run.prep import _host_tag
+
+    scratch = tmp_path / "tmp"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = _host_tag()
+    stale = scratch / f"batchscribe-prep-{host}-{dead.pid}-abc"
+    live = scratch / f"batchscribe-prep-{host}-{os.getpid()}-def"
+    other = scratch / f"batchscribe-prep-{host}x-{dead.pid}-ghi"
+    for folder in (stale, live, other):
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / "part.flac").write_bytes(b"x" * 100)
+    write_wav(tmp_path / "in" / "stereo.wav", [[(0.5, 1.5, 440.0)], [(0.5, 1.5, 440.0)]], 2,
+              44100)  # fmt: skip
+    emu = checked_emulator()
+    proc = run_cli("run", tmp_path / "in", "--out", tmp_path / "r.jsonl", "--endpoint",
+                   emu.endpoint(), env={"TMPDIR": str(scratch)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, other.name])
 
 
 def test_short_clips_stereo_downmixed_mono_sent_as_is(

@@ -132,6 +132,54 @@ async def examine(sender: Sender, path: str, size: int, policy: PrepPolicy) -> E
     return _decided(decide(found, policy), body)
 
 
+_PREFIX = "batchscribe-prep-"
+
+
+def _host_tag() -> str:
+    """This host's name as a file name's part (a shared /tmp may serve several hosts)."""
+    import socket
+
+    name = "".join(c if c.isalnum() or c in ".-" else "_" for c in socket.gethostname())
+    return name or "host"
+
+
+def make_root() -> str:
+    """The run's temp folder, named for this host and process (``batchscribe-prep-HOST-PID-*``),
+    after deleting those of this host's runs that are gone (:func:`sweep_stale`)."""
+    sweep_stale()
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{_host_tag()}-{os.getpid()}-")
+
+
+def sweep_stale(folder: str | None = None) -> list[str]:
+    """Delete the temp folders of this host's runs whose process is gone; their paths.
+
+    A run killed with SIGKILL leaves its folder to its pool workers, which delete it; one
+    killed before it had any (a download in progress, say) left it behind until now. Only
+    this host's folders are looked at (process ids mean nothing across hosts), and a process
+    that exists (whoever owns it) keeps its folder.
+    """
+    folder = folder or tempfile.gettempdir()
+    mine = f"{_PREFIX}{_host_tag()}-"
+    swept: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return swept
+    for name in names:
+        pid_text = name[len(mine) :].split("-", 1)[0] if name.startswith(mine) else ""
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            path = os.path.join(folder, name)
+            shutil.rmtree(path, ignore_errors=True)
+            swept.append(path)
+        except OSError:
+            continue  # alive (another user's process), or the pid cannot be asked about
+    return swept
+
+
 def _start_worker(root: str) -> None:
     """A pool worker's start: signals meant for the run do not end it mid-file, and it ends
     (deleting the run's temp folder) soon after the run's process is gone: a run killed with
@@ -198,7 +246,7 @@ class PrepStage:
         """A new folder in the run's temp folder (made on first use) for one item's files, to
         :meth:`release` when the item ends. Raises OSError when it cannot be made."""
         if self._root is None:
-            self._root = tempfile.mkdtemp(prefix="batchscribe-prep-")
+            self._root = make_root()
         self._count += 1
         folder = os.path.join(self._root, str(self._count))
         os.mkdir(folder)
