@@ -24,13 +24,10 @@ from batchscribe.events import Subscriber, Summary
 from batchscribe.pulse import (
     BOOL_PARAMS,
     PulseParams,
-    check_combination,
     clean_api_key,
-    endpoint_problem,
     url_secrets,
 )
 from batchscribe.run.dry_run import learned_rate
-from batchscribe.run.options import audio_problem
 from batchscribe.shard import Shard, expand_path, parse_shard
 
 if TYPE_CHECKING:
@@ -261,14 +258,9 @@ def _open_log(ns: argparse.Namespace, console: Console) -> EventLog | None:
 def _dry_run(
     ns: argparse.Namespace, console: Console, stdin: BinaryIO | None, shard: Shard | None
 ) -> int:
-    params = _params(ns)
-    problem = check_combination(params, url_input=False)
-    if problem is None and not ns.emulate:
-        problem = endpoint_problem(ns.endpoint)  # (a run refuses it too, with its other checks)
     options = _run_options(ns, None, shard)
-    problem = problem or audio_problem(options)  # (values a run refuses: not predicted)
-    if problem:
-        raise ConfigError(problem)
+    options.validate(need_key=False)  # (what a run would refuse is not predicted)
+    params = options.params
     packer = None
     if options.pack:
         from batchscribe.audio.pack import Packer

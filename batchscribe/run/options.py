@@ -138,8 +138,9 @@ class RunOptions:
             opus_bitrate=self.opus_bitrate,
         )
 
-    def validate(self) -> None:
-        """Raise ConfigError for options that cannot work, before anything is opened."""
+    def validate(self, *, need_key: bool = True) -> None:
+        """Raise ConfigError for options that cannot work, before anything is opened;
+        ``need_key``: False for a dry run (it sends nothing, so needs no API key)."""
         if not self.sources:
             raise ConfigError("no SOURCE given: name a manifest, a directory or - for stdin")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -165,6 +166,7 @@ class RunOptions:
             raise ConfigError("--max-runtime must be positive and finite")
         if not self.emulate:
             _check_endpoint(self.endpoint)
+        if not self.emulate and need_key:
             if not self.api_key:
                 raise ConfigError(
                     "no API key: set SMALLEST_API_KEY (or pass --api-key-file PATH); "
