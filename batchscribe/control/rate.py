@@ -23,6 +23,9 @@ ADMITTED_AFTER = 0.001
 #: Refusals of starts the learned window allowed, without a window held through, before the
 #: window model is dropped for the rate alone (the server is not a window of N per W).
 FALSIFIED_MAX = 3
+#: Probes per minute once a probe at the documented minute was refused: the limit is then a
+#: fixed minute whose reset lies ahead (within a minute), found to this share of it.
+FIXED_PROBES = 8
 
 
 class AdaptiveRate:
@@ -86,7 +89,15 @@ class AdaptiveRate:
       server now allows, at least half the count refused: a multiplicative cut, as AIMD's);
       held twice over, N is probed one up (the additive increase); a refusal before it held
       re-dates it from the starts made under it; after ``FALSIFIED_MAX`` such misses the
-      rate control takes over. Measured on the fake clock, 15 minutes at 25/min, 0.3-10 s
+      rate control takes over. A probe refused at the documented minute after the run-up's
+      oldest start (no sliding minute could still hold that start) shows a *fixed* minute whose
+      reset fell inside the run-up, so its count spans two minutes: the reset is then looked
+      for ``FIXED_PROBES`` times a minute, and from the probe admitted at it one minute is
+      counted (unpaced, holding starts in the last eighth of each of our minutes, where the
+      server's reset may fall) up to its first refusal: that count per minute is the window
+      (measured: 1.000 of the limit after 3 minutes for 3-10 s answers at any reset phase,
+      <= 0.33% 429s then, <= 4.9% over the run; it was 0.55-0.86, a window dated over two
+      minutes). Measured on the fake clock, 15 minutes at 25/min, 0.3-10 s
       answers, with and without a delay header: 1.000 of a sliding window after 2 minutes,
       0% 429s then, 1.8-3.4% over the whole run; a 60-item job in 125 s (ideal ~121); a
       window lowered to 12/min held at 1.000 of it.
@@ -161,6 +172,8 @@ class AdaptiveRate:
         self._offset = 0.0  # probing: the last probe's offset from the oldest (gap doubling)
         self._probe_at = float("inf")  # probing: when the next probe may start
         self._probe_out: float | None = None  # probing: a probe sent, not answered yet
+        self._fixed = False  # probing: the probe at the prior was refused (a fixed minute)
+        self._counting: float | None = None  # a fixed minute's reset found: counting from it
         self._top: int | None = None  # probing a known width: the count refused (N's top)
         self._width = 0.0  # probing a known width: that width
         self._raised = False  # window: the count was raised by one and not yet held
@@ -193,6 +206,8 @@ class AdaptiveRate:
             if self._probe_out is not None:
                 return PRIOR_WINDOW  # (until the probe's answer: the pacer asks again then)
             return max(0.0, self._probe_at - now)
+        if self._counting is not None:
+            return self._counting_gate(now)
         if self.window is None:
             return None
         n, w = self.window
@@ -229,6 +244,9 @@ class AdaptiveRate:
             if self._blocked is not None:
                 if started >= self._blocked:
                     self._probe_refused(started)
+            elif self._counting is not None:
+                if started >= self._counting:
+                    self._counted(started)
             elif self.window is not None:
                 if started >= self.cut_at:
                     self._window_refused(started)
@@ -309,7 +327,7 @@ class AdaptiveRate:
         self.cuts += 1
         self._previous_cut, self.cut_at = self.cut_at, self._clock.now()
         self._blocked, self._oldest, self._probe_out = started, oldest, None
-        self._top, self._width = top, width
+        self._top, self._width, self._fixed = top, width, False
         if top is not None:
             self.window = None
             self._offset = width / max(1, top)  # (a slot's width; doubled per refusal)
@@ -324,10 +342,20 @@ class AdaptiveRate:
     def _schedule_probe(self) -> None:
         """The next probe: the gap from the run-up's oldest start doubles (TCP's backoff, one
         refusal per doubling); the documented minute (or the known width) is never stepped
-        over, plus a guard: by then the run-up has left the window."""
-        offset = 2 * self._offset
+        over, plus a guard: by then the run-up has left the window.
+
+        A probe refused that late (the run-up's oldest start a minute gone, so no sliding
+        minute could still refuse it) shows a fixed minute whose reset came *inside* the
+        run-up: its count spans two minutes. That reset is due within the next minute: probe
+        :data:`FIXED_PROBES` times a minute until one is admitted (:meth:`_readmitted`)."""
         cap = self._width or PRIOR_WINDOW
         cap += _guard(cap)
+        if not self._width and cap <= self._offset < cap + PRIOR_WINDOW:
+            self._fixed = True
+            self._offset += PRIOR_WINDOW / FIXED_PROBES
+            self._probe_at = max(self._clock.now(), self._oldest + self._offset)
+            return
+        offset = 2 * self._offset
         if self._offset < cap < offset:
             offset = cap
         self._offset = offset
@@ -358,6 +386,11 @@ class AdaptiveRate:
             self._held = 0
             self.anchor = self.rate = count / width
             return
+        if self._fixed:
+            # A fixed minute has just reset (the probe's refused one a few seconds ago says
+            # so): what it admits from now until its first refusal is its count, exactly.
+            self._fixed, self._counting = False, started
+            return
         if count < WINDOW_MIN:  # not a window worth mirroring: the rate alone, from here
             self._to_rate(count / width)
             return
@@ -369,6 +402,43 @@ class AdaptiveRate:
         width += _guard(width)
         self.window = (count, width)
         self._top = count + 1  # (the run-up filled the window: no probing past it)
+        self._held = 0
+        self.anchor = self.rate = count / width
+
+    def _counting_gate(self, now: float) -> float | None:
+        """While a fixed minute is counted (from the probe admitted at its reset, ``R``): go,
+        but for the last ``1/FIXED_PROBES`` of each of our minutes from ``R``: the server's
+        reset lies in that stretch (the probe came at most that late), so no start is made
+        where it could fall in either minute, and the minute a refusal comes in holds exactly
+        the starts since its start on our count. Two minutes without a refusal: the run does
+        not reach the limit (its answers are slow), so nothing is paced until the next 429."""
+        assert self._counting is not None
+        minutes, into = divmod(now - self._counting, PRIOR_WINDOW)
+        if minutes >= 2:
+            self._counting = self.rate = self.anchor = None
+            self.cut_at = now
+            return None
+        hold = PRIOR_WINDOW / FIXED_PROBES
+        return max(0.0, PRIOR_WINDOW - into) if into >= PRIOR_WINDOW - hold else 0.0
+
+    def _counted(self, started: float) -> None:
+        """The first refusal since a fixed minute's reset: the starts admitted since the start
+        of the minute it came in (on our count from ``R``) are the count; mirrored as that
+        many per minute (plus the guard), which no fixed minute of the same count refuses.
+        (A start made at the refusal's instant may have been admitted too: the count may be
+        one short, and the window's additive probe finds it.)"""
+        assert self._counting is not None
+        minutes = (started - self._counting) // PRIOR_WINDOW
+        since = self._counting + minutes * PRIOR_WINDOW
+        count = len(self._live(since - 1e-9, started))
+        self._counting = None
+        self.cut_at = self._clock.now()  # (the starts in flight now were sent unpaced)
+        width = PRIOR_WINDOW + _guard(PRIOR_WINDOW)
+        if count < WINDOW_MIN:
+            self._to_rate(max(MIN_RATE, count / width))
+            return
+        self.window = (count, width)
+        self._top = None
         self._held = 0
         self.anchor = self.rate = count / width
 
@@ -424,7 +494,7 @@ class AdaptiveRate:
     def _to_rate(self, refused: float) -> None:
         """Leave the window model: the rate control (CUBIC), anchored on ``refused``."""
         self.window = None
-        self._blocked = None
+        self._blocked = self._counting = None
         self.searching = False
         self._strikes = 1
         self._restart(refused, cut=refused * self.beta)
