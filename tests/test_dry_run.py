@@ -257,8 +257,9 @@ def test_dry_run_pack_time_at_the_rate_beside_the_time_without(
     tmp_path: Path, run_cli: RunCli
 ) -> None:
     """`--dry-run --pack --rate 1/min`: the rough time counts the requests at the rate, without
-    packing (one a clip) and with it (one a pack), side by side; without --pack, no pack line;
-    with --channels split, nothing is packed (as in the run)."""
+    packing (one a clip) and with it (one a pack), side by side, at --pack's default of 16 in
+    flight (or the -j given); without --pack, no pack line and 8 in flight; with --channels
+    split, nothing is packed (as in the run)."""
     for k in range(40):
         silent_wav(tmp_path / "clips" / f"c{k:02d}.wav", 20.0, 16000, 1)
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack", "--rate", "1/min")
@@ -266,7 +267,11 @@ def test_dry_run_pack_time_at_the_rate_beside_the_time_without(
     packer = Packer()
     packs = [p for k in range(40) for p in packer.add(str(k), "en", 20.0)] + packer.flush()
     assert len(packs) == 2
-    assert "rough time at concurrency 8: 40 min; with --pack: 2 min" in proc.stdout.splitlines()
+    # (--pack's own default: 16 in flight; a given -j stays)
+    assert "rough time at concurrency 16: 40 min; with --pack: 2 min" in proc.stdout.splitlines()
+    proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack", "--rate", "1/min",
+                   "-j", "4")  # fmt: skip
+    assert "rough time at concurrency 4: 40 min; with --pack: 2 min" in proc.stdout.splitlines()
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--rate", "1/min")
     assert "rough time at concurrency 8: 40 min" in proc.stdout.splitlines()
     assert "--pack" not in proc.stdout
@@ -327,7 +332,7 @@ def test_dry_run_time_at_the_rate_learnt_last_time(tmp_path: Path, run_cli: RunC
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--pack")
     assert proc.returncode == 0, proc.stderr
     assert (
-        "rough time at concurrency 8 and ~25/min (the rate learnt last time): 2 min; "
+        "rough time at concurrency 16 and ~25/min (the rate learnt last time): 2 min; "
         "with --pack: 5 s"
     ) in proc.stdout.splitlines()
     proc = run_cli("run", "clips", "--out", "r.jsonl", "--dry-run", "--rate", "10/min")

@@ -97,11 +97,16 @@ def test_every_word_of_every_packed_item_lands_in_its_own_record(
         assert record["status"] == "ok", record
         _assert_own_words(record, bursts)
         assert record["duration"] == pytest.approx(abs(lengths[int(name[1:4])]), abs=0.01)
+    # (Workers hand items over in the order they finish probing them: a clip left over alone
+    # at the end is sent alone, the normal way, without `packed`.)
+    packed = [r for r in records.values() if "packed" in r]
+    alone = len(records) - len(packed)
+    packs = Counter(r["packed"]["request"] for r in packed)
+    assert emu.stats()["requests"] == len(packs) + alone
+    assert len(packs) >= 2 and alone <= len(packs)  # (over 60 s of clips in all)
+    for record in packed:
         assert record["packed"]["offset"] >= 0
-    packs = Counter(r["packed"]["request"] for r in records.values())
-    assert emu.stats()["requests"] == len(packs) >= 2  # (over 60 s of clips in all)
-    for record in records.values():
-        assert record["packed"]["items"] == packs[record["packed"]["request"]]
+        assert record["packed"]["items"] == packs[record["packed"]["request"]] >= 2
         assert record["request_id"] == record["packed"]["request"]
     silent = next(records[name] for name, bursts in made.items() if not bursts)
     assert silent["transcription"] == "" and silent["words"] == []

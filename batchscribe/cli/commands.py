@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 KEY_ENV = "SMALLEST_API_KEY"
 #: ``--max-concurrency``'s default: the ceiling of ``--concurrency auto``.
 DEFAULT_MAX_CONCURRENCY = 256
+#: ``--concurrency`` when not given; with ``--pack``, whose requests (up to ten minutes of
+#: audio each) take the service longer: 25 a minute at ~30 s an answer needs 13 in flight.
+DEFAULT_CONCURRENCY, PACK_CONCURRENCY = 8, 16
 
 
 _KEY_FILE_LIMIT = 64 * 1024  # far above any key; a bound so /dev/zero cannot fill memory
@@ -242,6 +245,8 @@ def _concurrency_ceiling(ns: argparse.Namespace) -> int:
             "--max-concurrency goes with --concurrency auto; "
             "a fixed --concurrency N is already the ceiling"
         )
+    if ns.concurrency is None:
+        return PACK_CONCURRENCY if getattr(ns, "pack", False) else DEFAULT_CONCURRENCY
     return int(ns.concurrency)
 
 

@@ -15,7 +15,12 @@ from collections.abc import Callable
 
 from batchscribe import __version__
 from batchscribe.cli import commands, values
-from batchscribe.cli.commands import DEFAULT_MAX_CONCURRENCY, KEY_ENV
+from batchscribe.cli.commands import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_CONCURRENCY,
+    KEY_ENV,
+    PACK_CONCURRENCY,
+)
 from batchscribe.pulse import BOOL_PARAMS, DEFAULT_ENDPOINT, LEGACY_ENDPOINT
 from batchscribe.spend import PRICE_PER_HOUR
 
@@ -138,9 +143,10 @@ def _add_pace_flags(run: argparse.ArgumentParser) -> None:
     """``run``'s flags: how fast requests start and how failures are retried."""
     pace = run.add_argument_group("pace and retries")
     pace.add_argument(
-        "--concurrency", "-j", type=values.concurrency, default=8, metavar="N|auto",
-        help="requests in flight never exceed N (default: 8); auto: learn the limit from the "
-        "server, growing while answers are healthy and cutting on 429/503",
+        "--concurrency", "-j", type=values.concurrency, metavar="N|auto",
+        help=f"requests in flight never exceed N (default: {DEFAULT_CONCURRENCY}; "
+        f"{PACK_CONCURRENCY} with --pack, whose requests take longer); auto: learn the limit "
+        "from the server, growing while answers are healthy and cutting on 429/503",
     )  # fmt: skip
     pace.add_argument(
         "--max-concurrency", type=values.positive_int, metavar="N",
