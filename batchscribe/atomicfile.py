@@ -14,8 +14,10 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
 
-__all__ = ["replace_file"]
+__all__ = ["atomic_writer", "replace_file"]
 
 
 def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
@@ -24,13 +26,22 @@ def replace_file(path: str, data: bytes, *, mode: int = 0o644) -> None:
     The file keeps the permission bits of the file it replaces, else gets ``mode``: readable by
     other users (node_exporter usually runs as its own user), as ``open()`` would make it.
     """
-    folder = os.path.dirname(path) or "."
     with contextlib.suppress(FileNotFoundError):
         mode = stat.S_IMODE(os.stat(path).st_mode)
+    with atomic_writer(path, mode=mode) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str, *, mode: int, buffering: int = -1) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content into (streamed: a file of any size), put in its
+    place, with ``mode``, durably when the block ends; an error in the block leaves ``path``
+    as it was and deletes the temporary file. Raises OSError."""
+    folder = os.path.dirname(path) or "."
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb", buffering=buffering) as handle:
+            yield handle
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())

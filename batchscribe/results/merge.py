@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from batchscribe.atomicfile import atomic_writer
 from batchscribe.errors import ConfigError
 from batchscribe.results.read import FINAL, RUN, ReadCounts, index_final
 from batchscribe.results.record import READ_CHUNK, load_event
@@ -66,33 +65,20 @@ def merge_results(paths: Sequence[str], out: str) -> MergeSummary:
         summary = MergeSummary(out, ReadCounts())
         index = index_final(inputs, keep_ok=True, counts=summary.counts)
         summary.items, summary.ok, summary.kept_ok = index.ids, index.ok, index.kept_ok
-        folder = os.path.dirname(out_real)
-        fd, temp = tempfile.mkstemp(prefix=".batchscribe-merge-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb", buffering=READ_CHUNK) as handle:
-                runs: set[bytes | str] = set()
-                for _, _, body, kind in index.lines(FINAL, RUN):
-                    if kind == RUN:
-                        event = load_event(body) or {}
-                        key = str(event.get("run_id") or "") or body
-                        if key in runs:
-                            continue  # the same run, from a file merged before
-                        runs.add(key)
-                        summary.runs += 1
-                    handle.write(body + b"\n")
-                handle.flush()
-                os.fchmod(handle.fileno(), stat.S_IMODE(st.st_mode))
-                os.fsync(handle.fileno())
-            os.replace(temp, out_real)  # through a symlink: the link stays, its target is new
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+        # (through a symlink: the link stays, its target is new)
+        with atomic_writer(
+            out_real, mode=stat.S_IMODE(st.st_mode), buffering=READ_CHUNK
+        ) as out_file:
+            runs: set[bytes | str] = set()
+            for _, _, body, kind in index.lines(FINAL, RUN):
+                if kind == RUN:
+                    event = load_event(body) or {}
+                    key = str(event.get("run_id") or "") or body
+                    if key in runs:
+                        continue  # the same run, from a file merged before
+                    runs.add(key)
+                    summary.runs += 1
+                out_file.write(body + b"\n")
         return summary
     except OSError as exc:
         raise ConfigError(f"{_shown(out)}: cannot write merged results: {exc.strerror}") from None
