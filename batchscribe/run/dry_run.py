@@ -296,8 +296,7 @@ def dry_run(
     params = params or PulseParams()
     plan = Plan(model=params.model, pack=packer is not None)
     policy = policy or PrepPolicy()
-    split = policy.channels == "split"
-    packing = None if packer is None else Packing(packer, params, split=split)
+    packing = None if packer is None else Packing(packer, params, policy)
     # The run's warning, word for word: a damaged line is not counted, so its item is sent.
     where = [(out, n) for n in resume.damaged]
     plan.problems += damaged_lines(where, resume.corrupt_lines, "not counted")
@@ -491,33 +490,28 @@ class Packing:
     order, and the packs it makes counted (a pack in the source of its first item).
 
     An item is packed as the run's packing stage decides: a local file sent as one request
-    (not chunked; no ``--channels split``), of a length its headers tell that the packer
-    takes, without a webhook (an answer delivered elsewhere cannot be split); its key is its
-    parameters (the run's with its manifest overrides) with ``word_timestamps`` on, as a
-    packed request asks.
+    (not chunked), of a length its headers tell that the packer takes, under the key
+    :func:`~batchscribe.run.packing.pack_key` gives its parameters (the run's with its
+    manifest overrides).
     """
 
-    def __init__(self, packer: Packer, params: PulseParams, *, split: bool = False) -> None:
-        self.packer, self.params, self.split = packer, params, split
+    def __init__(self, packer: Packer, params: PulseParams, policy: PrepPolicy) -> None:
+        self.packer, self.params, self.policy = packer, params, policy
         #: the items held in open packs -> their source's count
         self._source: dict[str, SourceCount] = {}
 
     def offer(self, item: Item, found: Estimate, count: SourceCount) -> bool:
         """Pack the item if the run would; whether it was."""
-        params = self.params.with_overrides(item.params)
+        from batchscribe.run.packing import pack_key
+
         seconds = found.audio_seconds
-        if (
-            item.kind is not LOCAL_FILE
-            or self.split
-            or found.requests != 1
-            or params.webhook_url is not None
-            or seconds is None
-            or not self.packer.takes(seconds)
-        ):
+        if item.kind is not LOCAL_FILE or found.requests != 1 or not self.packer.takes(seconds):
+            return False
+        key = pack_key(self.params.with_overrides(item.params), self.policy)
+        if key is None or seconds is None:
             return False
         self._source[item.id] = count
         count.packed += 1
-        key = dataclasses.replace(params, word_timestamps=True)
         self._count(self.packer.add(item.id, key, seconds))
         return True
 

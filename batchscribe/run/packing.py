@@ -50,6 +50,7 @@ from batchscribe.run.work import Answer, RequestPlan
 
 if TYPE_CHECKING:
     from batchscribe.audio.pack import Pack
+    from batchscribe.audio.probe import PrepPolicy
     from batchscribe.clock import Clock
     from batchscribe.run.options import RunOptions
     from batchscribe.run.prep import Examined, PrepStage
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 # batchscribe.audio.pack (numpy, PyAV) is imported when the stage is made: a run without
 # --pack never loads it.
 
-__all__ = ["IDLE_S", "PackFile", "PackStage", "build_pack"]
+__all__ = ["IDLE_S", "PackFile", "PackStage", "build_pack", "pack_key"]
 
 #: Seconds of the run's clock without a new packable item after which open packs are sent.
 IDLE_S = 0.5
@@ -70,6 +71,16 @@ Request = Callable[[RequestPlan, "asyncio.Task[Any]"], Awaitable[Answer]]
 Process = Callable[[Item, "asyncio.Task[Any]"], Awaitable[None]]
 #: ``Engine._record_answer``: write an item's record from its answer (``packed``: the field).
 Record = Callable[..., Awaitable[None]]
+
+
+def pack_key(params: PulseParams, policy: PrepPolicy) -> PulseParams | None:
+    """The key an item with these params is packed under (its params with word times on:
+    the split needs them), or None when it is never packed: a webhook (its answer goes
+    elsewhere, nothing to split) or ``--channels split`` (its channels are sent apart). The
+    run's rule, and the dry run's."""
+    if params.webhook_url is not None or policy.channels == "split":
+        return None
+    return dataclasses.replace(params, word_timestamps=True)
 
 
 @dataclass(frozen=True)
@@ -198,13 +209,13 @@ class PackStage:
         if item.id in self._alone:
             self._alone.discard(item.id)
             return False
-        if params.webhook_url is not None or self.policy.channels == "split":
+        key = pack_key(params, self.policy)
+        if key is None:
             return False
         seconds = await self._seconds(item, examined.body, record.get("size", 0))
         if not self.packer.takes(seconds) or seconds is None or seconds > self.policy.max_chunk:
             return False
         await self._room()
-        key = dataclasses.replace(params, word_timestamps=True)
         self._held[item.id] = _Held(item, record, params, seconds)
         if self.spend is not None:
             self.spend.hand_over(item.id)
